@@ -1,0 +1,208 @@
+"""``create_app(config) -> Litestar``: where pluggy meets Litestar, in one place.
+
+The app factory builds the plugin manager, validates every plugin's settings, creates the
+:class:`~core.host.Host`, and collects routes (mounts included) and readiness checks from hooks.
+The host starts and stops inside the Litestar lifespan. Ops endpoints (``/health``, ``/ready``,
+``/metrics``) and the JSON error envelope (``{"error": {"code", "message"}}``) are the host's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from litestar import Litestar, Request, Response, get
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from core import __version__
+from core.config import Config, redact
+from core.errors import ApiError
+from core.host import Host, ReadinessCheck
+from core.metrics import CONTENT_TYPE_LATEST
+from core.plugins import build_plugin_manager, validate_plugin_settings
+from core.stash import StashKey
+
+__all__ = ["REDIS", "create_app", "error_response"]
+
+log = logging.getLogger("zaphub.app")
+
+#: The host's Redis client when ``redis.url`` is set (plugins may share it).
+REDIS: StashKey[aioredis.Redis] = StashKey("core.redis")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response[Any]:
+    """The JSON error envelope every endpoint uses."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    error.update(extra)
+    return Response({"error": error}, status_code=status, media_type="application/json")
+
+
+def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
+    return error_response(exc.status_code, exc.code, exc.message)
+
+
+def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    details = exc.extra if isinstance(exc.extra, list) else []
+    parts = []
+    for item in details:
+        if isinstance(item, dict):
+            where = item.get("key") or item.get("source") or ""
+            parts.append(f"{where}: {item.get('message', '')}".strip(": "))
+    message = "; ".join(parts) or str(exc.detail)
+    return error_response(400, "validation_error", message, details=details)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error; the server log has the details"
+    )
+
+
+def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = None) -> Litestar:
+    """Build the app for ``config``.
+
+    Args:
+        config: a validated :class:`~core.config.Config` (plugin sections still raw).
+        extra_plugins: plugin objects usable without installation (tests, embedding), enabled
+            only when ``config.plugins`` names them.
+
+    Raises:
+        ConfigError: unknown plugin, invalid plugin settings.
+        PluginError: a plugin failed to load or to register its routes.
+    """
+    pm = build_plugin_manager(config, extra_plugins=extra_plugins)
+    settings = validate_plugin_settings(pm, config)
+    host = Host(config, pm, settings)
+
+    checks: list[ReadinessCheck] = [("storage", _storage_check(host))]
+    if config.redis.url:
+        checks.append(("redis", _redis_check(host)))
+    checks.extend(item for _, item in host.hooks.collect("register_readiness_checks", host=host))
+    host.readiness_checks = checks
+
+    @get("/health", sync_to_thread=False, tags=["ops"], summary="Liveness: 200 while the process runs")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready", tags=["ops"], summary="Readiness: 200 when storage, Redis and plugins answer, else 503")
+    async def ready() -> Response[Any]:
+        results = await asyncio.gather(*(_run_check(fn) for _, fn in host.readiness_checks))
+        report = {name: (reason or "ok") for (name, _), reason in zip(host.readiness_checks, results, strict=True)}
+        failing = {name: reason for (name, _), reason in zip(host.readiness_checks, results, strict=True) if reason}
+        if failing or not host.started:
+            if not host.started:
+                report["host"] = "starting"
+            return Response({"status": "unavailable", "checks": report}, status_code=503)
+        return Response({"status": "ready", "checks": report}, status_code=200)
+
+    @get("/metrics", tags=["ops"], summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
+    async def metrics() -> Response[bytes]:
+        return Response(host.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    routes: list[Any] = [health, ready, metrics]
+    routes.extend(item for _, item in host.hooks.collect("register_routes", host=host))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        if config.dev_defaults:
+            log.warning(
+                "USING DEVELOPMENT DEFAULTS for %s: fine on your machine, unsafe anywhere else; set the "
+                "environment variables named in %s before exposing this host",
+                ", ".join(config.dev_defaults),
+                config.source,
+            )
+        if config.redis.url:
+            host.stash[REDIS] = aioredis.from_url(config.redis.url)
+        log.info("storage: %s; plugins: %s", host.storage.describe(), ", ".join(config.plugins) or "none")
+        log.debug("config: %s", redact(config))
+        await host.start()
+        try:
+            yield
+        finally:
+            await host.stop()
+            client = host.stash.get(REDIS)
+            if client is not None:
+                await client.aclose()
+
+    app = Litestar(
+        route_handlers=routes,
+        lifespan=[lifespan],
+        dependencies={"host": Provide(lambda: host, sync_to_thread=False, use_cache=True)},
+        exception_handlers={
+            ApiError: _api_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        request_max_body_size=config.server.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="zaphub",
+            version=__version__,
+            description="WhatsApp Cloud API ↔ CRM in real time. CRM endpoints need `Authorization: Bearer <JWT>`.",
+            path="/schema",
+        ),
+        logging_config=None,
+    )
+    app.state.host = host  # for tests and embedding; plugins get `host` through hooks and DI
+    return app
+
+
+def _storage_check(host: Host) -> Any:
+    async def check() -> str | None:
+        try:
+            await host.storage.ping()
+        except Exception as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+def _redis_check(host: Host) -> Any:
+    async def check() -> str | None:
+        client = host.stash.get(REDIS)
+        if client is None:
+            return "not connected"
+        try:
+            await client.ping()
+        except Exception as exc:
+            return f"unreachable: {exc.__class__.__name__}"
+        return None
+
+    return check
+
+
+async def _run_check(fn: Any) -> str | None:
+    try:
+        result: str | None = await asyncio.wait_for(fn(), timeout=3)
+    except TimeoutError:
+        return "timed out after 3 s"
+    except Exception as exc:
+        return f"check failed: {exc.__class__.__name__}: {exc}"
+    return result

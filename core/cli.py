@@ -1,0 +1,223 @@
+"""The ``zaphub`` command line.
+
+Built-in commands: ``run``, ``check``, ``plugins``. Plugins add their own through the
+``register_commands`` hook (``token`` comes from ``crm_realtime``; ``sandbox`` and ``simulate``
+from ``whatsapp``). Errors print one line naming the problem and the fix, and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import pluggy
+
+from core import __version__, hookspecs
+from core.cli_types import Command
+from core.config import Config, load_config, redact
+from core.errors import ConfigError, PluginError, ZaphubError
+from core.plugins import HookRunner, build_plugin_manager, installed_plugins, validate_plugin_settings
+
+__all__ = ["Command", "load_plugin_settings", "main"]
+
+log = logging.getLogger("zaphub.cli")
+
+EXIT_CONFIG = 2
+
+
+def load_plugin_settings(config_path: str | None, plugin: str) -> tuple[Config, Any]:
+    """For plugin commands: the config and one plugin's validated settings.
+
+    The plugin need not be enabled in the config: its section's defaults are used then.
+
+    Raises:
+        ConfigError: the config or that plugin's section is invalid.
+    """
+    config = load_config(config_path)
+    sections = dict(config.plugins)
+    sections.setdefault(plugin, {})
+    only = Config(plugins={plugin: sections[plugin]})
+    pm = build_plugin_manager(only)
+    settings = validate_plugin_settings(pm, only)
+    return config, settings[plugin]
+
+
+def _all_plugins_manager() -> tuple[pluggy.PluginManager, list[str]]:
+    """A manager with every installed plugin that loads (for ``plugins`` and plugin commands)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    broken = []
+    for name, ep in sorted(installed_plugins().items()):
+        try:
+            pm.register(ep.load(), name=name)
+        except Exception as exc:
+            broken.append(f"{name}: {exc.__class__.__name__}: {exc}")
+    return pm, broken
+
+
+def _plugin_commands() -> list[Command]:
+    pm, _ = _all_plugins_manager()
+    runner = HookRunner(pm, {})
+    commands = []
+    for plugin, cmd in runner.collect("register_commands"):
+        if not isinstance(cmd, Command):
+            raise PluginError(plugin, "register_commands must return core.cli_types.Command objects")
+        commands.append(cmd)
+    return commands
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from core.app import create_app
+    from core.logs import setup_logging
+
+    config = load_config(args.config)
+    server = config.server
+    if args.host is not None:
+        server = msgspec.structs.replace(server, host=args.host)
+    if args.port is not None:
+        server = msgspec.structs.replace(server, port=args.port)
+    # Bind before the app is built, so a port of 0 is resolved and plugins (media links, the
+    # in-process sandbox) know the real address during startup.
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((server.host, server.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {server.host}:{server.port}: {exc.strerror}; pick another with --port", "server.port"
+        ) from exc
+    server = msgspec.structs.replace(server, port=sock.getsockname()[1])
+    config = msgspec.structs.replace(config, server=server)
+    setup_logging(config.logging)
+    app = create_app(config)
+    uv = uvicorn.Config(
+        app,
+        host=server.host,
+        port=server.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(server.graceful_shutdown_seconds),
+        lifespan="on",
+    )
+    print(f"zaphub {__version__} listening on http://{server.host}:{server.port}", file=sys.stderr, flush=True)
+    uvicorn.Server(uv).run(sockets=[sock])
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    pm = build_plugin_manager(config)
+    settings = validate_plugin_settings(pm, config)
+    runner = HookRunner(pm, settings)
+    print(f"config OK: {config.source}")
+    print(f"storage: {redact(config.storage.url)}")
+    print(f"redis: {redact(config.redis.url) if config.redis.url else 'off (single process)'}")
+    hooks = runner.plugin_hooks()
+    print("plugins enabled:")
+    for name in config.plugins:
+        print(f"  {name}: {', '.join(hooks.get(name, [])) or 'no hooks'}")
+    if not config.plugins:
+        print("  none (add a section under plugins: to enable one)")
+    if config.dev_defaults:
+        print("warning: development defaults in use for " + ", ".join(config.dev_defaults))
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    pm, broken = _all_plugins_manager()
+    enabled: set[str] = set()
+    try:
+        enabled = set(load_config(args.config).plugins)
+    except ConfigError:
+        pass
+    dists = {name: dist for name, dist in ((pm.get_name(p), d) for p, d in pm.list_plugin_distinfo())}
+    runner = HookRunner(pm, {})
+    hooks = runner.plugin_hooks()
+    eps = installed_plugins()
+    for name in sorted(eps):
+        dist = eps[name].dist
+        where = f"{dist.name} {dist.version}" if dist is not None else dists.get(name, "?")
+        state = "enabled" if name in enabled else "installed"
+        print(f"{name} ({where}) [{state}]")
+        print(f"  hooks: {', '.join(hooks.get(name, [])) or '-'}")
+    for line in broken:
+        print(f"broken: {line}")
+    return 0
+
+
+def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
+    """The argument parser, with plugin commands added."""
+    parser = argparse.ArgumentParser(
+        prog="zaphub",
+        description="zaphub connects the Meta WhatsApp Cloud API to your CRM in real time.",
+        epilog="Start with `zaphub run` (uses ./config.yaml), then `zaphub token --sub you` for a CRM client.",
+    )
+    parser.add_argument("--version", action="version", version=f"zaphub {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description or help_)
+        p.add_argument(
+            "--config",
+            metavar="PATH",
+            default=None,
+            help="config file (default: $ZAPHUB_CONFIG, else ./config.yaml, else built-in defaults)",
+        )
+        return p
+
+    run = add("run", "serve the webhook, the CRM API and Socket.IO", "Serve HTTP and Socket.IO on one port.")
+    run.add_argument("--host", default=None, help="interface to bind (overrides server.host)")
+    run.add_argument("--port", type=int, default=None, help="TCP port (overrides server.port; 0 = any free)")
+    run.set_defaults(func=_cmd_run)
+    check = add(
+        "check",
+        "validate the config and list the enabled plugins",
+        "Validate config.yaml and every enabled plugin's section; exit 2 naming the first problem.",
+    )
+    check.set_defaults(func=_cmd_check)
+    plugins = add("plugins", "list installed plugins and the hooks they implement")
+    plugins.set_defaults(func=_cmd_plugins)
+    for cmd in commands:
+        p = add(cmd.name, cmd.help, cmd.description)
+        cmd.configure(p)
+        p.set_defaults(func=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zaphub`` console script."""
+    try:
+        commands = _plugin_commands()
+    except ZaphubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        commands = []
+    parser = build_parser(commands)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ZaphubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

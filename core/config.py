@@ -1,0 +1,272 @@
+"""Loading and validating ``config.yaml``.
+
+The file is YAML; ``${VAR}`` and ``${VAR:-default}`` in string values are replaced from the
+environment. The host's own sections (``server``, ``storage``, ``redis``, ``logging``) are
+validated here; each plugin's section under ``plugins:`` is validated against the Struct the
+plugin returns from its ``config_schema`` hook (see :func:`core.plugins.validate_plugin_settings`).
+Every error names the dotted path of the offending key and, where it can, the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import yaml
+
+from core.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "LoggingConfig",
+    "RedisConfig",
+    "ServerConfig",
+    "StorageConfig",
+    "convert_section",
+    "find_config_path",
+    "load_config",
+    "parse_config",
+    "redact",
+]
+
+T = TypeVar("T")
+
+DEFAULT_CONFIG_NAME = "config.yaml"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+_SECRET_KEY = re.compile(r"secret|token|password|passwd|private_key|api_key", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where the HTTP server listens."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind; ``0.0.0.0`` to accept connections from other machines."""
+    port: int = 3000
+    """TCP port; ``0`` picks a free one (printed at startup)."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body accepted (webhook POSTs from Meta are at most 3 MB)."""
+    graceful_shutdown_seconds: float = 10.0
+    """How long in-flight requests may take to finish after SIGTERM."""
+    public_url: str | None = None
+    """The URL clients reach this host at (for media links); default ``http://host:port``."""
+
+
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The database: a SQLite file (embedded default) or PostgreSQL."""
+
+    url: str = "sqlite:///zaphub.db"
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``postgresql://user:pass@host/db``."""
+    pool_size: int = 10
+    """Connections kept open to PostgreSQL (ignored for SQLite)."""
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    """SQLite durability: ``FULL`` survives power loss; ``NORMAL`` survives process crashes only."""
+
+
+class RedisConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Redis relays Socket.IO emits between processes; leave ``url`` empty for one process."""
+
+    url: str | None = None
+    """``redis://127.0.0.1:6379/0``; ``None`` (or empty) keeps fan-out in-process."""
+    channel: str = "zaphub"
+    """Pub/sub channel shared by every process of one deployment."""
+
+
+class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Log output."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Minimum level."""
+    format: Literal["text", "json"] = "text"
+    """``json`` writes one JSON object per line (for log shippers)."""
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The whole ``config.yaml``. Plugin sections stay raw here until plugins validate them."""
+
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    """Enabled plugins: each key is a plugin name, its value that plugin's raw section."""
+    source: str = "<defaults>"
+    """Where this config came from (a path), for messages."""
+    dev_defaults: list[str] = msgspec.field(default_factory=list)
+    """Dotted paths whose value came from a ``${VAR:-default}`` fallback (the variable was unset)."""
+
+
+def find_config_path(explicit: str | None) -> Path | None:
+    """The config file to read: ``--config``, else ``$ZAPHUB_CONFIG``, else ``./config.yaml`` if present."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("ZAPHUB_CONFIG")
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.exists() else None
+
+
+def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a config file (plugin sections are validated later).
+
+    Args:
+        path: the file; ``None`` resolves as :func:`find_config_path` does, and with no file at
+            all the built-in defaults are used.
+        env: variables for ``${VAR}``; defaults to ``os.environ``.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or a host section is invalid.
+    """
+    resolved = find_config_path(str(path) if path is not None else None)
+    if resolved is None:
+        return parse_config({}, source="<defaults>", env=env)
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {str(resolved)!r} not found: pass --config PATH or set ZAPHUB_CONFIG"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(resolved)!r}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{resolved}: not valid YAML{where}: {problem}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{resolved}: the top level must be a mapping (server:, storage:, plugins: …)")
+    return parse_config(data, source=str(resolved), env=env)
+
+
+def parse_config(data: dict[str, Any], *, source: str = "<memory>", env: dict[str, str] | None = None) -> Config:
+    """Validate an already-parsed config mapping (interpolating ``${VAR}`` first)."""
+    environ = os.environ if env is None else env
+    dev_defaults: list[str] = []
+    interpolated = _interpolate(data, environ, "", dev_defaults)
+    plugins = interpolated.get("plugins")
+    if plugins is None:
+        interpolated["plugins"] = {}
+    elif not isinstance(plugins, dict):
+        raise ConfigError("must be a mapping of plugin name to its settings", "plugins")
+    else:
+        for name, section in list(plugins.items()):
+            if section is None:  # `whatsapp:` with nothing under it enables the plugin with defaults
+                plugins[name] = {}
+            elif not isinstance(section, dict):
+                raise ConfigError("must be a mapping of settings (or empty to use the defaults)", f"plugins.{name}")
+    for reserved in ("source", "dev_defaults"):
+        if reserved in interpolated:
+            raise ConfigError(_unknown_key_message(reserved, Config), reserved)
+    config = convert_section(interpolated, Config, "")
+    return msgspec.structs.replace(config, source=source, dev_defaults=dev_defaults)
+
+
+def convert_section(data: Any, schema: type[T], path: str) -> T:
+    """Validate ``data`` against a msgspec type, turning errors into :class:`ConfigError` with a path.
+
+    Strings are converted leniently (``"3000"`` → ``3000``, ``"true"`` → ``True``) because values
+    from ``${VAR}`` are always strings; everything else is strict.
+    """
+    try:
+        return msgspec.convert(data, schema, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _config_error(str(exc), schema, path) from None
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?")
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.DOTALL)
+
+
+def _config_error(message: str, schema: type[Any], base: str) -> ConfigError:
+    def join(*parts: str) -> str:
+        return ".".join(p.strip(".") for p in parts if p and p.strip("."))
+
+    unknown = _UNKNOWN.match(message)
+    if unknown:
+        at = unknown.group("at") or ""
+        field = unknown.group("field")
+        owner = _schema_at(schema, at)
+        return ConfigError(_unknown_key_message(field, owner), join(base, at, field))
+    match = _AT.match(message)
+    assert match is not None  # the pattern matches any string
+    msg, at = match.group("msg"), match.group("at") or ""
+    msg = msg.replace("Object missing required field", "missing required key")
+    return ConfigError(msg[0].lower() + msg[1:] if msg else "invalid value", join(base, at))
+
+
+def _schema_at(schema: type[Any], at: str) -> type[Any] | None:
+    """Best effort: the Struct type found at a msgspec path like ``.server`` (for suggestions)."""
+    current: Any = schema
+    for part in [p for p in re.split(r"[.\[\]]", at) if p]:
+        if not (isinstance(current, type) and issubclass(current, msgspec.Struct)):
+            return None
+        hints = {f.name: f.type for f in msgspec.structs.fields(current)}
+        current = hints.get(part)
+    return current if isinstance(current, type) else None
+
+
+def _unknown_key_message(field: str, owner: type[Any] | None) -> str:
+    known: list[str] = []
+    if isinstance(owner, type) and issubclass(owner, msgspec.Struct):
+        known = [f.name for f in msgspec.structs.fields(owner) if f.name not in ("source", "dev_defaults")]
+    hint = difflib.get_close_matches(field, known, n=1)
+    if hint:
+        return f"unknown key (did you mean {hint[0]!r}?)"
+    if known:
+        return f"unknown key (known keys: {', '.join(known)})"
+    return "unknown key"
+
+
+def _interpolate(value: Any, environ: Any, path: str, dev_defaults: list[str]) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"keys must be strings, got {key!r}", path)
+            out[key] = _interpolate(item, environ, f"{path}.{key}" if path else key, dev_defaults)
+        return out
+    if isinstance(value, list):
+        return [_interpolate(item, environ, f"{path}[{i}]", dev_defaults) for i, item in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = environ.get(name)
+        if found is not None:
+            return str(found)
+        if default is None:
+            raise ConfigError(f"environment variable {name} is not set (write ${{{name}:-default}} for a fallback)", path)
+        if default:
+            dev_defaults.append(path)
+        return str(default)
+
+    whole = _VAR.fullmatch(value)
+    result = _VAR.sub(substitute, value)
+    if whole and result == "":
+        return ""
+    return result
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of a config mapping (or Struct) safe to print: secrets and URL passwords masked."""
+    if isinstance(value, msgspec.Struct):
+        value = msgspec.to_builtins(value)
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if isinstance(value, str):
+        if key and _SECRET_KEY.search(key) and value:
+            return "***"
+        return _URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:***@", value)
+    return value

@@ -1,0 +1,198 @@
+"""Every hook a zaphub plugin can implement.
+
+Hooks are called with keyword arguments; an implementation may accept any subset of them.
+Any hook may be a plain function or a coroutine function: the host awaits whatever is awaitable
+(see :class:`core.plugins.HookRunner`). A hook that raises is isolated: logged with the
+plugin's name and counted in ``zaphub_hook_errors_total``; the other plugins still run. The
+exceptions are the build-time hooks (``config_schema``, ``register_*``), whose failure stops
+startup with the plugin's name, because a half-configured host is worse than none.
+
+Arguments that mean the same thing always have the same name and type:
+
+- ``host`` — :class:`core.host.Host`, the running host (storage, send service, stash, config).
+- ``settings`` — this plugin's own validated config section (an instance of the Struct its
+  ``config_schema`` returned), or ``None`` when it declared no schema.
+- ``message`` / ``conversation`` / ``contact`` — :mod:`core.models` objects as stored.
+
+Example::
+
+    from core import hookimpl
+
+    @hookimpl
+    async def on_message_received(message, contact):
+        print(f"{contact.name} wrote {message.body!r}")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Sequence
+
+    from core.cli_types import Command
+    from core.host import Host, MediaStream, ReadinessCheck
+    from core.models import Contact, Conversation, Message, OutgoingMessage, Reply, StatusChange, Veto
+
+PROJECT = "zaphub"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def config_schema() -> type[msgspec.Struct] | None:
+    """Declare the schema of this plugin's section under ``plugins:``.
+
+    Called once per plugin while the config is loaded, before the app exists. Return a
+    ``msgspec.Struct`` subclass (use ``forbid_unknown_fields=True`` so typos are reported);
+    the host validates the section against it and passes the instance as ``settings`` to
+    every other hook of this plugin. Field names matching ``secret|token|password|key`` are
+    redacted wherever config is printed.
+
+    Returns:
+        The Struct type, or ``None`` for a plugin without settings.
+    """
+
+
+@hookspec
+def register_routes(host: Host, settings: Any) -> Sequence[Any] | None:
+    """Contribute Litestar route handlers, controllers, routers or ASGI mounts.
+
+    Called once while the app is built (sync only). Mounts (``@asgi(path, is_mount=True)``) share
+    the port: this is how Socket.IO is served.
+
+    Returns:
+        A list of anything ``Litestar(route_handlers=…)`` accepts.
+    """
+
+
+@hookspec
+def register_readiness_checks(host: Host, settings: Any) -> Sequence[ReadinessCheck] | None:
+    """Contribute checks run by ``GET /ready``.
+
+    Called once while the app is built. A check is ``(name, async fn)`` where the function
+    returns ``None`` when healthy or a short reason string (``"access token expired (code 190)"``)
+    that ``/ready`` reports with status 503.
+    """
+
+
+@hookspec
+def register_commands() -> Sequence[Command] | None:
+    """Contribute ``zaphub`` sub-commands (``zaphub sandbox``, ``zaphub simulate``).
+
+    Called when the CLI starts, for every installed plugin (enabled or not), sync only.
+
+    Returns:
+        A list of :class:`core.cli.Command`.
+    """
+
+
+@hookspec
+def on_startup(host: Host, settings: Any) -> Awaitable[None] | None:
+    """The app is starting: storage is migrated and open, nothing is served yet.
+
+    Start background work here with ``host.spawn(coro, name=…)``; spawned tasks are cancelled
+    and awaited at shutdown. May be async. Called in plugin registration order.
+    """
+
+
+@hookspec
+def on_shutdown(host: Host, settings: Any) -> Awaitable[None] | None:
+    """The app is stopping: no new requests; close clients and flush. May be async."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inbound
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_message_received(
+    host: Host, settings: Any, message: Message, conversation: Conversation, contact: Contact
+) -> Awaitable[None] | None:
+    """An inbound message was stored for the first time (after commit).
+
+    Fires exactly once per message, whatever Meta repeats. ``conversation.last_inbound_at`` is
+    already updated. May be async; slow work belongs in a task of your own.
+    """
+
+
+@hookspec
+def on_status_changed(
+    host: Host, settings: Any, message: Message, conversation: Conversation, change: StatusChange
+) -> Awaitable[None] | None:
+    """A message's status moved forward (``sent`` → ``delivered`` → ``read``, or ``failed``).
+
+    Stale and repeated statuses never fire it. ``message.status`` is the new status; a ``failed``
+    change carries ``error_code`` and ``error_title``. May be async.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Outbound
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_before_send(
+    host: Host, settings: Any, outgoing: OutgoingMessage, conversation: Conversation
+) -> OutgoingMessage | Veto | Awaitable[OutgoingMessage | Veto | None] | None:
+    """Inspect, change or veto a message before it is queued.
+
+    Every sender goes through it: REST, autoreply, other plugins. Plugins run in turn, each
+    seeing the message as the previous one left it. Return ``None`` to pass it on unchanged, a
+    changed :class:`~core.models.OutgoingMessage` to replace it, or :class:`~core.models.Veto`
+    to refuse it (the sender gets ``422 send_vetoed`` with the reason). May be async.
+    """
+
+
+@hookspec
+def on_message_sent(
+    host: Host, settings: Any, message: Message, conversation: Conversation
+) -> Awaitable[None] | None:
+    """Graph accepted an outbound message (``message.wamid`` is now known). May be async."""
+
+
+@hookspec(firstresult=True)
+def media_for_message(host: Host, settings: Any, message: Message) -> Awaitable[MediaStream | None] | None:
+    """Fetch the media bytes of an inbound media message (``firstresult``).
+
+    The transport that received the message answers with a :class:`core.host.MediaStream`;
+    others return ``None``. May be async.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Autoreply
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def reply_for_message(
+    host: Host, settings: Any, message: Message, conversation: Conversation, contact: Contact
+) -> Reply | Awaitable[Reply | None] | None:
+    """Compose the automated reply to an inbound message (``firstresult``): plug a bot in here.
+
+    Called by the ``autoreply`` plugin only when an auto-reply is allowed (not a duplicate, not
+    during cooldown or a human handoff, a text-like message). The first plugin returning a
+    :class:`~core.models.Reply` wins and ``autoreply``'s own rules are skipped; return ``None``
+    to defer to the next plugin and finally to the rules. May be async (an LLM call): the host
+    awaits each implementation before deciding whether to ask the next one.
+
+    Example::
+
+        @hookimpl
+        async def reply_for_message(message):
+            if message.body and "pedido" in message.body.lower():
+                return Reply(text="Seu pedido está a caminho!", source="orders-bot")
+            return None
+    """

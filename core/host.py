@@ -1,0 +1,103 @@
+"""The running host, handed to every hook as ``host``.
+
+It owns what lives as long as the app: the config, storage, the hook runner, metrics, the send
+service, the ingest batcher and event dispatcher, background tasks, and the typed ``stash`` where
+plugins keep their own runtime state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+import msgspec
+import pluggy
+
+from core.config import Config
+from core.events import EventDispatcher, IngestBatcher
+from core.metrics import Metrics
+from core.plugins import HookRunner
+from core.sending import SendService
+from core.stash import Stash
+from core.storage import Storage
+
+__all__ = ["Host", "MediaStream", "ReadinessCheck"]
+
+log = logging.getLogger("zaphub.host")
+
+#: ``(name, check)``: the check returns ``None`` when healthy, or a short reason.
+ReadinessCheck = tuple[str, Callable[[], Awaitable[str | None]]]
+
+
+class MediaStream(msgspec.Struct, frozen=True, kw_only=True):
+    """Media bytes on their way to a client (``GET /api/messages/{id}/media``)."""
+
+    mime_type: str
+    chunks: AsyncIterator[bytes]
+    size: int | None = None
+    filename: str | None = None
+
+
+class Host:
+    """See the module docstring. Built by :func:`core.app.create_app`."""
+
+    def __init__(self, config: Config, pm: pluggy.PluginManager, settings: dict[str, Any]) -> None:
+        self.config = config
+        self.pm = pm
+        self.metrics = Metrics()
+        self.hooks = HookRunner(pm, settings, self.metrics.hook_errors)
+        self.storage = Storage(config.storage)
+        self.stash = Stash()
+        self.sender = SendService(self)
+        self.events = EventDispatcher(self)
+        self.ingest = IngestBatcher(self)
+        self.outbox_wakeup = asyncio.Event()
+        """Set when a send is queued, so the transport's worker wakes without polling."""
+        self.readiness_checks: list[ReadinessCheck] = []
+        self.public_url = config.server.public_url or f"http://{config.server.host}:{config.server.port}"
+        """Base URL clients reach this host at (media links); updated once the port is known."""
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started = False
+
+    def settings(self, plugin: str) -> Any:
+        """A plugin's validated settings (``None`` when it declared no schema)."""
+        return self.hooks.settings.get(plugin)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run background work owned by the host: cancelled and awaited at shutdown.
+
+        A task that dies with an exception is logged with its name; nothing restarts it, so
+        long-running workers should catch and retry inside their loop.
+        """
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s died", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def start(self) -> None:
+        """Open storage, start the writers, then run plugins' ``on_startup``."""
+        await self.storage.open()
+        self.ingest.start()
+        self.events.start()
+        await self.hooks.call_strict("on_startup", host=self)
+        self.started = True
+
+    async def stop(self) -> None:
+        """Flush pending writes and events, stop plugins and background tasks, close storage."""
+        await self.ingest.stop()
+        await self.events.stop()
+        await self.hooks.call("on_shutdown", host=self)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.storage.close()
+        self.started = False

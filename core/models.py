@@ -1,0 +1,205 @@
+"""The domain objects zaphub stores and hands to hooks.
+
+These are transport-neutral: the ``whatsapp`` plugin turns Meta's payloads into
+:class:`InboundMessage` / :class:`InboundStatus`, core stores them and gives plugins the stored
+:class:`Message`, :class:`Conversation` and :class:`Contact` (with zaphub's integer ids).
+All are frozen msgspec Structs, so a hook cannot change what another hook sees.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "STATUS_RANK",
+    "Contact",
+    "Conversation",
+    "InboundMessage",
+    "InboundStatus",
+    "Message",
+    "OutgoingMessage",
+    "Reply",
+    "StatusChange",
+    "Veto",
+    "iso_z",
+    "utcnow",
+]
+
+Direction = Literal["inbound", "outbound"]
+
+#: Order of message statuses. A status applies only when its rank is higher than the current
+#: one, so statuses never go backwards; ``failed`` outranks everything and is terminal.
+#: ``received`` is the status of inbound messages; ``queued``/``accepted`` are zaphub's own
+#: (stored in the outbox / Graph answered with a wamid), the others are Meta's.
+STATUS_RANK: dict[str, int] = {
+    "received": 0,
+    "queued": 0,
+    "accepted": 1,
+    "sent": 2,
+    "delivered": 3,
+    "read": 4,
+    "played": 5,
+    "failed": 9,
+}
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def iso_z(value: datetime | None) -> str | None:
+    """ISO-8601 UTC with a ``Z`` suffix and second precision, as the Socket.IO contract wants."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Contact(msgspec.Struct, frozen=True, kw_only=True):
+    """A WhatsApp user, keyed by ``wa_id``."""
+
+    id: int
+    wa_id: str
+    name: str | None = None
+    phone_number: str = ""
+
+
+class Conversation(msgspec.Struct, frozen=True, kw_only=True):
+    """One conversation per business number (``phone_number_id``) and contact."""
+
+    id: int
+    phone_number_id: str
+    contact_id: int
+    created_at: datetime
+    last_message_at: datetime | None = None
+    last_inbound_at: datetime | None = None
+    last_agent_at: datetime | None = None
+    """When a human (REST or plugin, not automated) last queued a message here."""
+
+    def window_open(self, now: datetime | None = None) -> bool:
+        """Whether free-form messages are allowed: the contact wrote within the last 24 hours."""
+        if self.last_inbound_at is None:
+            return False
+        now = now or utcnow()
+        last = self.last_inbound_at
+        if last.tzinfo is None:
+            last = last.replace(tzinfo=UTC)
+        return (now - last).total_seconds() < 24 * 3600
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored message, inbound (from a contact) or outbound (ours)."""
+
+    id: int
+    conversation_id: int
+    phone_number_id: str
+    direction: Direction
+    type: str
+    """Meta's message type: ``text``, ``image``, … or a type Meta added after this release."""
+    body: str | None
+    """Text body; for other types the caption, reply title or emoji; else ``None``."""
+    status: str
+    wamid: str | None = None
+    sender_type: Literal["contact", "user"] = "contact"
+    delivered_at: datetime | None = None
+    """Inbound: Meta's timestamp. Outbound: when Graph accepted it."""
+    received_at: datetime | None = None
+    """When zaphub stored it."""
+    automated: bool = False
+    media_id: str | None = None
+    media_mime_type: str | None = None
+    context_wamid: str | None = None
+    """The wamid this message replies to, if any."""
+    content: dict[str, Any] | None = None
+    """Outbound: the type-specific object as sent to Graph. Inbound: ``None`` (see ``raw``)."""
+    raw: dict[str, Any] | None = None
+    """Inbound: Meta's message object exactly as received."""
+    error_code: int | None = None
+    error_title: str | None = None
+
+    @property
+    def is_inbound(self) -> bool:
+        """True for messages from a contact."""
+        return self.direction == "inbound"
+
+
+class StatusChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A status that moved a message forward."""
+
+    message_id: int
+    status: str
+    timestamp: str
+    """Meta's timestamp: a string of Unix seconds."""
+    error_code: int | None = None
+    error_title: str | None = None
+
+
+class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A message as a transport plugin hands it to core for storage."""
+
+    phone_number_id: str
+    wamid: str
+    wa_id: str
+    profile_name: str | None
+    type: str
+    body: str | None
+    timestamp: datetime
+    raw: dict[str, Any]
+    media_id: str | None = None
+    media_mime_type: str | None = None
+    context_wamid: str | None = None
+
+
+class InboundStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A status webhook for a message we sent."""
+
+    phone_number_id: str
+    wamid: str
+    status: str
+    timestamp: str
+    recipient_id: str | None = None
+    error_code: int | None = None
+    error_title: str | None = None
+    raw: dict[str, Any] | None = None
+
+
+class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A message on its way out, as ``on_before_send`` sees it.
+
+    ``content`` is the type-specific object of Graph's send body (``{"body": "Olá"}`` for text,
+    ``{"name": …, "language": {…}}`` for a template). Return a changed copy with
+    ``msgspec.structs.replace(outgoing, content=…)``.
+    """
+
+    conversation_id: int
+    type: str
+    content: dict[str, Any]
+    body: str | None = None
+    automated: bool = False
+    source: str = "api"
+    """Who asked: ``api`` (a CRM over REST), ``autoreply``, or a plugin's name."""
+    context_wamid: str | None = None
+
+
+class Veto(msgspec.Struct, frozen=True):
+    """Returned by ``on_before_send`` to refuse a message; ``reason`` reaches the sender."""
+
+    reason: str
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """An automated reply composed by ``reply_for_message``.
+
+    ``text`` is sent as a text message; ``type``/``content`` send anything else (a template,
+    interactive buttons). ``source`` names who composed it, for logs and metrics.
+    """
+
+    text: str | None = None
+    type: str | None = None
+    content: dict[str, Any] | None = None
+    source: str = "plugin"
