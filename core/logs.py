@@ -13,7 +13,7 @@ from core.config import LoggingConfig
 
 __all__ = ["JsonFormatter", "setup_logging"]
 
-_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 _encoder = msgspec.json.Encoder()
 
 
@@ -58,5 +58,5 @@ def setup_logging(config: LoggingConfig) -> None:
     handler._zaphub = True  # type: ignore[attr-defined]  # marks our handler for idempotent setup
     root.addHandler(handler)
     root.setLevel(config.level.upper())
-    for noisy in ("uvicorn.access", "aiosqlite", "httpx", "httpcore"):
+    for noisy in ("uvicorn.access", "aiosqlite", "httpx", "httpcore", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

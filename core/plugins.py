@@ -7,7 +7,8 @@ The plugin manager is built per app by :func:`build_plugin_manager`, never at im
 pluggy itself is synchronous and stops at the first exception, so every call goes through
 :class:`HookRunner`, which awaits coroutine results, injects each plugin's own ``settings``, and
 isolates failures: a raising implementation is logged with the plugin's name and counted, and the
-other plugins still run.
+other plugins still run. The one exception is :class:`~core.errors.ApiError`: a hook raises it on
+purpose to answer the client (invalid content, media not available), so it propagates.
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ class HookRunner:
                 value = impl.function(**self._kwargs(impl, kwargs))
                 if inspect.isawaitable(value):
                     value = await value
+            except ApiError:
+                raise
             except Exception as exc:
                 self._failed(name, impl, exc)
                 continue
@@ -174,6 +177,8 @@ class HookRunner:
                 value = impl.function(**self._kwargs(impl, kwargs))
                 if inspect.isawaitable(value):
                     value = await value
+            except ApiError:
+                raise
             except Exception as exc:
                 self._failed(name, impl, exc)
                 continue

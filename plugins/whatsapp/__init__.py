@@ -1,0 +1,154 @@
+"""The ``whatsapp`` plugin: Meta's webhook, the Graph API client, the outbox, the sandbox.
+
+Hook implementations only; the work lives in the modules named in README.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+
+from core import hookimpl
+from core.cli_types import Command
+from core.errors import ApiError, UpstreamError, ValidationFailed
+from core.host import Host, MediaStream, ReadinessCheck
+from core.models import Conversation, Message, OutgoingMessage
+from core.stash import StashKey
+from plugins.whatsapp.client import GraphClient
+from plugins.whatsapp.config import SANDBOX_PHONE_NUMBER_ID, WhatsAppSettings
+from plugins.whatsapp.outbound import OUTBOUND_TYPES, body_for, validate_content
+from plugins.whatsapp.routes import WEBHOOK_PATH, webhook_routes
+from plugins.whatsapp.sandbox import Sandbox, SandboxOptions
+from plugins.whatsapp.worker import OutboxWorker
+
+__all__ = ["GRAPH", "SANDBOX", "SANDBOX_PREFIX", "WORKER"]
+
+GRAPH: StashKey[GraphClient] = StashKey("whatsapp.graph")
+WORKER: StashKey[OutboxWorker] = StashKey("whatsapp.worker")
+SANDBOX: StashKey[Sandbox] = StashKey("whatsapp.sandbox")
+
+#: Where the in-process sandbox is mounted (``whatsapp.sandbox: true``).
+SANDBOX_PREFIX = "/_sandbox/graph"
+_SANDBOX_TOKEN = "sandbox-access-token"
+
+
+@hookimpl
+def config_schema() -> type[msgspec.Struct]:
+    """``plugins.whatsapp`` is validated against :class:`WhatsAppSettings`."""
+    return WhatsAppSettings
+
+
+@hookimpl
+def register_routes(host: Host, settings: WhatsAppSettings) -> list[Any]:
+    """The webhook, and the sandbox's Graph emulator when ``sandbox: true``."""
+    routes = webhook_routes(host, settings)
+    if settings.sandbox:
+        sandbox = Sandbox(
+            SandboxOptions(
+                app_secret=settings.app_secret,
+                webhook_url=host.public_url + WEBHOOK_PATH,
+                access_token=settings.access_token or _SANDBOX_TOKEN,
+                phone_number_id=settings.phone_number_id or SANDBOX_PHONE_NUMBER_ID,
+                prefix=SANDBOX_PREFIX,
+            )
+        )
+        host.stash[SANDBOX] = sandbox
+        routes.append(sandbox.router)
+    return routes
+
+
+@hookimpl
+def register_readiness_checks(host: Host, settings: WhatsAppSettings) -> list[ReadinessCheck]:
+    """``/ready`` fails while Graph rejects the token, or when no token is configured."""
+
+    async def graph() -> str | None:
+        if not settings.sandbox and not settings.access_token:
+            return "plugins.whatsapp.access_token is empty: set WHATSAPP_ACCESS_TOKEN (or sandbox: true)"
+        worker = host.stash.get(WORKER)
+        return worker.auth_problem if worker is not None else "outbox worker not running"
+
+    return [("whatsapp", graph)]
+
+
+@hookimpl
+def register_commands() -> list[Command]:
+    """``zaphub sandbox`` and ``zaphub simulate``."""
+    from plugins.whatsapp.simulate import sandbox_command, simulate_command
+
+    return [sandbox_command(), simulate_command()]
+
+
+@hookimpl
+async def on_startup(host: Host, settings: WhatsAppSettings) -> None:
+    """Open the Graph client and start the outbox worker (and the sandbox, if enabled)."""
+    sandbox = host.stash.get(SANDBOX)
+    if sandbox is not None:
+        sandbox.options.webhook_url = host.public_url + WEBHOOK_PATH
+        await sandbox.start()
+    base_url = host.public_url + SANDBOX_PREFIX if settings.sandbox else settings.graph_api_url
+    token = settings.access_token or (_SANDBOX_TOKEN if settings.sandbox else "missing-access-token")
+    client = GraphClient(
+        base_url=base_url,
+        version=settings.graph_api_version,
+        access_token=token,
+        timeout=httpx.Timeout(connect=5.0, read=settings.request_timeout_seconds, write=20.0, pool=5.0),
+    )
+    host.stash[GRAPH] = client
+    worker = OutboxWorker(host, settings, client)
+    host.stash[WORKER] = worker
+    host.spawn(worker.run(), name="whatsapp-outbox")
+
+
+@hookimpl
+async def on_shutdown(host: Host) -> None:
+    """Let in-flight sends finish, then close the client and the sandbox."""
+    worker = host.stash.get(WORKER)
+    if worker is not None:
+        await worker.stop()
+    client = host.stash.get(GRAPH)
+    if client is not None:
+        await client.aclose()
+    sandbox = host.stash.get(SANDBOX)
+    if sandbox is not None:
+        await sandbox.stop()
+
+
+@hookimpl
+def on_before_send(outgoing: OutgoingMessage, conversation: Conversation) -> OutgoingMessage:
+    """Validate the content for its type (400 with the field and the fix) and fill ``body``."""
+    if outgoing.type not in OUTBOUND_TYPES:
+        raise ValidationFailed(
+            f"type {outgoing.type!r} cannot be sent; use one of: {', '.join(sorted(OUTBOUND_TYPES))}"
+        )
+    content = validate_content(outgoing.type, outgoing.content)
+    return msgspec.structs.replace(outgoing, content=content, body=body_for(outgoing.type, content))
+
+
+@hookimpl
+async def media_for_message(host: Host, message: Message) -> MediaStream | None:
+    """Stream an inbound message's media from Graph (id → URL → bytes with the token)."""
+    if message.media_id is None or message.direction != "inbound":
+        return None
+    client = host.stash[GRAPH]
+    try:
+        info = await client.media_info(message.media_id, phone_number_id=message.phone_number_id)
+    except UpstreamError as exc:
+        raise ApiError(
+            f"Graph could not find media {message.media_id}: {exc.title} (media ids expire after 7 days)",
+            code="media_unavailable",
+            status_code=502 if exc.retryable else 404,
+        ) from exc
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async with client.stream_media(info.url) as stream:
+            async for chunk in stream.aiter_bytes(64 * 1024):
+                yield chunk
+
+    return MediaStream(
+        mime_type=info.mime_type or message.media_mime_type or "application/octet-stream",
+        chunks=chunks(),
+        size=info.file_size,
+    )

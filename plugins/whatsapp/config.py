@@ -1,0 +1,76 @@
+"""Settings of the ``whatsapp`` plugin (``plugins.whatsapp`` in ``config.yaml``)."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+__all__ = ["SANDBOX_PHONE_NUMBER_ID", "WhatsAppSettings"]
+
+#: The business number the sandbox serves when none is configured.
+SANDBOX_PHONE_NUMBER_ID = "100000000000002"
+
+_VERSION = re.compile(r"^v\d+\.\d+$")
+
+
+class WhatsAppSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Meta WhatsApp Cloud API credentials, webhook security, and sending behaviour."""
+
+    access_token: str = ""
+    """System-user access token for the Graph API (``WHATSAPP_ACCESS_TOKEN``). Never logged."""
+    phone_number_id: str = ""
+    """The business phone number id this host serves (``WHATSAPP_PHONE_NUMBER_ID``). Webhooks for
+    other numbers are answered 200 and ignored. Empty: serve every number the app receives."""
+    phone_number_ids: list[str] = msgspec.field(default_factory=list)
+    """More business numbers served by this host (multi-number setups)."""
+    business_account_id: str = ""
+    """WhatsApp Business Account id (``WHATSAPP_BUSINESS_ACCOUNT_ID``), for logs and checks."""
+    verify_token: str = ""
+    """The token typed in Meta's dashboard for the webhook handshake (``WHATSAPP_VERIFY_TOKEN``)."""
+    app_secret: str = ""
+    """The Meta app secret that signs webhooks (``WHATSAPP_APP_SECRET``). Required unless
+    ``insecure_skip_signature`` is true."""
+    insecure_skip_signature: bool = False
+    """Accept unsigned webhooks. Only for local experiments: anyone could inject messages."""
+    graph_api_url: str = "https://graph.facebook.com"
+    """Base URL of the Graph API (a proxy or a BSP may differ)."""
+    graph_api_version: str = "v25.0"
+    """Pinned Graph API version; upgrade deliberately."""
+    sandbox: bool = False
+    """Use the built-in Meta emulator on this same port instead of Meta (no account needed)."""
+    webhook_max_bytes: int = msgspec.field(default=4 * 1024 * 1024)
+    """Largest webhook body accepted (413 above); Meta sends at most 3 MB."""
+    messages_per_second: float = 80.0
+    """Send pacing per business number (Meta's default throughput is 80 messages/s)."""
+    pair_interval_seconds: float = 6.0
+    """Spacing of messages to one recipient (Meta's pair rate limit: about one per 6 s)."""
+    pair_burst: int = 10
+    """Messages one recipient may receive back-to-back before spacing applies."""
+    max_attempts: int = 8
+    """Attempts per message before it is marked ``failed`` (retryable errors only)."""
+    ambiguous_retry_seconds: float = 30.0
+    """After a timeout that may have reached Meta, wait this long for a status webhook that
+    proves the send happened before trying again (see docs/operations.md)."""
+    request_timeout_seconds: float = 20.0
+    """Read timeout of one Graph request."""
+
+    def __post_init__(self) -> None:
+        if not self.app_secret and not self.insecure_skip_signature:
+            raise ValueError(
+                "app_secret is empty: set WHATSAPP_APP_SECRET (Meta dashboard → App settings → Basic) "
+                "or insecure_skip_signature: true"
+            )
+        if not self.verify_token:
+            raise ValueError("verify_token is empty: set WHATSAPP_VERIFY_TOKEN to the token typed in Meta's dashboard")
+        if not _VERSION.match(self.graph_api_version):
+            raise ValueError(f"graph_api_version {self.graph_api_version!r} is not like 'v25.0'")
+        if self.messages_per_second <= 0 or self.max_attempts < 1:
+            raise ValueError("messages_per_second must be > 0 and max_attempts >= 1")
+
+    def served_numbers(self) -> frozenset[str]:
+        """Business numbers this host serves; empty means all."""
+        numbers = {n for n in [self.phone_number_id, *self.phone_number_ids] if n}
+        if self.sandbox and not numbers:
+            numbers.add(SANDBOX_PHONE_NUMBER_ID)
+        return frozenset(numbers)

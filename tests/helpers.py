@@ -1,0 +1,157 @@
+"""Helpers shared by tests: real servers on free ports, waiting on conditions, service probes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import uvicorn
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pg_admin_url() -> str:
+    return os.environ.get("ZAPHUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def redis_url() -> str:
+    return os.environ.get("ZAPHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def service_available(url: str) -> str | None:
+    """``None`` when a TCP connection to the URL's host:port succeeds, else the reason."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or {"postgresql": 5432, "redis": 6379}.get(parts.scheme.split("+")[0], 0)
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return None
+    except OSError as exc:
+        return f"cannot connect to {host}:{port} ({exc.strerror or exc})"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(
+    predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, *, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Run an ASGI app under a real uvicorn server on a free port; yields its base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=0, log_config=None, access_log=False, lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started or task.done(), timeout=20, what="uvicorn to start")
+    if task.done():
+        task.result()
+        raise AssertionError("server exited during startup")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=30)
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+class ZaphubProcess:
+    """``zaphub run`` in a subprocess: the real server, as a user starts it."""
+
+    def __init__(self, config_path: Path, *, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = config_path.with_suffix(f".{self.port}.log")
+
+    def start(self) -> ZaphubProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  # closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "run", "--config", str(self.config_path), "--port", str(self.port)],
+            cwd=self.config_path.parent,
+            env={**self.env, "PYTHONPATH": str(REPO)},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"zaphub exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"zaphub not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown code runs."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait (graceful shutdown)."""
+        code = 0
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                code = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait(10)
+        if hasattr(self, "_log"):
+            self._log.close()
+        return code
+
+
+@contextlib.contextmanager
+def zaphub_process(config_path: Path, **kwargs: Any) -> Iterator[ZaphubProcess]:
+    proc = ZaphubProcess(config_path, **kwargs).start()
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
