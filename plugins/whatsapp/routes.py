@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from prometheus_client import Counter
 
 from core.app import error_response
@@ -64,9 +64,9 @@ def webhook_routes(host: Host, settings: WhatsAppSettings) -> list[Any]:
         sync_to_thread=False,
     )
     def verify(
-        mode: str | None = Parameter(query="hub.mode", default=None),
-        token: str | None = Parameter(query="hub.verify_token", default=None),
-        challenge: str | None = Parameter(query="hub.challenge", default=None),
+        mode: str | None = QueryParameter(name="hub.mode", default=None),
+        token: str | None = QueryParameter(name="hub.verify_token", default=None),
+        challenge: str | None = QueryParameter(name="hub.challenge", default=None),
     ) -> Response[str]:
         if (
             mode == "subscribe"
