@@ -34,15 +34,28 @@ STATUSES = ("sent", "delivered", "read", "played", "failed")
 
 
 def _defaults_from_config(args: argparse.Namespace) -> dict[str, str]:
-    """Settings found in zaphub's config file, keyed like the options of these commands.
+    """Settings found in zaphub's config file (``--config``, ``ZAPHUB_CONFIG`` or ./config.yaml).
 
-    TODO(lead): when ``args.config`` / ``ZAPHUB_CONFIG`` / ``./config.yaml`` is readable, load it
-    with core's config loader and return what it says, leaving out keys it does not set:
-    ``{"app_secret": plugins.whatsapp.app_secret, "phone_number_id": …, "access_token": …,
-    "waba_id": plugins.whatsapp.business_account_id, "url": f"http://{server.host}:{server.port}"}``.
-    Until then the environment and the built-in defaults apply.
+    Keys are named like the options of these commands; keys the config leaves empty are left
+    out, so the environment and the built-in defaults still apply. An unreadable or invalid
+    config is not an error here: these commands also serve hosts configured elsewhere.
     """
-    return {}
+    from core.cli import load_plugin_settings
+    from core.errors import ZaphubError
+
+    try:
+        config, settings = load_plugin_settings(getattr(args, "config", None), "whatsapp")
+    except ZaphubError:
+        return {}
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    found = {
+        "app_secret": settings.app_secret,
+        "phone_number_id": settings.phone_number_id,
+        "access_token": settings.access_token,
+        "waba_id": settings.business_account_id,
+        "url": f"http://{host}:{config.server.port}",
+    }
+    return {k: v for k, v in found.items() if v}
 
 
 def _pick(flag: str | None, config: Mapping[str, str], key: str, env: str, default: str) -> str:
@@ -252,6 +265,11 @@ def _configure_simulate(parser: argparse.ArgumentParser) -> None:
         help="the customer's number (default: %(default)s)",
     )
     _add_target_options(status)
+    for sub_parser in (msg, status):
+        # Also accept --config after the sub-command; SUPPRESS keeps the outer value when absent.
+        sub_parser.add_argument(
+            "--config", metavar="PATH", default=argparse.SUPPRESS, help="config file to read defaults from"
+        )
 
 
 def _webhooks(args: argparse.Namespace, phone_number_id: str) -> list[dict[str, Any]]:
