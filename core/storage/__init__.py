@@ -39,6 +39,7 @@ from core.models import (
     utcnow,
 )
 from core.storage.schema import (
+    UTCDateTime,
     contacts,
     conversations,
     idempotency_keys,
@@ -298,10 +299,10 @@ class Storage:
             ),
             [{"phone_number_id": p, "contact_id": c, "created_at": now} for p, c in pairs],
         )
-        conv_ids = {
-            (r.phone_number_id, r.contact_id): r.id
+        conv_rows = {
+            (r.phone_number_id, r.contact_id): _conversation(r)
             for r in await conn.execute(
-                sa.select(conversations.c.id, conversations.c.phone_number_id, conversations.c.contact_id).where(
+                sa.select(conversations).where(
                     sa.tuple_(conversations.c.phone_number_id, conversations.c.contact_id).in_(pairs)
                 )
             )
@@ -311,7 +312,7 @@ class Storage:
         for msg in batch:
             rows.append(
                 {
-                    "conversation_id": conv_ids[(msg.phone_number_id, contact_by_wa[msg.wa_id].id)],
+                    "conversation_id": conv_rows[(msg.phone_number_id, contact_by_wa[msg.wa_id].id)].id,
                     "phone_number_id": msg.phone_number_id,
                     "wamid": msg.wamid,
                     "direction": "inbound",
@@ -343,8 +344,8 @@ class Storage:
         if not new_ids:
             return
 
-        # Advance the conversations; conditional updates never move a timestamp backwards,
-        # whatever order concurrent transactions commit in.
+        # Advance the conversations in one statement. The CASEs never move a timestamp backwards,
+        # whatever order concurrent transactions commit in (a backlog replayed by Meta included).
         latest: dict[int, tuple[datetime, int]] = {}
         for row in rows:
             mid = new_ids.get((row["phone_number_id"], row["wamid"]))
@@ -354,33 +355,30 @@ class Storage:
             ts = row["delivered_at"]
             if cid not in latest or (ts, mid) > latest[cid]:
                 latest[cid] = (ts, mid)
-        params = [{"cid": cid, "ts": ts, "mid": mid} for cid, (ts, mid) in sorted(latest.items())]
+        ts_param, mid_param = sa.bindparam("ts", type_=UTCDateTime()), sa.bindparam("mid")
+        newer_inbound = sa.or_(conversations.c.last_inbound_at.is_(None), conversations.c.last_inbound_at < ts_param)
+        newer_message = sa.or_(conversations.c.last_message_at.is_(None), conversations.c.last_message_at <= ts_param)
         await conn.execute(
             conversations.update()
             .where(conversations.c.id == sa.bindparam("cid"))
-            .where(
-                sa.or_(
-                    conversations.c.last_inbound_at.is_(None), conversations.c.last_inbound_at < sa.bindparam("ts")
-                )
-            )
-            .values(last_inbound_at=sa.bindparam("ts")),
-            params,
+            .values(
+                last_inbound_at=sa.case((newer_inbound, ts_param), else_=conversations.c.last_inbound_at),
+                last_message_at=sa.case((newer_message, ts_param), else_=conversations.c.last_message_at),
+                last_message_id=sa.case((newer_message, mid_param), else_=conversations.c.last_message_id),
+            ),
+            [{"cid": cid, "ts": ts, "mid": mid} for cid, (ts, mid) in sorted(latest.items())],
         )
-        await conn.execute(
-            conversations.update()
-            .where(conversations.c.id == sa.bindparam("cid"))
-            .where(
-                sa.or_(
-                    conversations.c.last_message_at.is_(None), conversations.c.last_message_at <= sa.bindparam("ts")
-                )
+        # The same rule applied to the rows read above gives what the hooks see, without a re-read.
+        conv_by_id: dict[int, Conversation] = {}
+        for conv in conv_rows.values():
+            if conv.id not in latest:
+                continue
+            ts, _ = latest[conv.id]
+            conv_by_id[conv.id] = msgspec.structs.replace(
+                conv,
+                last_inbound_at=max(conv.last_inbound_at, ts) if conv.last_inbound_at else ts,
+                last_message_at=max(conv.last_message_at, ts) if conv.last_message_at else ts,
             )
-            .values(last_message_at=sa.bindparam("ts"), last_message_id=sa.bindparam("mid")),
-            params,
-        )
-        conv_by_id = {
-            r.id: _conversation(r)
-            for r in await conn.execute(sa.select(conversations).where(conversations.c.id.in_(list(latest))))
-        }
         contact_by_id = {c.id: c for c in contact_by_wa.values()}
         for row in rows:
             mid = new_ids.get((row["phone_number_id"], row["wamid"]))

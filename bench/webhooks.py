@@ -1,0 +1,217 @@
+"""Inbound webhook benchmark: signed Meta webhooks at a zaphub host, acks/s and ack latency.
+
+It starts its own ``zaphub run`` (SQLite in a temp dir, or ``--storage-url``) unless ``--url``
+points at a running host, optionally connects ``--sockets`` CRM Socket.IO clients (so fan-out
+is part of the load, as in production), then drives webhooks over keep-alive connections with a
+minimal HTTP/1.1 client (a heavyweight client would eat the CPU it shares with the server).
+
+    python bench/webhooks.py                       # max rate, 10 sockets, 20 s
+    python bench/webhooks.py --rate 1000           # fixed 1,000 webhooks/s: latency at load
+    python bench/webhooks.py --url http://127.0.0.1:3000 --secret "$WHATSAPP_APP_SECRET"
+
+Each webhook carries one text message with a unique wamid (the realistic worst case: every one
+is stored). Prints acks/s, latency p50/p90/p99/max, non-200 answers, and the server's RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from plugins.whatsapp import payloads  # noqa: E402
+
+SECRET = "bench-secret-0123456789abcdef0123"
+JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
+
+
+def build_requests(n: int, host: str, secret: str, contacts: int) -> list[bytes]:
+    """Pre-built raw HTTP requests, so the load generator does no JSON or HMAC work while timing."""
+    out = []
+    for i in range(n):
+        msg = payloads.text(f"Olá, mensagem {i}", from_=f"55119{i % contacts:08d}")
+        body = payloads.encode(payloads.envelope(messages=[msg]))
+        head = (
+            f"POST /meta-whatsapp/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"X-Hub-Signature-256: {payloads.sign(body, secret)}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        out.append(head.encode() + body)
+    return out
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def drive(
+    host: str, port: int, requests: list[bytes], *, concurrency: int, rate: float, duration: float
+) -> tuple[list[float], dict[int, int], float]:
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    it = iter(requests)
+    start = time.perf_counter()
+    stop_at = start + duration
+    interval = concurrency / rate if rate else 0.0
+
+    async def worker(k: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        next_at = start + (k * interval / concurrency if interval else 0)
+        try:
+            while True:
+                now = time.perf_counter()
+                if now >= stop_at:
+                    return
+                if interval:
+                    if next_at > now:
+                        await asyncio.sleep(next_at - now)
+                    next_at += interval
+                try:
+                    req = next(it)
+                except StopIteration:
+                    return
+                t0 = time.perf_counter()
+                writer.write(req)
+                status = await read_response(reader)
+                latencies.append(time.perf_counter() - t0)
+                codes[status] = codes.get(status, 0) + 1
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return latencies, codes, time.perf_counter() - start
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+async def connect_sockets(url: str, n: int) -> list[Any]:
+    if n == 0:
+        return []
+    import jwt
+    import socketio
+
+    token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, JWT_SECRET, algorithm="HS256")
+    clients = []
+    for _ in range(n):
+        c = socketio.AsyncClient(reconnection=False)
+        await c.connect(url, namespaces=["/crm"], auth={"token": token}, transports=["websocket"])
+        clients.append(c)
+    return clients
+
+
+def start_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plugins: dict[str, Any] = {"whatsapp": {"verify_token": "vt", "app_secret": SECRET, "sandbox": True}}
+    if args.sockets:
+        plugins["crm_realtime"] = {"jwt_secret": JWT_SECRET}
+    config = {
+        "server": {"port": port},
+        "storage": {
+            "url": args.storage_url or f"sqlite:///{workdir / 'bench.db'}",
+            **({"sqlite_synchronous": args.sync} if args.sync else {}),
+        },
+        "logging": {"level": "warning"},
+        "plugins": plugins,
+    }
+    (workdir / "config.yaml").write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "run", "--config", str(workdir / "config.yaml")],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("zaphub did not become ready")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running host (default: start one)")
+    parser.add_argument("--secret", default=SECRET, help="its app secret (with --url)")
+    parser.add_argument("--storage-url", help="database for the started host (default: SQLite in a temp dir)")
+    parser.add_argument("--rate", type=float, default=0, help="webhooks/s (0 = as fast as possible)")
+    parser.add_argument("--duration", type=float, default=20)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--sockets", type=int, default=10, help="CRM Socket.IO clients connected during the run")
+    parser.add_argument("--contacts", type=int, default=500)
+    parser.add_argument("--sync", choices=["FULL", "NORMAL"], help="storage.sqlite_synchronous of the started host")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = None
+        url = args.url
+        if url is None:
+            proc, url = start_server(args, Path(tmp))
+        try:
+            host, port = url.split("//")[1].split(":")
+            expected = int((args.rate or 6000) * args.duration * 1.2) + 1000
+            requests = build_requests(expected, f"{host}:{port}", args.secret, args.contacts)
+            clients = await connect_sockets(url, args.sockets)
+            lat, codes, elapsed = await drive(
+                host, int(port), requests, concurrency=args.concurrency, rate=args.rate, duration=args.duration
+            )
+            for c in clients:
+                await c.disconnect()
+            ok = codes.get(200, 0)
+            print(f"webhooks: {len(lat)} in {elapsed:.1f} s = {len(lat) / elapsed:,.0f}/s (200: {ok}, other: "
+                  f"{ {k: v for k, v in codes.items() if k != 200} })")
+            print(f"ack latency ms: p50 {pct(lat, 50):.1f}  p90 {pct(lat, 90):.1f}  p99 {pct(lat, 99):.1f}  "
+                  f"max {max(lat) * 1000:.1f}  mean {statistics.fmean(lat) * 1000:.1f}")
+            print(f"rate asked: {args.rate or 'max'}; concurrency {args.concurrency}; sockets {args.sockets}")
+            if proc is not None:
+                print(f"server RSS: {rss_mb(proc.pid):.0f} MB")
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
