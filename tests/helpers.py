@@ -64,10 +64,15 @@ async def wait_for(
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, *, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Run an ASGI app under a real uvicorn server on a free port; yields its base URL."""
+async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Run an ASGI app under a real uvicorn server; yields its base URL.
+
+    ``port=0`` picks a free port. Pass ``free_port()`` (also written to the app's
+    ``server.port``) when the app must know its own URL before it starts, e.g. the in-process
+    sandbox, which posts webhooks to ``host.public_url``.
+    """
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=0, log_config=None, access_log=False, lifespan="on")
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
     )
     task = asyncio.create_task(server.serve())
     await wait_for(lambda: server.started or task.done(), timeout=20, what="uvicorn to start")
@@ -95,6 +100,10 @@ class ZaphubProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
+        # The repo comes first; a PYTHONPATH passed in ``env`` (e.g. a plugin installed with
+        # ``pip install --target``) is added after it.
+        extra_path = (env or {}).get("PYTHONPATH")
+        self.pythonpath = os.pathsep.join([str(REPO), extra_path]) if extra_path else str(REPO)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = config_path.with_suffix(f".{self.port}.log")
 
@@ -103,7 +112,7 @@ class ZaphubProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "core.cli", "run", "--config", str(self.config_path), "--port", str(self.port)],
             cwd=self.config_path.parent,
-            env={**self.env, "PYTHONPATH": str(REPO)},
+            env={**self.env, "PYTHONPATH": self.pythonpath},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

@@ -222,6 +222,9 @@ class AutoreplySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     max_message_age_seconds: Annotated[int, msgspec.Meta(ge=1)] = 3600
     """Never auto-reply to a message older than this (by Meta's timestamp): after an outage Meta
     replays up to 7 days of backlog, and answering week-old messages confuses customers."""
+    bot_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """How long the ``reply_for_message`` bots together may take for one message; past it they are
+    abandoned and the rules answer, so a hung bot never leaves a customer without a reply."""
     rules: list[Rule] = []
     """Checked in order; the first match wins."""
     away: Away | None = None

@@ -272,6 +272,7 @@ def away(**fields: Any) -> dict[str, Any]:
         pytest.param({"cooldown_seconds": -1}, "$.cooldown_seconds", [">= 0"], id="negative-cooldown"),
         pytest.param({"handoff_seconds": -5}, "$.handoff_seconds", [">= 0"], id="negative-handoff"),
         pytest.param({"max_message_age_seconds": 0}, "$.max_message_age_seconds", [">= 1"], id="zero-age"),
+        pytest.param({"bot_timeout_seconds": 0}, "$.bot_timeout_seconds", ["> 0"], id="zero-bot-timeout"),
         pytest.param({"enabeld": True}, None, ["unknown field `enabeld`"], id="typo"),
     ],
 )
