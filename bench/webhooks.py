@@ -172,16 +172,22 @@ def start_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Po
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="a running host (default: start one)")
     parser.add_argument("--secret", default=SECRET, help="its app secret (with --url)")
     parser.add_argument("--storage-url", help="database for the started host (default: SQLite in a temp dir)")
     parser.add_argument("--rate", type=float, default=0, help="webhooks/s (0 = as fast as possible)")
     parser.add_argument("--duration", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--sockets", type=int, default=10, help="CRM Socket.IO clients connected during the run")
+    parser.add_argument(
+        "--sockets", type=int, default=10, help="CRM Socket.IO clients connected during the run"
+    )
     parser.add_argument("--contacts", type=int, default=500)
-    parser.add_argument("--sync", choices=["FULL", "NORMAL"], help="storage.sqlite_synchronous of the started host")
+    parser.add_argument(
+        "--sync", choices=["FULL", "NORMAL"], help="storage.sqlite_synchronous of the started host"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,15 +201,24 @@ async def main() -> None:
             requests = build_requests(expected, f"{host}:{port}", args.secret, args.contacts)
             clients = await connect_sockets(url, args.sockets)
             lat, codes, elapsed = await drive(
-                host, int(port), requests, concurrency=args.concurrency, rate=args.rate, duration=args.duration
+                host,
+                int(port),
+                requests,
+                concurrency=args.concurrency,
+                rate=args.rate,
+                duration=args.duration,
             )
             for c in clients:
                 await c.disconnect()
             ok = codes.get(200, 0)
-            print(f"webhooks: {len(lat)} in {elapsed:.1f} s = {len(lat) / elapsed:,.0f}/s (200: {ok}, other: "
-                  f"{ {k: v for k, v in codes.items() if k != 200} })")
-            print(f"ack latency ms: p50 {pct(lat, 50):.1f}  p90 {pct(lat, 90):.1f}  p99 {pct(lat, 99):.1f}  "
-                  f"max {max(lat) * 1000:.1f}  mean {statistics.fmean(lat) * 1000:.1f}")
+            print(
+                f"webhooks: {len(lat)} in {elapsed:.1f} s = {len(lat) / elapsed:,.0f}/s (200: {ok}, other: "
+                f"{ {k: v for k, v in codes.items() if k != 200} })"
+            )
+            print(
+                f"ack latency ms: p50 {pct(lat, 50):.1f}  p90 {pct(lat, 90):.1f}  p99 {pct(lat, 99):.1f}  "
+                f"max {max(lat) * 1000:.1f}  mean {statistics.fmean(lat) * 1000:.1f}"
+            )
             print(f"rate asked: {args.rate or 'max'}; concurrency {args.concurrency}; sockets {args.sockets}")
             if proc is not None:
                 print(f"server RSS: {rss_mb(proc.pid):.0f} MB")

@@ -113,8 +113,12 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
     @get("/ready", tags=["ops"], summary="Readiness: 200 when storage, Redis and plugins answer, else 503")
     async def ready() -> Response[Any]:
         results = await asyncio.gather(*(_run_check(fn) for _, fn in host.readiness_checks))
-        report = {name: (reason or "ok") for (name, _), reason in zip(host.readiness_checks, results, strict=True)}
-        failing = {name: reason for (name, _), reason in zip(host.readiness_checks, results, strict=True) if reason}
+        report = {
+            name: (reason or "ok") for (name, _), reason in zip(host.readiness_checks, results, strict=True)
+        }
+        failing = {
+            name: reason for (name, _), reason in zip(host.readiness_checks, results, strict=True) if reason
+        }
         if failing or not host.started:
             if not host.started:
                 report["host"] = "starting"
@@ -123,7 +127,10 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
 
     @get("/metrics", tags=["ops"], summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
     async def metrics() -> Response[bytes]:
-        return Response(host.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        # An explicit header: Litestar appends a second `charset` to text/* media types, and
+        # Prometheus 3 refuses a Content-Type with a duplicate parameter.
+        headers = {"content-type": CONTENT_TYPE_LATEST}
+        return Response(host.metrics.render(), media_type=CONTENT_TYPE_LATEST, headers=headers)
 
     routes: list[Any] = [health, ready, metrics]
     routes.extend(item for _, item in host.hooks.collect("register_routes", host=host))
@@ -164,7 +171,9 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
         openapi_config=OpenAPIConfig(
             title="zaphub",
             version=__version__,
-            description="WhatsApp Cloud API ↔ CRM in real time. CRM endpoints need `Authorization: Bearer <JWT>`.",
+            description=(
+                "WhatsApp Cloud API ↔ CRM in real time. CRM endpoints need `Authorization: Bearer <JWT>`."
+            ),
             path="/schema",
         ),
         logging_config=None,

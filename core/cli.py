@@ -8,7 +8,9 @@ from ``whatsapp``). Errors print one line naming the problem and the fix, and ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -93,7 +95,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         sock.close()
         raise ConfigError(
-            f"cannot listen on {server.host}:{server.port}: {exc.strerror}; pick another with --port", "server.port"
+            f"cannot listen on {server.host}:{server.port}: {exc.strerror}; pick another with --port",
+            "server.port",
         ) from exc
     server = msgspec.structs.replace(server, port=sock.getsockname()[1])
     config = msgspec.structs.replace(config, server=server)
@@ -109,8 +112,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(server.graceful_shutdown_seconds),
         lifespan="on",
     )
-    print(f"zaphub {__version__} listening on http://{server.host}:{server.port}", file=sys.stderr, flush=True)
-    uvicorn.Server(uv).run(sockets=[sock])
+    print(
+        f"zaphub {__version__} listening on http://{server.host}:{server.port}", file=sys.stderr, flush=True
+    )
+    # uvicorn re-raises the SIGTERM it handled once the graceful shutdown is over, which would end
+    # the process "killed by signal 15". The shutdown was clean by then: exit 0 instead.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(uv).run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -136,10 +147,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_plugins(args: argparse.Namespace) -> int:
     pm, broken = _all_plugins_manager()
     enabled: set[str] = set()
-    try:
+    with contextlib.suppress(ConfigError):  # listing plugins must work with a broken config
         enabled = set(load_config(args.config).plugins)
-    except ConfigError:
-        pass
     dists = {name: dist for name, dist in ((pm.get_name(p), d) for p, d in pm.list_plugin_distinfo())}
     runner = HookRunner(pm, {})
     hooks = runner.plugin_hooks()
@@ -160,7 +169,9 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zaphub",
         description="zaphub connects the Meta WhatsApp Cloud API to your CRM in real time.",
-        epilog="Start with `zaphub run` (uses ./config.yaml), then `zaphub token --sub you` for a CRM client.",
+        epilog=(
+            "Start with `zaphub run` (uses ./config.yaml), then `zaphub token --sub you` for a CRM client."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"zaphub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -97,7 +97,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     source: str = "<defaults>"
     """Where this config came from (a path), for messages."""
     dev_defaults: list[str] = msgspec.field(default_factory=list)
-    """Dotted paths whose value came from a ``${VAR:-default}`` fallback (the variable was unset)."""
+    """Secret keys (``*secret*``, ``*token*``, …) whose value came from a ``${VAR:-default}`` fallback."""
 
 
 def find_config_path(explicit: str | None) -> Path | None:
@@ -147,7 +147,9 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
     return parse_config(data, source=str(resolved), env=env)
 
 
-def parse_config(data: dict[str, Any], *, source: str = "<memory>", env: dict[str, str] | None = None) -> Config:
+def parse_config(
+    data: dict[str, Any], *, source: str = "<memory>", env: dict[str, str] | None = None
+) -> Config:
     """Validate an already-parsed config mapping (interpolating ``${VAR}`` first)."""
     environ = os.environ if env is None else env
     dev_defaults: list[str] = []
@@ -162,7 +164,9 @@ def parse_config(data: dict[str, Any], *, source: str = "<memory>", env: dict[st
             if section is None:  # `whatsapp:` with nothing under it enables the plugin with defaults
                 plugins[name] = {}
             elif not isinstance(section, dict):
-                raise ConfigError("must be a mapping of settings (or empty to use the defaults)", f"plugins.{name}")
+                raise ConfigError(
+                    "must be a mapping of settings (or empty to use the defaults)", f"plugins.{name}"
+                )
     for reserved in ("source", "dev_defaults"):
         if reserved in interpolated:
             raise ConfigError(_unknown_key_message(reserved, Config), reserved)
@@ -200,6 +204,9 @@ def _config_error(message: str, schema: type[Any], base: str) -> ConfigError:
     assert match is not None  # the pattern matches any string
     msg, at = match.group("msg"), match.group("at") or ""
     msg = msg.replace("Object missing required field", "missing required key")
+    if re.fullmatch(r"Expected `str`, got `(int|float|bool)`", msg):
+        # YAML reads 123456789 or yes as a number or a boolean; ids and tokens need quotes.
+        msg += ": write the value in quotes"
     return ConfigError(msg[0].lower() + msg[1:] if msg else "invalid value", join(base, at))
 
 
@@ -245,8 +252,12 @@ def _interpolate(value: Any, environ: Any, path: str, dev_defaults: list[str]) -
         if found is not None:
             return str(found)
         if default is None:
-            raise ConfigError(f"environment variable {name} is not set (write ${{{name}:-default}} for a fallback)", path)
-        if default:
+            raise ConfigError(
+                f"environment variable {name} is not set (write ${{{name}:-default}} for a fallback)", path
+            )
+        # Only a fallback *secret* is a development default worth a warning: a default port or
+        # database URL is fine in production, and a warning that always fires gets ignored.
+        if default and _SECRET_KEY.search(path.rsplit(".", 1)[-1]):
             dev_defaults.append(path)
         return str(default)
 

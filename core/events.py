@@ -83,7 +83,10 @@ class _Submission:
     __slots__ = ("future", "messages", "statuses")
 
     def __init__(
-        self, messages: Sequence[InboundMessage], statuses: Sequence[InboundStatus], future: asyncio.Future[None]
+        self,
+        messages: Sequence[InboundMessage],
+        statuses: Sequence[InboundStatus],
+        future: asyncio.Future[None],
     ) -> None:
         self.messages = messages
         self.statuses = statuses

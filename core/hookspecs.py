@@ -101,7 +101,8 @@ def on_startup(host: Host, settings: Any) -> Awaitable[None] | None:
     """The app is starting: storage is migrated and open, nothing is served yet.
 
     Start background work here with ``host.spawn(coro, name=…)``; spawned tasks are cancelled
-    and awaited at shutdown. May be async. Called in plugin registration order.
+    and awaited at shutdown. May be async. Like every hook, implementations run in pluggy's
+    order: the plugin enabled last runs first; ``@hookimpl(tryfirst=True)`` pins one earlier.
     """
 
 
@@ -183,8 +184,10 @@ def reply_for_message(
     """Compose the automated reply to an inbound message (``firstresult``): plug a bot in here.
 
     Called by the ``autoreply`` plugin only when an auto-reply is allowed (not a duplicate, not
-    during cooldown or a human handoff, a text-like message). The first plugin returning a
-    :class:`~core.models.Reply` wins and ``autoreply``'s own rules are skipped; return ``None``
+    during cooldown or a human handoff, not a reaction, system or unsupported message). Media,
+    location, contacts and order messages are asked too, with the caption (if any) in ``body``.
+    The first plugin returning a :class:`~core.models.Reply` wins and ``autoreply``'s own rules
+    are skipped; return ``None``
     to defer to the next plugin and finally to the rules. May be async (an LLM call): the host
     awaits each implementation before deciding whether to ask the next one.
 

@@ -21,6 +21,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any ``extra=`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """One JSON line for ``record``."""
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),

@@ -18,37 +18,55 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.hook_errors = Counter(
-            "zaphub_hook_errors", "Hook implementations that raised, by plugin and hook.", ["plugin", "hook"],
+            "zaphub_hook_errors",
+            "Hook implementations that raised, by plugin and hook.",
+            ["plugin", "hook"],
             registry=r,
         )
         self.inbound_messages = Counter(
-            "zaphub_inbound_messages", "Inbound messages stored for the first time, by type.", ["type"], registry=r
+            "zaphub_inbound_messages",
+            "Inbound messages stored for the first time, by type.",
+            ["type"],
+            registry=r,
         )
         self.duplicates = Counter(
-            "zaphub_duplicates_absorbed", "Repeated messages/statuses absorbed by unique keys.", ["kind"], registry=r
+            "zaphub_duplicates_absorbed",
+            "Repeated messages/statuses absorbed by unique keys.",
+            ["kind"],
+            registry=r,
         )
         self.statuses = Counter(
-            "zaphub_statuses", "Status webhooks by outcome: applied, stale, pending (message not known yet).",
-            ["outcome"], registry=r,
+            "zaphub_statuses",
+            "Status webhooks by outcome: applied, stale, pending (message not known yet).",
+            ["outcome"],
+            registry=r,
         )
         self.ingest_batch = Histogram(
-            "zaphub_ingest_batch_webhooks", "Webhooks stored per database transaction.",
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=r,
+            "zaphub_ingest_batch_webhooks",
+            "Webhooks stored per database transaction.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+            registry=r,
         )
         self.ingest_seconds = Histogram(
-            "zaphub_ingest_seconds", "Duration of one ingest transaction.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r,
+            "zaphub_ingest_seconds",
+            "Duration of one ingest transaction.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
         )
         self.processing_lag = Histogram(
-            "zaphub_processing_lag_seconds", "Meta's message timestamp to stored (includes Meta's own delay).",
-            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400), registry=r,
+            "zaphub_processing_lag_seconds",
+            "Meta's message timestamp to stored (includes Meta's own delay).",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400),
+            registry=r,
         )
         self.event_queue = Gauge(
             "zaphub_event_queue_depth", "Hook events waiting to be dispatched.", registry=r
         )
         self.outbound = Counter(
-            "zaphub_outbound_messages", "Outbound messages by outcome: queued, accepted, retried, failed.",
-            ["outcome"], registry=r,
+            "zaphub_outbound_messages",
+            "Outbound messages by outcome: queued, accepted, retried, failed.",
+            ["outcome"],
+            registry=r,
         )
 
     def render(self) -> bytes:

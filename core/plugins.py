@@ -13,11 +13,12 @@ purpose to answer the client (invalid content, media not available), so it propa
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import pluggy
@@ -87,8 +88,20 @@ def build_plugin_manager(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(getattr(exc.plugin, "__name__", str(exc.plugin)), str(exc)) from exc
+        # Name the plugin as config.yaml does (not its module), and the hook it probably meant.
+        culprit = pm.get_name(exc.plugin) or str(getattr(exc.plugin, "__name__", exc.plugin))
+        raise PluginError(culprit, _unknown_hook_message(pm, exc.plugin)) from exc
     return pm
+
+
+def _unknown_hook_message(pm: pluggy.PluginManager, plugin: object) -> str:
+    unknown = sorted(c.name for c in pm.get_hookcallers(plugin) or [] if not c.has_spec())
+    known = sorted(n for n in vars(pm.hook) if not n.startswith("_") and getattr(pm.hook, n).has_spec())
+    parts = []
+    for hook in unknown:
+        hint = difflib.get_close_matches(hook, known, n=1)
+        parts.append(f"{hook!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    return f"implements unknown hook {', '.join(parts)}; the hooks are listed in core/hookspecs.py"
 
 
 def validate_plugin_settings(pm: pluggy.PluginManager, config: Config) -> dict[str, Any]:
@@ -103,7 +116,7 @@ def validate_plugin_settings(pm: pluggy.PluginManager, config: Config) -> dict[s
     schemas: dict[str, type[msgspec.Struct] | None] = {}
     for impl in pm.hook.config_schema.get_hookimpls():
         try:
-            schemas[impl.plugin_name] = impl.function()
+            schemas[impl.plugin_name] = cast("type[msgspec.Struct] | None", impl.function())
         except Exception as exc:
             raise PluginError(impl.plugin_name, f"config_schema failed: {exc}") from exc
     settings: dict[str, Any] = {}
@@ -198,7 +211,9 @@ class HookRunner:
                 if inspect.isawaitable(value):
                     value = await value
             except Exception as exc:
-                raise PluginError(impl.plugin_name, f"{name} failed: {exc.__class__.__name__}: {exc}") from exc
+                raise PluginError(
+                    impl.plugin_name, f"{name} failed: {exc.__class__.__name__}: {exc}"
+                ) from exc
             if value is not None:
                 results.append(value)
         return results
@@ -217,8 +232,12 @@ class HookRunner:
             try:
                 value = impl.function(**self._kwargs(impl, kwargs))
             except Exception as exc:
-                raise PluginError(impl.plugin_name, f"{name} failed: {exc.__class__.__name__}: {exc}") from exc
+                raise PluginError(
+                    impl.plugin_name, f"{name} failed: {exc.__class__.__name__}: {exc}"
+                ) from exc
             if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()  # never awaited: close it so Python does not warn about it as well
                 raise PluginError(impl.plugin_name, f"{name} must be a plain function, not async")
             if value is None:
                 continue

@@ -97,7 +97,9 @@ class SendService:
                 _encoder.encode([conversation_id, type_, content, context_wamid])
             ).hexdigest()
             idempotency = (idempotency_scope, idempotency_key, digest)
-        message, created = await storage.queue_outbound(conversation, contact.wa_id, outgoing, idempotency=idempotency)
+        message, created = await storage.queue_outbound(
+            conversation, contact.wa_id, outgoing, idempotency=idempotency
+        )
         if created:
             self.host.metrics.outbound.labels(outcome="queued").inc()
             self.host.outbox_wakeup.set()

@@ -48,7 +48,11 @@ def free_port() -> int:
 
 
 async def wait_for(
-    predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], Any | Awaitable[Any]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
 ) -> Any:
     """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -95,7 +99,9 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 class ZaphubProcess:
     """``zaphub run`` in a subprocess: the real server, as a user starts it."""
 
-    def __init__(self, config_path: Path, *, port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config_path: Path, *, port: int | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.config_path = config_path
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -110,7 +116,16 @@ class ZaphubProcess:
     def start(self) -> ZaphubProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115  # closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "run", "--config", str(self.config_path), "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "core.cli",
+                "run",
+                "--config",
+                str(self.config_path),
+                "--port",
+                str(self.port),
+            ],
             cwd=self.config_path.parent,
             env={**self.env, "PYTHONPATH": self.pythonpath},
             stdout=self._log,

@@ -279,9 +279,10 @@ class Storage:
         for contact in learned[0]:
             self._known_contacts[contact.wa_id] = contact
         self._known_conversations.update(dict.fromkeys(learned[1]))
-        for cache in (self._known_contacts, self._known_conversations):
-            while len(cache) > _KNOWN_MAX:
-                cache.pop(next(iter(cache)))
+        while len(self._known_contacts) > _KNOWN_MAX:
+            del self._known_contacts[next(iter(self._known_contacts))]
+        while len(self._known_conversations) > _KNOWN_MAX:
+            del self._known_conversations[next(iter(self._known_conversations))]
         return result
 
     async def _ingest_messages(
@@ -315,8 +316,8 @@ class Storage:
                 ),
                 [{"wa_id": w, "name": names[w], "created_at": now, "updated_at": now} for w in unknown],
             )
-            rows = (await conn.execute(sa.select(contacts).where(contacts.c.wa_id.in_(unknown)))).all()
-            new_contacts = [_contact(r) for r in rows]
+            found = (await conn.execute(sa.select(contacts).where(contacts.c.wa_id.in_(unknown)))).all()
+            new_contacts = [_contact(r) for r in found]
             contact_by_wa.update((c.wa_id, c) for c in new_contacts)
 
         pairs = sorted({(m.phone_number_id, contact_by_wa[m.wa_id].id) for m in batch})
@@ -337,7 +338,7 @@ class Storage:
             )
         }
 
-        rows = []
+        rows: list[dict[str, Any]] = []
         for msg in batch:
             rows.append(
                 {
@@ -384,9 +385,14 @@ class Storage:
             ts = row["delivered_at"]
             if cid not in latest or (ts, mid) > latest[cid]:
                 latest[cid] = (ts, mid)
-        ts_param, mid_param = sa.bindparam("ts", type_=UTCDateTime()), sa.bindparam("mid")
-        newer_inbound = sa.or_(conversations.c.last_inbound_at.is_(None), conversations.c.last_inbound_at < ts_param)
-        newer_message = sa.or_(conversations.c.last_message_at.is_(None), conversations.c.last_message_at <= ts_param)
+        ts_param = sa.bindparam("ts", type_=UTCDateTime())
+        mid_param: sa.BindParameter[int] = sa.bindparam("mid")
+        newer_inbound = sa.or_(
+            conversations.c.last_inbound_at.is_(None), conversations.c.last_inbound_at < ts_param
+        )
+        newer_message = sa.or_(
+            conversations.c.last_message_at.is_(None), conversations.c.last_message_at <= ts_param
+        )
         await conn.execute(
             conversations.update()
             .where(conversations.c.id == sa.bindparam("cid"))
@@ -466,7 +472,9 @@ class Storage:
             else:
                 result.pending_statuses += 1
 
-    async def _apply_status(self, conn: AsyncConnection, status_id: int, st: InboundStatus) -> StatusEvent | str:
+    async def _apply_status(
+        self, conn: AsyncConnection, status_id: int, st: InboundStatus
+    ) -> StatusEvent | str:
         """Move a message forward to ``st`` if it outranks its status; mark the status row."""
         rank = STATUS_RANK.get(st.status)
         target = sa.and_(
@@ -508,7 +516,11 @@ class Storage:
             )
         message = _message(updated)
         conv = _conversation(
-            (await conn.execute(sa.select(conversations).where(conversations.c.id == message.conversation_id))).one()
+            (
+                await conn.execute(
+                    sa.select(conversations).where(conversations.c.id == message.conversation_id)
+                )
+            ).one()
         )
         change = StatusChange(
             message_id=message.id,
@@ -609,7 +621,9 @@ class Storage:
             rows = (await conn.execute(query)).all()
         return [_conversation(r) for r in rows]
 
-    async def list_messages(self, conversation_id: int, *, after_id: int = 0, limit: int = 100) -> list[Message]:
+    async def list_messages(
+        self, conversation_id: int, *, after_id: int = 0, limit: int = 100
+    ) -> list[Message]:
         """Oldest first, ids greater than ``after_id``: the resync cursor of a reconnecting client."""
         query = (
             sa.select(messages)
@@ -624,8 +638,13 @@ class Storage:
     async def status_history(self, message_id: int) -> list[dict[str, Any]]:
         """Every status received for a message, in arrival order (stale ones included)."""
         query = (
-            sa.select(statuses.c.status, statuses.c.timestamp, statuses.c.error_code, statuses.c.error_title,
-                      statuses.c.received_at)
+            sa.select(
+                statuses.c.status,
+                statuses.c.timestamp,
+                statuses.c.error_code,
+                statuses.c.error_title,
+                statuses.c.received_at,
+            )
             .where(statuses.c.message_id == message_id)
             .order_by(statuses.c.id)
         )
@@ -663,7 +682,9 @@ class Storage:
                 idem_id = (
                     await conn.execute(
                         self.insert(idempotency_keys)
-                        .on_conflict_do_nothing(index_elements=[idempotency_keys.c.scope, idempotency_keys.c.key])
+                        .on_conflict_do_nothing(
+                            index_elements=[idempotency_keys.c.scope, idempotency_keys.c.key]
+                        )
                         .returning(idempotency_keys.c.id),
                         {"scope": scope, "key": key, "request_hash": digest, "created_at": now},
                     )
@@ -683,7 +704,9 @@ class Storage:
                         )
                     if existing.message_id is not None:
                         row = (
-                            await conn.execute(sa.select(messages).where(messages.c.id == existing.message_id))
+                            await conn.execute(
+                                sa.select(messages).where(messages.c.id == existing.message_id)
+                            )
                         ).one()
                         return _message(row), False
             row = (
@@ -724,10 +747,14 @@ class Storage:
             values: dict[str, Any] = {"last_message_at": now, "last_message_id": message.id}
             if not outgoing.automated:
                 values["last_agent_at"] = now
-            await conn.execute(conversations.update().where(conversations.c.id == conversation.id).values(**values))
+            await conn.execute(
+                conversations.update().where(conversations.c.id == conversation.id).values(**values)
+            )
             if idem_id is not None:
                 await conn.execute(
-                    idempotency_keys.update().where(idempotency_keys.c.id == idem_id).values(message_id=message.id)
+                    idempotency_keys.update()
+                    .where(idempotency_keys.c.id == idem_id)
+                    .values(message_id=message.id)
                 )
         return message, True
 
@@ -770,7 +797,9 @@ class Storage:
         items.sort(key=lambda i: i.id)
         return items
 
-    async def outbox_defer(self, item_id: int, *, delay: float, error: str | None = None, attempt: bool) -> None:
+    async def outbox_defer(
+        self, item_id: int, *, delay: float, error: str | None = None, attempt: bool
+    ) -> None:
         """Release a claimed send to try again after ``delay`` seconds (``attempt``: count this try)."""
         now = utcnow()
         values: dict[str, Any] = {
@@ -783,7 +812,9 @@ class Storage:
         if error is not None:
             values["last_error"] = error
         async with self.write() as conn:
-            await conn.execute(outbox.update().where(outbox.c.id == item_id, outbox.c.state == "pending").values(**values))
+            await conn.execute(
+                outbox.update().where(outbox.c.id == item_id, outbox.c.state == "pending").values(**values)
+            )
 
     async def outbox_sent(self, item_id: int, wamid: str) -> tuple[StatusEvent | None, list[StatusEvent]]:
         """Graph accepted a send: store its wamid and apply statuses that arrived before it.
@@ -811,8 +842,10 @@ class Storage:
                     .values(
                         wamid=wamid,
                         delivered_at=now,
-                        status=sa.case((messages.c.status_rank < STATUS_RANK["accepted"], "accepted"),
-                                       else_=messages.c.status),
+                        status=sa.case(
+                            (messages.c.status_rank < STATUS_RANK["accepted"], "accepted"),
+                            else_=messages.c.status,
+                        ),
                         status_rank=sa.case(
                             (messages.c.status_rank < STATUS_RANK["accepted"], STATUS_RANK["accepted"]),
                             else_=messages.c.status_rank,
@@ -826,11 +859,15 @@ class Storage:
             message = _message(updated)
             conv = _conversation(
                 (
-                    await conn.execute(sa.select(conversations).where(conversations.c.id == message.conversation_id))
+                    await conn.execute(
+                        sa.select(conversations).where(conversations.c.id == message.conversation_id)
+                    )
                 ).one()
             )
             accepted = StatusEvent(
-                message, conv, StatusChange(message_id=message.id, status="accepted", timestamp=str(int(now.timestamp())))
+                message,
+                conv,
+                StatusChange(message_id=message.id, status="accepted", timestamp=str(int(now.timestamp()))),
             )
             parked = (
                 await conn.execute(
@@ -869,8 +906,13 @@ class Storage:
                 await conn.execute(
                     outbox.update()
                     .where(outbox.c.id == item_id, outbox.c.state == "pending")
-                    .values(state="failed", attempts=outbox.c.attempts + 1, locked_until=None, last_error=title,
-                            updated_at=now)
+                    .values(
+                        state="failed",
+                        attempts=outbox.c.attempts + 1,
+                        locked_until=None,
+                        last_error=title,
+                        updated_at=now,
+                    )
                     .returning(outbox.c.message_id)
                 )
             ).first()
@@ -880,7 +922,9 @@ class Storage:
                 await conn.execute(
                     messages.update()
                     .where(messages.c.id == row.message_id, messages.c.status_rank < STATUS_RANK["failed"])
-                    .values(status="failed", status_rank=STATUS_RANK["failed"], error_code=code, error_title=title)
+                    .values(
+                        status="failed", status_rank=STATUS_RANK["failed"], error_code=code, error_title=title
+                    )
                     .returning(*messages.c)
                 )
             ).first()
@@ -889,11 +933,16 @@ class Storage:
             message = _message(updated)
             conv = _conversation(
                 (
-                    await conn.execute(sa.select(conversations).where(conversations.c.id == message.conversation_id))
+                    await conn.execute(
+                        sa.select(conversations).where(conversations.c.id == message.conversation_id)
+                    )
                 ).one()
             )
         change = StatusChange(
-            message_id=message.id, status="failed", timestamp=str(int(now.timestamp())), error_code=code,
+            message_id=message.id,
+            status="failed",
+            timestamp=str(int(now.timestamp())),
+            error_code=code,
             error_title=title,
         )
         return StatusEvent(message, conv, change)
@@ -901,7 +950,9 @@ class Storage:
     async def outbox_counts(self) -> dict[str, int]:
         """Outbox rows by state (for metrics and ``/ready``)."""
         async with self.read() as conn:
-            rows = (await conn.execute(sa.select(outbox.c.state, sa.func.count()).group_by(outbox.c.state))).all()
+            rows = (
+                await conn.execute(sa.select(outbox.c.state, sa.func.count()).group_by(outbox.c.state))
+            ).all()
         return {r[0]: int(r[1]) for r in rows}
 
     # -- plugin state -----------------------------------------------------------------------

@@ -62,7 +62,9 @@ class WhatsAppSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
                 "or insecure_skip_signature: true"
             )
         if not self.verify_token:
-            raise ValueError("verify_token is empty: set WHATSAPP_VERIFY_TOKEN to the token typed in Meta's dashboard")
+            raise ValueError(
+                "verify_token is empty: set WHATSAPP_VERIFY_TOKEN to the token typed in Meta's dashboard"
+            )
         if not _VERSION.match(self.graph_api_version):
             raise ValueError(f"graph_api_version {self.graph_api_version!r} is not like 'v25.0'")
         if self.messages_per_second <= 0 or self.max_attempts < 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
 from litestar.params import QueryParameter
@@ -64,9 +64,9 @@ def webhook_routes(host: Host, settings: WhatsAppSettings) -> list[Any]:
         sync_to_thread=False,
     )
     def verify(
-        mode: str | None = QueryParameter(name="hub.mode", default=None),
-        token: str | None = QueryParameter(name="hub.verify_token", default=None),
-        challenge: str | None = QueryParameter(name="hub.challenge", default=None),
+        mode: Annotated[str | None, QueryParameter(name="hub.mode")] = None,
+        token: Annotated[str | None, QueryParameter(name="hub.verify_token")] = None,
+        challenge: Annotated[str | None, QueryParameter(name="hub.challenge")] = None,
     ) -> Response[str]:
         if (
             mode == "subscribe"
@@ -77,7 +77,8 @@ def webhook_routes(host: Host, settings: WhatsAppSettings) -> list[Any]:
             return Response(challenge, status_code=200, media_type="text/plain")
         log.warning("webhook verification refused (mode=%r): hub.verify_token does not match", mode)
         return Response(
-            "Forbidden: hub.mode must be 'subscribe' and hub.verify_token must equal plugins.whatsapp.verify_token",
+            "Forbidden: hub.mode must be 'subscribe' and hub.verify_token must equal "
+            "plugins.whatsapp.verify_token",
             status_code=403,
             media_type="text/plain",
         )

@@ -19,6 +19,7 @@ them per business number and per recipient, and records the outcome:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from core.errors import UpstreamError
@@ -67,16 +68,16 @@ class OutboxWorker:
         wakeup = self.host.outbox_wakeup
         while not self._stopping.is_set():
             try:
-                items = await self.host.storage.claim_outbox(limit=self.batch_size, lease_seconds=self.lease_seconds)
+                items = await self.host.storage.claim_outbox(
+                    limit=self.batch_size, lease_seconds=self.lease_seconds
+                )
             except Exception:
                 log.exception("claiming outbox rows failed; retrying in %.0f s", self.poll_seconds)
                 items = []
             if not items:
                 wakeup.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), timeout=self.poll_seconds)
-                except TimeoutError:
-                    pass
                 continue
             tasks = [asyncio.create_task(self._deliver(item)) for item in items]
             self._inflight.update(tasks)
@@ -113,7 +114,9 @@ class OutboxWorker:
             return
         except Exception as exc:  # a bug, not Meta: keep the row and retry later, loudly
             log.exception("sending message %s crashed", message.id)
-            await storage.outbox_defer(item.id, delay=backoff_delay(item.attempts + 1), error=repr(exc), attempt=True)
+            await storage.outbox_defer(
+                item.id, delay=backoff_delay(item.attempts + 1), error=repr(exc), attempt=True
+            )
             return
         self.auth_problem = None
         accepted, changes = await storage.outbox_sent(item.id, result.wamid)
@@ -135,7 +138,9 @@ class OutboxWorker:
             )
         if exc.retryable and attempt < self.settings.max_attempts:
             if exc.ambiguous:
-                delay = max(self.settings.ambiguous_retry_seconds, backoff_delay(attempt, retry_after=exc.retry_after))
+                delay = max(
+                    self.settings.ambiguous_retry_seconds, backoff_delay(attempt, retry_after=exc.retry_after)
+                )
             else:
                 delay = backoff_delay(attempt, retry_after=exc.retry_after, code=exc.code)
             log.warning(

@@ -31,7 +31,9 @@ def config(tmp_path: Path, storage_url: str) -> Path:
     )
 
 
-async def fire(url: str, bodies: list[tuple[str, bytes, dict[str, str]]], acked: set[str], stop: asyncio.Event) -> None:
+async def fire(
+    url: str, bodies: list[tuple[str, bytes, dict[str, str]]], acked: set[str], stop: asyncio.Event
+) -> None:
     """Post webhooks with 16 concurrent senders until told to stop (or the server dies)."""
     queue: asyncio.Queue[tuple[str, bytes, dict[str, str]]] = asyncio.Queue()
     for item in bodies:
@@ -52,11 +54,15 @@ async def fire(url: str, bodies: list[tuple[str, bytes, dict[str, str]]], acked:
 
 
 async def stored_wamids(storage_url: str) -> list[str]:
-    url = storage_url.replace("sqlite:///", "sqlite+aiosqlite:///").replace("postgresql://", "postgresql+asyncpg://")
+    url = storage_url.replace("sqlite:///", "sqlite+aiosqlite:///").replace(
+        "postgresql://", "postgresql+asyncpg://"
+    )
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(sa.text("SELECT wamid FROM messages WHERE direction = 'inbound'"))).all()
+            rows = (
+                await conn.execute(sa.text("SELECT wamid FROM messages WHERE direction = 'inbound'"))
+            ).all()
     finally:
         await engine.dispose()
     return [r[0] for r in rows]

@@ -63,7 +63,9 @@ class Harness:
 
     async def conversation(self, wa_id: str = CUSTOMER) -> int:
         """A conversation with an inbound message, so the 24-hour window is open."""
-        body, headers = payloads.signed(payloads.envelope(messages=[payloads.text("Oi!", from_=wa_id)]), SECRET)
+        body, headers = payloads.signed(
+            payloads.envelope(messages=[payloads.text("Oi!", from_=wa_id)]), SECRET
+        )
         r = await self.http.post("/meta-whatsapp/webhook", content=body, headers=headers)
         assert r.status_code == 200
         await self.host.events.drain()
@@ -74,7 +76,9 @@ class Harness:
     async def outbox_state(self, message_id: int) -> tuple[str, int]:
         async with self.host.storage.read() as conn:
             row = (
-                await conn.execute(sa.select(outbox.c.state, outbox.c.attempts).where(outbox.c.message_id == message_id))
+                await conn.execute(
+                    sa.select(outbox.c.state, outbox.c.attempts).where(outbox.c.message_id == message_id)
+                )
             ).one()
         return row.state, row.attempts
 
@@ -118,18 +122,44 @@ async def h(storage_url: str) -> AsyncIterator[Harness]:
 
 
 SENDS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
-    ("text", {"body": "Olá! Seu pedido saiu.", "preview_url": True}, {"text": {"body": "Olá! Seu pedido saiu.", "preview_url": True}}),
+    (
+        "text",
+        {"body": "Olá! Seu pedido saiu.", "preview_url": True},
+        {"text": {"body": "Olá! Seu pedido saiu.", "preview_url": True}},
+    ),
     (
         "template",
-        {"name": "order_update", "language": "pt_BR", "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]},
-        {"template": {"name": "order_update", "language": {"code": "pt_BR"}, "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]}},
+        {
+            "name": "order_update",
+            "language": "pt_BR",
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}],
+        },
+        {
+            "template": {
+                "name": "order_update",
+                "language": {"code": "pt_BR"},
+                "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}],
+            }
+        },
     ),
-    ("image", {"link": "https://example.com/p.jpg", "caption": "Recibo"}, {"image": {"link": "https://example.com/p.jpg", "caption": "Recibo"}}),
-    ("document", {"media_id": "doc123", "filename": "nota.pdf", "caption": "Nota"}, {"document": {"id": "doc123", "filename": "nota.pdf", "caption": "Nota"}}),
+    (
+        "image",
+        {"link": "https://example.com/p.jpg", "caption": "Recibo"},
+        {"image": {"link": "https://example.com/p.jpg", "caption": "Recibo"}},
+    ),
+    (
+        "document",
+        {"media_id": "doc123", "filename": "nota.pdf", "caption": "Nota"},
+        {"document": {"id": "doc123", "filename": "nota.pdf", "caption": "Nota"}},
+    ),
     ("audio", {"media_id": "aud1"}, {"audio": {"id": "aud1"}}),
     ("video", {"link": "https://example.com/v.mp4"}, {"video": {"link": "https://example.com/v.mp4"}}),
     ("sticker", {"media_id": "stk1"}, {"sticker": {"id": "stk1"}}),
-    ("location", {"latitude": -23.55, "longitude": -46.63, "name": "Loja"}, {"location": {"latitude": -23.55, "longitude": -46.63, "name": "Loja"}}),
+    (
+        "location",
+        {"latitude": -23.55, "longitude": -46.63, "name": "Loja"},
+        {"location": {"latitude": -23.55, "longitude": -46.63, "name": "Loja"}},
+    ),
 ]
 
 
@@ -173,7 +203,9 @@ async def test_free_form_outside_the_window_is_refused_templates_pass(h: Harness
     conv = await h.conversation()
     async with h.host.storage.write() as conn:
         await conn.execute(
-            conversations.update().where(conversations.c.id == conv).values(last_inbound_at=utcnow() - timedelta(hours=25))
+            conversations.update()
+            .where(conversations.c.id == conv)
+            .values(last_inbound_at=utcnow() - timedelta(hours=25))
         )
     with pytest.raises(WindowClosedError, match="template"):
         await h.host.sender.send(conv, "text", {"body": "oi"})
@@ -255,7 +287,9 @@ async def test_status_echoing_our_callback_links_an_ambiguous_send(h: Harness) -
     # parking the row, then deliver Meta's status echoing our callback data.
     async with h.host.storage.write() as conn:
         await conn.execute(
-            outbox.update().where(outbox.c.message_id == message.id).values(next_attempt_at=utcnow() + timedelta(hours=1))
+            outbox.update()
+            .where(outbox.c.message_id == message.id)
+            .values(next_attempt_at=utcnow() + timedelta(hours=1))
         )
     status = payloads.status("wamid.LOST", "sent", biz_opaque_callback_data=f"zaphub:{message.id}")
     body, headers = payloads.signed(payloads.envelope(statuses=[status]), SECRET)
@@ -282,7 +316,9 @@ async def test_pacing_spaces_a_burst_to_one_recipient(storage_url: str) -> None:
         await wait_for(lambda: len(h.events.sent) == before + 1, timeout=2)
 
 
-async def test_sends_pending_at_shutdown_are_delivered_after_restart(storage_url: str, tmp_path: Path) -> None:
+async def test_sends_pending_at_shutdown_are_delivered_after_restart(
+    storage_url: str, tmp_path: Path
+) -> None:
     port = free_port()
     async with harness(storage_url, port) as h:
         conv = await h.conversation()

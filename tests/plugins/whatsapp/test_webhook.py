@@ -11,8 +11,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import httpx
+import pytest
 
 from core import hookimpl
 from core.app import create_app
@@ -106,7 +106,9 @@ async def count(client: Client, table: str) -> int:
 
 
 async def test_verification_echoes_the_challenge_as_plain_text(client: Client) -> None:
-    r = await client.get(URL, params={"hub.mode": "subscribe", "hub.verify_token": "vt-123", "hub.challenge": "1158201444"})
+    r = await client.get(
+        URL, params={"hub.mode": "subscribe", "hub.verify_token": "vt-123", "hub.challenge": "1158201444"}
+    )
     assert r.status_code == 200
     assert r.text == "1158201444"
     assert r.headers["content-type"].startswith("text/plain")
@@ -124,7 +126,7 @@ async def test_verification_echoes_the_challenge_as_plain_text(client: Client) -
 async def test_verification_refuses_anything_else(client: Client, params: dict[str, str]) -> None:
     r = await client.get(URL, params=params)
     assert r.status_code == 403
-    assert "1" != r.text
+    assert r.text != "1"
 
 
 # -- signatures -----------------------------------------------------------------------------
@@ -149,7 +151,10 @@ async def test_non_ascii_body_escaped_by_meta_verifies_and_is_stored_unescaped(
         (lambda body, sig: {"x-hub-signature-256": sig.replace("sha256=", "sha1=")}, "sha256="),
         (lambda body, sig: {"x-hub-signature-256": sig[len("sha256=") :]}, "sha256="),
         (lambda body, sig: {"x-hub-signature-256": payloads.sign(body, "another-secret")}, "does not match"),
-        (lambda body, sig: {"x-hub-signature-256": sig[:-1] + ("0" if sig[-1] != "0" else "1")}, "does not match"),
+        (
+            lambda body, sig: {"x-hub-signature-256": sig[:-1] + ("0" if sig[-1] != "0" else "1")},
+            "does not match",
+        ),
     ],
     ids=["missing", "sha1-prefix", "no-prefix", "wrong-secret", "one-hex-digit-changed"],
 )
@@ -223,7 +228,10 @@ async def test_default_limit_accepts_a_3mb_body(client: Client, recorder: Record
     [
         {"object": "page", "entry": [{"id": "1", "changes": []}]},
         [1, 2, 3],
-        {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [payloads.account_update()]}]},
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "1", "changes": [payloads.account_update()]}],
+        },
     ],
     ids=["other-object", "array", "other-field"],
 )
@@ -261,9 +269,7 @@ async def test_every_message_of_a_batch_is_stored_once_whatever_meta_repeats(
     client: Client, recorder: Recorder
 ) -> None:
     batch = [payloads.text(f"m{i}", from_=f"55119999900{i % 7:02d}") for i in range(50)]
-    payload = payloads.merge(
-        payloads.envelope(messages=batch[:25]), payloads.envelope(messages=batch[25:])
-    )
+    payload = payloads.merge(payloads.envelope(messages=batch[:25]), payloads.envelope(messages=batch[25:]))
     for _ in range(3):
         assert (await post(client, payload)).status_code == 200
     await settle(client)
@@ -288,8 +294,16 @@ async def test_parallel_burst_for_a_new_contact_makes_one_conversation(
 
 async def test_contact_name_follows_the_whatsapp_profile(client: Client, recorder: Recorder) -> None:
     wa = "5511977776666"
-    await post(client, payloads.envelope(messages=[payloads.text("1", from_=wa)], contacts=[payloads.contact(wa, "Ana")]))
-    await post(client, payloads.envelope(messages=[payloads.text("2", from_=wa)], contacts=[payloads.contact(wa, "Ana Souza")]))
+    await post(
+        client,
+        payloads.envelope(messages=[payloads.text("1", from_=wa)], contacts=[payloads.contact(wa, "Ana")]),
+    )
+    await post(
+        client,
+        payloads.envelope(
+            messages=[payloads.text("2", from_=wa)], contacts=[payloads.contact(wa, "Ana Souza")]
+        ),
+    )
     await settle(client)
     assert [c.name for _, _, c in recorder.messages] == ["Ana", "Ana Souza"]
 
@@ -313,9 +327,7 @@ async def queue_outbound(client: Client, wamid: str) -> int:
     conv = (await host.storage.list_conversations(limit=1))[0]
     message, _ = await host.sender.send(conv.id, "text", {"body": "resposta"})
     # The outbox worker would deliver it to Graph; claim it first so the test owns the outcome.
-    await host.storage.outbox_defer(
-        (await _outbox_id(host, message.id)), delay=3600, attempt=False
-    )
+    await host.storage.outbox_defer((await _outbox_id(host, message.id)), delay=3600, attempt=False)
     accepted, _ = await host.storage.outbox_sent(await _outbox_id(host, message.id), wamid)
     assert accepted is not None
     return message.id
@@ -327,13 +339,13 @@ async def _outbox_id(host: Any, message_id: int) -> int:
     from core.storage.schema import outbox
 
     async with host.storage.read() as conn:
-        return int((await conn.execute(sa.select(outbox.c.id).where(outbox.c.message_id == message_id))).scalar_one())
+        return int(
+            (await conn.execute(sa.select(outbox.c.id).where(outbox.c.message_id == message_id))).scalar_one()
+        )
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(["sent", "delivered", "read"])))
-async def test_statuses_never_go_backwards_in_any_order(
-    storage_url: str, order: tuple[str, ...]
-) -> None:
+async def test_statuses_never_go_backwards_in_any_order(storage_url: str, order: tuple[str, ...]) -> None:
     rec = Recorder()
     async with running(make_app(storage_url, rec, access_token="")) as c:
         mid = await queue_outbound(c, "wamid.OUT1")
@@ -346,7 +358,7 @@ async def test_statuses_never_go_backwards_in_any_order(
         rank = {"sent": 1, "delivered": 2, "read": 3}
         assert emitted == sorted(set(emitted), key=rank.__getitem__)
         assert emitted[-1] == "read"
-        r = (await c.host.storage.get_message(mid))
+        r = await c.host.storage.get_message(mid)
         assert r.status == "read"
         history = await c.host.storage.status_history(mid)
         assert sorted(h["status"] for h in history) == ["delivered", "read", "sent"]
@@ -354,7 +366,16 @@ async def test_statuses_never_go_backwards_in_any_order(
 
 async def test_failed_is_terminal_and_carries_meta_error(client: Client, recorder: Recorder) -> None:
     mid = await queue_outbound(client, "wamid.OUT2")
-    await post(client, payloads.envelope(statuses=[payloads.status("wamid.OUT2", "failed", error_code=131026, error_title="Message undeliverable")]))
+    await post(
+        client,
+        payloads.envelope(
+            statuses=[
+                payloads.status(
+                    "wamid.OUT2", "failed", error_code=131026, error_title="Message undeliverable"
+                )
+            ]
+        ),
+    )
     await post(client, payloads.envelope(statuses=[payloads.status("wamid.OUT2", "delivered")]))
     await settle(client)
     changes = [ch for m, ch in recorder.statuses if m.id == mid]
@@ -363,9 +384,7 @@ async def test_failed_is_terminal_and_carries_meta_error(client: Client, recorde
     assert changes[0].error_title == "Message undeliverable"
 
 
-async def test_status_before_its_message_is_parked_then_applied(
-    client: Client, recorder: Recorder
-) -> None:
+async def test_status_before_its_message_is_parked_then_applied(client: Client, recorder: Recorder) -> None:
     await post(client, payloads.envelope(statuses=[payloads.status("wamid.EARLY", "delivered")]))
     await settle(client)
     assert recorder.statuses == []
@@ -395,4 +414,6 @@ async def test_metrics_count_webhooks_by_result(client: Client) -> None:
 
 def test_signature_helper_matches_hmac() -> None:
     body = json.dumps({"a": "ä"}).encode()
-    assert payloads.sign(body, SECRET) == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert (
+        payloads.sign(body, SECRET) == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    )
