@@ -5,6 +5,7 @@ Hook implementations only; the work lives in the modules named in README.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from plugins.whatsapp.sandbox import Sandbox, SandboxOptions
 from plugins.whatsapp.worker import OutboxWorker
 
 __all__ = ["GRAPH", "SANDBOX", "SANDBOX_PREFIX", "WORKER"]
+
+log = logging.getLogger("zaphub.whatsapp")
 
 GRAPH: StashKey[GraphClient] = StashKey("whatsapp.graph")
 WORKER: StashKey[OutboxWorker] = StashKey("whatsapp.worker")
@@ -88,6 +91,12 @@ async def on_startup(host: Host, settings: WhatsAppSettings) -> None:
     if sandbox is not None:
         sandbox.options.webhook_url = host.public_url + WEBHOOK_PATH
         await sandbox.start()
+        log.warning(
+            "SANDBOX MODE: sends go to the built-in Meta emulator at %s%s, not to WhatsApp; set "
+            "WHATSAPP_SANDBOX=false (plugins.whatsapp.sandbox) with real credentials for production",
+            host.public_url,
+            SANDBOX_PREFIX,
+        )
     base_url = host.public_url + SANDBOX_PREFIX if settings.sandbox else settings.graph_api_url
     token = settings.access_token or (_SANDBOX_TOKEN if settings.sandbox else "missing-access-token")
     client = GraphClient(
