@@ -1,0 +1,148 @@
+"""The ``zaphub`` command as a user runs it: a subprocess of the installed console script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import REPO, write_config
+
+ZAPHUB = shutil.which("zaphub")
+pytestmark = pytest.mark.skipif(
+    ZAPHUB is None, reason="the zaphub console script is not installed (pip install -e .)"
+)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any zaphub/Meta/CRM variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZAPHUB_", "WHATSAPP_", "CRM_"))}
+    return {**env, **extra}
+
+
+def zaphub(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    assert ZAPHUB is not None
+    return subprocess.run(
+        [ZAPHUB, *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def config_file(tmp_path: Path, plugins: dict[str, Any], **sections: Any) -> Path:
+    data = {"storage": {"url": f"sqlite:///{tmp_path / 'zaphub.db'}"}, **sections, "plugins": plugins}
+    return write_config(tmp_path / "config.yaml", data)
+
+
+def test_help_tells_a_newcomer_where_to_start(tmp_path: Path) -> None:
+    result = zaphub("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for text in ("WhatsApp Cloud API", "run", "check", "plugins", "zaphub run", "config.yaml"):
+        assert text in result.stdout
+    run = zaphub("run", "--help", cwd=tmp_path)
+    assert run.returncode == 0
+    for text in ("--config PATH", "ZAPHUB_CONFIG", "--port", "--host", "0 = any free"):
+        assert text in run.stdout
+    check = zaphub("check", "--help", cwd=tmp_path)
+    assert "exit 2" in check.stdout
+
+
+def test_check_accepts_the_bundled_config(tmp_path: Path) -> None:
+    result = zaphub("check", cwd=REPO, env=clean_env(ZAPHUB_DATABASE_URL=f"sqlite:///{tmp_path / 'z.db'}"))
+    assert result.returncode == 0, result.stderr
+    assert "config OK: config.yaml" in result.stdout
+    for name in ("whatsapp", "crm_realtime", "autoreply"):
+        assert f"  {name}: " in result.stdout
+    assert "redis: off (single process)" in result.stdout
+    assert "warning: development defaults in use for" in result.stdout
+    assert "plugins.whatsapp.app_secret" in result.stdout
+    assert not (tmp_path / "z.db").exists()  # check validates; it does not create a database
+
+
+def test_check_names_a_misspelled_key(tmp_path: Path) -> None:
+    path = config_file(tmp_path, {"whatsapp": {"verify_tokn": "x", "app_secret": "s3cret"}})
+    result = zaphub("check", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "plugins.whatsapp.verify_tokn: unknown key (did you mean 'verify_token'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_lists_the_installed_plugins_when_one_is_not_installed(tmp_path: Path) -> None:
+    path = config_file(tmp_path, {"whatsap": {}})
+    result = zaphub("check", cwd=tmp_path, env=clean_env(ZAPHUB_CONFIG=str(path)))
+    assert result.returncode == 2
+    assert "plugins.whatsap: no installed plugin is named 'whatsap'" in result.stderr
+    assert "installed plugins: " in result.stderr
+    for name in ("autoreply", "crm_realtime", "whatsapp"):
+        assert name in result.stderr
+
+
+def test_check_says_which_variable_to_set_for_an_empty_app_secret(tmp_path: Path) -> None:
+    path = config_file(
+        tmp_path, {"whatsapp": {"verify_token": "v", "app_secret": "${WHATSAPP_APP_SECRET:-}"}}
+    )
+    result = zaphub("check", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "plugins.whatsapp" in result.stderr
+    assert "set WHATSAPP_APP_SECRET" in result.stderr
+    assert "insecure_skip_signature: true" in result.stderr
+
+
+def test_check_reports_yaml_errors_with_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("server:\n  port: 3000\n plugins: {}\n", encoding="utf-8")
+    result = zaphub("check", cwd=tmp_path)  # ./config.yaml is the default
+    assert result.returncode == 2
+    assert "not valid YAML at line 3" in result.stderr
+
+
+def test_check_never_prints_a_database_password(tmp_path: Path) -> None:
+    path = config_file(tmp_path, {})
+    write_config(path, {"storage": {"url": "postgresql://zaphub:hunter2@db.internal/zaphub"}})
+    result = zaphub("check", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "storage: postgresql://zaphub:***@db.internal/zaphub" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "none (add a section under plugins: to enable one)" in result.stdout
+
+
+def test_plugins_lists_the_installed_plugins_and_their_hooks(tmp_path: Path) -> None:
+    path = config_file(tmp_path, {"whatsapp": {"verify_token": "v", "app_secret": "s"}})
+    result = zaphub("plugins", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("whatsapp", "crm_realtime", "autoreply"):
+        assert any(line.startswith(f"{name} (zaphub ") for line in lines), result.stdout
+    assert any(line.startswith("whatsapp (") and line.endswith("[enabled]") for line in lines)
+    assert any(line.startswith("autoreply (") and line.endswith("[installed]") for line in lines)
+    whatsapp_hooks = lines[lines.index(next(line for line in lines if line.startswith("whatsapp ("))) + 1]
+    assert "register_routes" in whatsapp_hooks
+    assert "config_schema" in whatsapp_hooks
+
+
+def test_run_on_a_busy_port_says_so_and_how_to_fix_it(tmp_path: Path) -> None:
+    path = config_file(tmp_path, {})
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = zaphub("run", "--config", str(path), "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"server.port: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "pick another with --port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_command_shows_the_help(tmp_path: Path) -> None:
+    result = zaphub(cwd=tmp_path)
+    assert result.returncode == 1
+    assert "usage: zaphub" in result.stdout

@@ -1,0 +1,63 @@
+"""Structured logs: ``logging.format: json`` writes one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from core.config import LoggingConfig
+from core.logs import JsonFormatter, setup_logging
+
+
+def test_json_lines_carry_level_logger_message_extras_and_the_exception() -> None:
+    try:
+        raise ValueError("bad payload")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "zaphub.test", logging.WARNING, __file__, 1, "stored %d messages", (3,), exc_info
+    )
+    record.plugin = "whatsapp"
+    record.detail = {"a": 1}
+    line = JsonFormatter().format(record)
+    assert "\n" not in line  # one line, traceback included
+    entry = json.loads(line)
+    assert entry["level"] == "warning"
+    assert entry["logger"] == "zaphub.test"
+    assert entry["message"] == "stored 3 messages"
+    assert entry["plugin"] == "whatsapp"
+    assert entry["detail"] == "{'a': 1}"  # non-scalars are written as their repr
+    assert entry["time"].endswith("+00:00")
+    assert "ValueError: bad payload" in entry["exception"]
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, restored after the test (setup_logging configures it process-wide)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield root
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_setup_logging_is_idempotent_and_writes_json(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging(LoggingConfig(level="debug", format="text"))
+    setup_logging(LoggingConfig(level="info", format="json"))
+    ours = [h for h in root_logger.handlers if getattr(h, "_zaphub", False)]
+    assert len(ours) == 1  # configuring twice replaces, never duplicates
+    assert root_logger.level == logging.INFO
+    logging.getLogger("zaphub.test").info("hello %s", "world", extra={"conversation_id": 7})
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    entries = [json.loads(line) for line in lines]
+    assert {"logger": "zaphub.test", "message": "hello world", "conversation_id": 7}.items() <= entries[
+        -1
+    ].items()

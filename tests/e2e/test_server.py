@@ -1,0 +1,59 @@
+"""The real server: ``zaphub run`` with the bundled config.yaml, as a newcomer starts it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import REPO, ZaphubProcess
+
+
+def test_bundled_config_serves_ops_endpoints_and_stops_gracefully(tmp_path: Path) -> None:
+    config = shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    server = ZaphubProcess(Path(config))
+    # Nothing set, as on a fresh machine (the database lands next to the copied config).
+    server.env = {k: v for k, v in os.environ.items() if not k.startswith(("ZAPHUB_", "WHATSAPP_", "CRM_"))}
+    server.start()
+    try:
+        server.wait_ready()
+        health = httpx.get(f"{server.url}/health", timeout=5)
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        ready = httpx.get(f"{server.url}/ready", timeout=5).json()
+        assert ready["status"] == "ready"
+        assert ready["checks"]["storage"] == "ok"
+        assert "redis" not in ready["checks"]  # not configured: fan-out stays in this process
+        metrics = httpx.get(f"{server.url}/metrics", timeout=5)
+        assert "zaphub_hook_errors_total" in metrics.text
+    finally:
+        code = server.stop()
+    log = server.log()
+    assert code == 0, log
+    assert f"listening on http://127.0.0.1:{server.port}" in log
+    assert "USING DEVELOPMENT DEFAULTS for plugins.whatsapp.verify_token, plugins.whatsapp.app_secret" in log
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log
+    assert (tmp_path / "zaphub.db").exists()
+
+
+def test_production_secrets_silence_the_development_warning(tmp_path: Path) -> None:
+    config = shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    secrets = {
+        "WHATSAPP_VERIFY_TOKEN": "verify-token-from-the-dashboard",
+        "WHATSAPP_APP_SECRET": "a" * 32,
+        "CRM_JWT_SECRET": "b" * 48,
+        "ZAPHUB_DATABASE_URL": f"sqlite:///{tmp_path / 'prod.db'}",
+    }
+    server = ZaphubProcess(Path(config), env=secrets)
+    server.start()
+    try:
+        server.wait_ready()
+    finally:
+        code = server.stop()
+    log = server.log()
+    assert code == 0, log
+    assert "DEVELOPMENT DEFAULTS" not in log
+    assert "a" * 32 not in log
+    assert (tmp_path / "prod.db").exists()
