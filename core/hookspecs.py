@@ -55,8 +55,8 @@ def config_schema() -> type[msgspec.Struct] | None:
     Called once per plugin while the config is loaded, before the app exists. Return a
     ``msgspec.Struct`` subclass (use ``forbid_unknown_fields=True`` so typos are reported);
     the host validates the section against it and passes the instance as ``settings`` to
-    every other hook of this plugin. Field names matching ``secret|token|password|key`` are
-    redacted wherever config is printed.
+    every other hook of this plugin. Field names matching
+    ``secret|token|password|passwd|private_key|api_key`` are redacted wherever config is printed.
 
     Returns:
         The Struct type, or ``None`` for a plugin without settings.

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from core.config import StorageConfig
+from core.config import StorageConfig, redact
 from core.errors import ConfigError, ConflictError, ZaphubError
 from core.models import (
     STATUS_RANK,
@@ -116,7 +116,7 @@ def _async_url(url: str) -> sa.URL:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
         raise ConfigError(
-            f"{url!r} is not a database URL: use sqlite:///zaphub.db or postgresql://user:pass@host/db",
+            f"{redact(url)!r} is not a database URL: use sqlite:///zaphub.db or postgresql://user:pass@host/db",
             "storage.url",
         ) from exc
     backend = parsed.get_backend_name()
@@ -270,11 +270,14 @@ class Storage:
             else:
                 unique_msgs[key] = msg
         learned: tuple[list[Contact], list[tuple[str, int]]] = ([], [])
-        async with self.write() as conn:
-            if unique_msgs:
-                learned = await self._ingest_messages(conn, list(unique_msgs.values()), now, result)
-            if inbound_statuses:
-                await self._ingest_statuses(conn, inbound_statuses, now, result)
+        try:
+            async with self.write() as conn:
+                if unique_msgs:
+                    learned = await self._ingest_messages(conn, list(unique_msgs.values()), now, result)
+                if inbound_statuses:
+                    await self._ingest_statuses(conn, inbound_statuses, now, result)
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            raise StorageError(f"storing a webhook batch failed: {exc.__class__.__name__}: {exc}") from exc
         # Only committed rows may enter the caches (a rolled-back id would not exist).
         for contact in learned[0]:
             self._known_contacts[contact.wa_id] = contact

@@ -4,10 +4,10 @@
 ``zaphub simulate`` posts signed webhooks (built with :mod:`plugins.whatsapp.payloads`) to a
 running zaphub, as Meta would. Both are also runnable as ``python -m plugins.whatsapp.simulate``.
 
-Each option is taken from, in order: the command line, zaphub's config file (see
-:func:`_defaults_from_config`), the environment (``WHATSAPP_APP_SECRET``,
-``WHATSAPP_PHONE_NUMBER_ID``, ``WHATSAPP_ACCESS_TOKEN``, ``WHATSAPP_BUSINESS_ACCOUNT_ID``,
-``ZAPHUB_URL``), then the development defaults that zaphub's bundled ``config.yaml`` uses.
+Each option is taken from, in order: the command line, the environment
+(``WHATSAPP_APP_SECRET``, ``WHATSAPP_PHONE_NUMBER_ID``, ``WHATSAPP_ACCESS_TOKEN``,
+``WHATSAPP_BUSINESS_ACCOUNT_ID``, ``ZAPHUB_URL``), zaphub's config file (see
+:func:`_defaults_from_config`), then the development defaults of the bundled ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def _defaults_from_config(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _pick(flag: str | None, config: Mapping[str, str], key: str, env: str, default: str) -> str:
+    # A flag beats an environment variable, which beats a config file found in the directory.
     if flag is not None:
         return flag
-    return config.get(key) or os.environ.get(env) or default
+    return os.environ.get(env) or config.get(key) or default
 
 
 def _webhook_url(url: str) -> str:
@@ -132,7 +133,7 @@ def _sandbox_options(args: argparse.Namespace) -> SandboxOptions:
     config = _defaults_from_config(args)
     webhook_url: str | None = None
     if not args.no_webhooks:
-        base = config.get("url") or os.environ.get("ZAPHUB_URL") or DEFAULT_ZAPHUB_URL
+        base = os.environ.get("ZAPHUB_URL") or config.get("url") or DEFAULT_ZAPHUB_URL
         webhook_url = _webhook_url(args.webhook_url or base)
     return SandboxOptions(
         app_secret=_pick(args.app_secret, config, "app_secret", "WHATSAPP_APP_SECRET", DEFAULT_APP_SECRET),
@@ -292,7 +293,7 @@ def _webhooks(args: argparse.Namespace, phone_number_id: str) -> list[dict[str, 
 
 def _run_simulate(args: argparse.Namespace) -> int:
     config = _defaults_from_config(args)
-    base = args.url or config.get("url") or os.environ.get("ZAPHUB_URL") or DEFAULT_ZAPHUB_URL
+    base = args.url or os.environ.get("ZAPHUB_URL") or config.get("url") or DEFAULT_ZAPHUB_URL
     url = _webhook_url(base)
     secret = _pick(args.app_secret, config, "app_secret", "WHATSAPP_APP_SECRET", DEFAULT_APP_SECRET)
     phone_number_id = _pick(
