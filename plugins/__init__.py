@@ -1,0 +1,1 @@
+"""zaphub's built-in plugins; each registers through the ``zaphub.plugins`` entry-point group."""

@@ -1,0 +1,113 @@
+"""The ``crm_realtime`` plugin: Socket.IO ``/crm`` and the REST API that CRM clients call.
+
+Hook implementations only; the work lives in the modules named in README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from core import hookimpl
+from core.cli_types import Command
+from core.host import Host, ReadinessCheck
+from core.models import Contact, Conversation, Message, StatusChange
+from core.stash import StashKey
+from plugins.crm_realtime.auth import TokenVerifier
+from plugins.crm_realtime.config import CrmRealtimeSettings
+from plugins.crm_realtime.realtime import Realtime
+from plugins.crm_realtime.routes import REALTIME, api_router, socketio_mount
+
+__all__ = ["REALTIME", "VERIFIER"]
+
+VERIFIER: StashKey[TokenVerifier] = StashKey("crm_realtime.verifier")
+
+log = logging.getLogger("zaphub.crm_realtime")
+
+
+@hookimpl
+def config_schema() -> type[msgspec.Struct]:
+    """``plugins.crm_realtime`` is validated against :class:`CrmRealtimeSettings`."""
+    return CrmRealtimeSettings
+
+
+@hookimpl
+def register_routes(host: Host, settings: CrmRealtimeSettings) -> list[Any]:
+    """The ``/api`` router and the Socket.IO mount."""
+    verifier = TokenVerifier(settings)
+    host.stash[VERIFIER] = verifier
+    return [api_router(host, settings, verifier), socketio_mount(host)]
+
+
+@hookimpl
+def register_readiness_checks(host: Host) -> list[ReadinessCheck]:
+    """``/ready`` fails while the Socket.IO emit loop is down or its queue overflows."""
+
+    async def realtime() -> str | None:
+        running = host.stash.get(REALTIME)
+        return running.problem() if running is not None else "the Socket.IO server is not started"
+
+    return [("crm_realtime", realtime)]
+
+
+@hookimpl
+def register_commands() -> list[Command]:
+    """``zaphub token``."""
+    from plugins.crm_realtime.cli import token_command
+
+    return [token_command()]
+
+
+@hookimpl
+def on_startup(host: Host, settings: CrmRealtimeSettings) -> None:
+    """Build the Socket.IO server (with the Redis manager when ``redis.url`` is set) and start emitting."""
+    if settings.short_secret:
+        log.warning(
+            "plugins.crm_realtime.jwt_secret is shorter than 32 bytes: anyone who guesses it can read every "
+            "conversation; set CRM_JWT_SECRET to a long random value (openssl rand -hex 32)"
+        )
+    realtime = Realtime(host, settings, host.stash[VERIFIER])
+    host.stash[REALTIME] = realtime
+    realtime.start()
+    log.info(
+        "Socket.IO namespace %s on /socket.io/ (%s); fan-out %s",
+        settings.namespace,
+        "+".join(settings.transports),
+        f"through Redis channel {host.config.redis.channel!r}"
+        if host.config.redis.url
+        else "in this process",
+    )
+
+
+@hookimpl
+async def on_shutdown(host: Host) -> None:
+    """Emit what is queued, then stop Socket.IO."""
+    realtime = host.stash.get(REALTIME)
+    if realtime is not None:
+        await realtime.close()
+
+
+@hookimpl
+def on_message_received(host: Host, message: Message, conversation: Conversation, contact: Contact) -> None:
+    """Emit ``whatsapp:message``."""
+    realtime = host.stash.get(REALTIME)
+    if realtime is not None:
+        realtime.message_received(message, conversation, contact)
+
+
+@hookimpl
+def on_message_sent(host: Host, message: Message, conversation: Conversation) -> None:
+    """Emit ``whatsapp:message_sent``."""
+    realtime = host.stash.get(REALTIME)
+    if realtime is not None:
+        realtime.message_sent(message, conversation)
+
+
+@hookimpl
+def on_status_changed(host: Host, message: Message, conversation: Conversation, change: StatusChange) -> None:
+    """Emit ``whatsapp:message_status`` (with ``error`` for ``failed``)."""
+    realtime = host.stash.get(REALTIME)
+    if realtime is not None:
+        realtime.status_changed(message, conversation, change)

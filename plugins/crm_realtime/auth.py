@@ -1,0 +1,213 @@
+"""JWT authentication of CRM clients, the same for Socket.IO and REST.
+
+A token is verified against the configured keys (HS256 with ``jwt_secret``, RS256/ES256 with
+``jwt_public_key``), must carry ``exp`` and ``sub``, and honours ``nbf``, ``aud`` and ``iss``
+when configured. The optional scope claim (``phone_number_ids`` by default) limits the agent to
+some business numbers. :func:`issue_token` makes tokens for ``zaphub token`` and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import jwt
+import msgspec
+
+from core.errors import ForbiddenError
+from plugins.crm_realtime.config import HMAC_ALGORITHMS, CrmRealtimeSettings
+
+__all__ = ["Agent", "AuthError", "TokenVerifier", "issue_token", "parse_scope"]
+
+_REQUIRED_CLAIMS = ["exp", "sub"]
+
+
+class Agent(msgspec.Struct, frozen=True, kw_only=True):
+    """Who a verified token speaks for."""
+
+    sub: str
+    """The token's subject (an agent or a CRM backend); scopes ``Idempotency-Key``."""
+    scope: frozenset[str] | None
+    """Business numbers (phone number ids) this agent may see; ``None`` means all."""
+    expires_at: float
+    """The token's ``exp`` (Unix seconds)."""
+
+    def allows(self, phone_number_id: str) -> bool:
+        """Whether this agent may see messages of that business number."""
+        return self.scope is None or phone_number_id in self.scope
+
+    def require(self, phone_number_id: str, what: str) -> None:
+        """Raise :class:`core.errors.ForbiddenError` unless :meth:`allows`.
+
+        Args:
+            phone_number_id: the business number of the resource.
+            what: the resource, for the message (``conversation 12``).
+        """
+        if not self.allows(phone_number_id):
+            raise ForbiddenError(forbidden_message(what, phone_number_id))
+
+
+def forbidden_message(what: str, phone_number_id: str) -> str:
+    """The refusal text for a resource outside an agent's scope."""
+    return f"{what} belongs to business number {phone_number_id}, which your token's scope does not include"
+
+
+class AuthError(Exception):
+    """A token was refused; ``reason`` says why in a few words (sent to the client)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_scope(value: Any, claim: str) -> frozenset[str] | None:
+    """Read the scope claim: absent → ``None`` (all numbers); a list or comma-separated string of ids.
+
+    Raises:
+        AuthError: the claim is malformed or lists no number.
+    """
+    if value is None:
+        return None
+    items: Iterable[Any]
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise AuthError(f"claim {claim} must be a list of phone number ids")
+    ids: set[str] = set()
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            raise AuthError(f"claim {claim} must be a list of phone number ids")
+        text = str(item).strip()
+        if text:
+            ids.add(text)
+    if not ids:
+        raise AuthError(f"claim {claim} lists no business number")
+    return frozenset(ids)
+
+
+class TokenVerifier:
+    """Verifies CRM tokens with one host's settings; build once, call :meth:`verify` per client."""
+
+    def __init__(self, settings: CrmRealtimeSettings) -> None:
+        self.settings = settings
+        self._algorithms = list(settings.algorithms)
+        self._secret = settings.jwt_secret.encode()
+        self._public_key = settings.public_key
+        self._options: dict[str, Any] = {"require": list(_REQUIRED_CLAIMS)}
+        self._codec = jwt.PyJWT()
+
+    def verify(self, token: object) -> Agent:
+        """Check a token and return the agent it speaks for.
+
+        Raises:
+            AuthError: missing, malformed, badly signed, expired, not yet valid, wrong audience
+                or issuer, or a malformed scope claim.
+        """
+        if not isinstance(token, str) or not token.strip():
+            raise AuthError("missing token")
+        token = token.strip()
+        if token[:7].lower() == "bearer ":
+            token = token[7:].strip()
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            raise AuthError("malformed token") from None
+        if alg not in self._algorithms:
+            raise AuthError(f"algorithm {alg} not accepted (expected {', '.join(self._algorithms)})")
+        key: Any = self._secret if alg in HMAC_ALGORITHMS else self._public_key
+        settings = self.settings
+        try:
+            # A short dev secret is reported once at startup; PyJWT would warn on every token.
+            quiet = warnings.catch_warnings() if settings.short_secret else contextlib.nullcontext()
+            with quiet:
+                if settings.short_secret:
+                    warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+                claims = self._codec.decode(
+                    token,
+                    key,
+                    algorithms=[alg],
+                    audience=settings.jwt_audience,
+                    issuer=settings.jwt_issuer,
+                    leeway=settings.jwt_leeway_seconds,
+                    options=self._options,  # type: ignore[arg-type]  # PyJWT's TypedDict is partial
+                )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not yet valid (nbf)") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("wrong audience (aud)") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("wrong issuer (iss)") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token has no {exc.claim} claim") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("bad signature") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid token") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise AuthError("token has no sub claim")
+        exp = claims["exp"]
+        return Agent(
+            sub=sub,
+            scope=parse_scope(claims.get(settings.scope_claim), settings.scope_claim),
+            expires_at=float(exp),
+        )
+
+
+def issue_token(
+    settings: CrmRealtimeSettings,
+    *,
+    sub: str,
+    ttl: float = 86_400,
+    scope: Iterable[str] | None = None,
+    private_key: str | bytes | None = None,
+    now: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """A token this host accepts (for ``zaphub token`` and tests).
+
+    Args:
+        settings: the host's settings (secret or algorithm, ``aud``, ``iss``, scope claim).
+        sub: the subject (an agent's name or id).
+        ttl: seconds until ``exp``.
+        scope: business numbers to restrict the agent to (``None``: all).
+        private_key: PEM private key, for hosts that verify RS256/ES256 tokens.
+        now: the issue time (Unix seconds), default now.
+        extra: more claims (they override the computed ones).
+
+    Raises:
+        ValueError: no usable signing key for this configuration.
+    """
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {"sub": sub, "iat": issued, "exp": int(issued + ttl)}
+    if settings.jwt_audience is not None:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer is not None:
+        claims["iss"] = settings.jwt_issuer
+    if scope is not None:
+        claims[settings.scope_claim] = sorted(scope)
+    claims.update(extra or {})
+    if private_key is not None:
+        alg = next((a for a in settings.algorithms if a not in HMAC_ALGORITHMS), None)
+        if alg is None:
+            raise ValueError(
+                "plugins.crm_realtime verifies HS256 tokens with jwt_secret: drop --private-key "
+                "(it is for hosts configured with jwt_public_key)"
+            )
+        return jwt.encode(claims, private_key, algorithm=alg)
+    alg = next((a for a in settings.algorithms if a in HMAC_ALGORITHMS), None)
+    if alg is None:
+        raise ValueError(
+            f"plugins.crm_realtime verifies {', '.join(settings.algorithms)} tokens with jwt_public_key: "
+            "pass --private-key FILE (the matching private key), or mint tokens with your identity provider"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+        return jwt.encode(claims, settings.jwt_secret, algorithm=alg)

@@ -1,0 +1,174 @@
+"""Settings of the ``crm_realtime`` plugin: the ``plugins.crm_realtime`` section of ``config.yaml``.
+
+Everything that can be wrong with the JWT setup is checked while the section is validated, so a
+missing secret, an unreadable key file or an algorithm without its key stops startup (and
+``zaphub check``) with the key's path and the fix, instead of refusing every client later.
+
+``jwt_public_key`` is either the PEM text itself (starts with ``-----BEGIN``) or the path of a PEM
+file; the parsed key is kept on the frozen Struct through ``functools.cached_property`` (hence
+``dict=True``), parsed once, here.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+__all__ = ["HMAC_ALGORITHMS", "PUBLIC_KEY_ALGORITHMS", "CrmRealtimeSettings"]
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+"""Algorithms verified with ``jwt_secret``."""
+PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+"""Algorithms verified with ``jwt_public_key``."""
+
+_EC_ALGORITHM = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class CrmRealtimeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, dict=True):
+    """Socket.IO namespace, JWT verification and the REST API for CRM clients."""
+
+    namespace: str = "/crm"
+    """Socket.IO namespace CRM clients connect to (``io(url + "/crm", …)``)."""
+    jwt_secret: str = ""
+    """HMAC secret of HS256 tokens (``CRM_JWT_SECRET``); use 32 random bytes or more
+    (``openssl rand -hex 32``). Never logged."""
+    jwt_public_key: str = ""
+    """PEM public key (the text, or the path of a ``.pem`` file) verifying RS256/ES256 tokens
+    issued by your own identity provider."""
+    jwt_algorithms: list[str] = msgspec.field(default_factory=list)
+    """Accepted ``alg`` values. Empty: HS256 when ``jwt_secret`` is set, plus RS256 or ES256/384/512
+    according to the type of ``jwt_public_key``."""
+    jwt_audience: str | list[str] | None = None
+    """When set, tokens must carry a matching ``aud`` claim."""
+    jwt_issuer: str | None = None
+    """When set, tokens must carry this ``iss`` claim."""
+    jwt_leeway_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Clock skew tolerated on ``exp`` and ``nbf``."""
+    scope_claim: str = "phone_number_ids"
+    """Claim restricting an agent to some business numbers (a list of phone number ids, or a
+    comma-separated string). A token without it sees every number."""
+    cors_allowed_origins: list[str] | None = None
+    """Browser origins allowed to open Socket.IO connections: ``["https://crm.example.com"]``,
+    ``["*"]`` for any (development only), ``[]`` to disable the check, unset for same-origin only.
+    Clients without an ``Origin`` header (Node, mobile, servers) are never refused by it."""
+    transports: list[Literal["polling", "websocket"]] = msgspec.field(
+        default_factory=lambda: ["polling", "websocket"]
+    )
+    """Socket.IO transports served. Behind a load balancer without sticky sessions use
+    ``["websocket"]`` (polling needs every request of a client to reach the same process)."""
+    ping_interval_seconds: Seconds = 25.0
+    """Engine.IO heartbeat interval; a client silent for interval + timeout is disconnected."""
+    ping_timeout_seconds: Seconds = 20.0
+    """Engine.IO heartbeat timeout."""
+    event_queue_size: Annotated[int, msgspec.Meta(ge=100)] = 10_000
+    """Events waiting to be emitted (per process). When full, new events are dropped and counted
+    (``zaphub_crm_events_dropped_total``): clients resync over REST with ``after_id``."""
+    max_page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
+    """Largest ``limit`` accepted by the REST list endpoints."""
+
+    def __post_init__(self) -> None:
+        if not self.namespace.startswith("/") or self.namespace == "/" or " " in self.namespace:
+            raise ValueError(
+                f"namespace {self.namespace!r} must start with '/' and name a namespace, e.g. /crm"
+            )
+        if not self.jwt_secret and not self.jwt_public_key:
+            raise ValueError(
+                "jwt_secret and jwt_public_key are both empty: set CRM_JWT_SECRET (HS256 tokens, e.g. "
+                "`openssl rand -hex 32`) or jwt_public_key (the PEM key of your identity provider, "
+                "RS256/ES256)"
+            )
+        if not self.scope_claim.strip():
+            raise ValueError(
+                "scope_claim is empty: name the claim listing an agent's numbers (phone_number_ids)"
+            )
+        key = self.public_key  # parse now: a bad key must stop startup, not every client
+        for alg in self.algorithms:
+            if alg in HMAC_ALGORITHMS:
+                if not self.jwt_secret:
+                    raise ValueError(
+                        f"jwt_algorithms lists {alg} but jwt_secret is empty: set CRM_JWT_SECRET"
+                    )
+            elif alg in PUBLIC_KEY_ALGORITHMS:
+                if key is None:
+                    raise ValueError(
+                        f"jwt_algorithms lists {alg} but jwt_public_key is empty: set it to a PEM key"
+                    )
+                if alg.startswith("ES") != isinstance(key, ec.EllipticCurvePublicKey):
+                    raise ValueError(
+                        f"jwt_algorithms lists {alg} but jwt_public_key is a {_key_kind(key)} key"
+                    )
+            else:
+                known = ", ".join(sorted(HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS))
+                raise ValueError(f"jwt_algorithms: {alg!r} is not supported; use one of {known}")
+
+    @cached_property
+    def public_key(self) -> Any:
+        """The parsed ``jwt_public_key`` (a ``cryptography`` key object), or ``None``."""
+        if not self.jwt_public_key:
+            return None
+        text = self.jwt_public_key.strip()
+        where = "jwt_public_key"
+        if not text.startswith("-----BEGIN"):
+            path = Path(text).expanduser()
+            try:
+                text = path.read_text(encoding="ascii")
+            except OSError as exc:
+                raise ValueError(
+                    f"jwt_public_key: cannot read {str(path)!r} ({exc.strerror}); give the PEM text or "
+                    "a readable file path"
+                ) from None
+            where = f"jwt_public_key ({path})"
+        try:
+            key = serialization.load_pem_public_key(text.encode("ascii"))
+        except (ValueError, TypeError, UnicodeEncodeError):
+            raise ValueError(
+                f"{where} is not a PEM public key: expected '-----BEGIN PUBLIC KEY-----' (RSA or EC)"
+            ) from None
+        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            raise ValueError(
+                f"{where} is a {_key_kind(key)} key: only RSA (RS256) and EC (ES256) keys are supported"
+            )
+        return key
+
+    @cached_property
+    def algorithms(self) -> tuple[str, ...]:
+        """The accepted algorithms: ``jwt_algorithms``, or those inferred from the keys."""
+        if self.jwt_algorithms:
+            return tuple(dict.fromkeys(self.jwt_algorithms))
+        inferred = []
+        if self.jwt_secret:
+            inferred.append("HS256")
+        if self.public_key is not None:
+            inferred.append(_algorithm_for(self.public_key))
+        return tuple(inferred)
+
+    @property
+    def short_secret(self) -> bool:
+        """Whether ``jwt_secret`` is shorter than HS256's 32-byte recommendation."""
+        return bool(self.jwt_secret) and len(self.jwt_secret.encode()) < 32
+
+
+def _algorithm_for(key: Any) -> str:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        alg = _EC_ALGORITHM.get(key.curve.name)
+        if alg is None:
+            raise ValueError(f"jwt_public_key uses curve {key.curve.name}: use P-256 (ES256), P-384 or P-521")
+        return alg
+    return "RS256"
+
+
+def _key_kind(key: Any) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "EC"
+    return type(key).__name__.removeprefix("_").replace("PublicKey", "")

@@ -1,0 +1,450 @@
+"""Wire payloads of the CRM contract: Socket.IO events and REST bodies, as msgspec Structs.
+
+Socket.IO events (docs/events.md) keep the seed's names exactly: camelCase at the top level
+(``conversationId``) and snake_case inside ``message`` and ``contact`` (``sender_type``). Keys
+beyond the seed's (``type``, ``wamid``, ``phoneNumberId``…) are additions the contract allows.
+REST bodies use snake_case, except the send answer, which the contract spells in camelCase.
+
+Each event is built once from the stored objects and turned into builtins once; Socket.IO then
+encodes one packet for all its recipients.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from core.models import Contact, Conversation, Message, StatusChange, iso_z
+
+__all__ = [
+    "ApiContact",
+    "ApiConversation",
+    "ApiMessage",
+    "ApiMessageDetail",
+    "ApiStatus",
+    "AudioSend",
+    "ConversationPage",
+    "DocumentSend",
+    "ErrorBody",
+    "ErrorDetail",
+    "EventContact",
+    "EventMessage",
+    "ImageSend",
+    "MediaRef",
+    "MessageEvent",
+    "MessagePage",
+    "MessageSentEvent",
+    "MessageStatusEvent",
+    "SendAccepted",
+    "SendBody",
+    "StatusError",
+    "TemplateSend",
+    "TextSend",
+    "VideoSend",
+    "api_contact",
+    "api_conversation",
+    "api_message",
+    "api_message_detail",
+    "media_url",
+    "message_event",
+    "message_sent_event",
+    "message_status_event",
+    "send_content",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Socket.IO events
+# ---------------------------------------------------------------------------------------------
+
+
+class MediaRef(msgspec.Struct, frozen=True):
+    """Where a client downloads a message's media (``GET``, same bearer token)."""
+
+    url: str
+    mime_type: str | None
+
+
+class StatusError(msgspec.Struct, frozen=True):
+    """Why a message failed: Meta's error code and title."""
+
+    code: int | None
+    title: str | None
+
+
+class EventMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``message`` inside ``whatsapp:message`` and ``whatsapp:message_sent``."""
+
+    id: int
+    body: str | None
+    sender_type: Literal["contact", "user"]
+    delivered_at: str | None
+    type: str
+    media: MediaRef | None = None
+    automated: bool = False
+    wamid: str | None = None
+
+
+class EventContact(msgspec.Struct, frozen=True):
+    """``contact`` inside ``whatsapp:message``."""
+
+    id: int
+    name: str | None
+    phone_number: str
+
+
+class MessageEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``whatsapp:message``: an inbound message was stored."""
+
+    conversation_id: int
+    message: EventMessage
+    contact: EventContact
+    phone_number_id: str
+
+
+class MessageSentEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """``whatsapp:message_sent``: Graph accepted an outbound message."""
+
+    message_id: int
+    conversation_id: int
+    message: EventMessage
+    # No defaults on the two constant keys: omit_defaults would leave them out.
+    type: Literal["sent"]
+    platform: Literal["whatsapp"]
+    phone_number_id: str
+    automated: bool = False
+
+
+class MessageStatusEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """``whatsapp:message_status``: a message's status moved forward."""
+
+    message_id: int
+    status: str
+    timestamp: str
+    conversation_id: int
+    error: StatusError | None = None
+
+
+def media_url(public_url: str, message_id: int) -> str:
+    """The REST URL serving a message's media bytes."""
+    return f"{public_url}/api/messages/{message_id}/media"
+
+
+def _event_message(message: Message, public_url: str) -> EventMessage:
+    media = None
+    if message.media_id is not None and message.is_inbound:
+        media = MediaRef(media_url(public_url, message.id), message.media_mime_type)
+    return EventMessage(
+        id=message.id,
+        body=message.body,
+        sender_type=message.sender_type,
+        delivered_at=iso_z(message.delivered_at),
+        type=message.type,
+        media=media,
+        automated=message.automated,
+        wamid=message.wamid,
+    )
+
+
+def message_event(
+    message: Message, conversation: Conversation, contact: Contact, public_url: str
+) -> MessageEvent:
+    """The ``whatsapp:message`` payload of a stored inbound message."""
+    return MessageEvent(
+        conversation_id=conversation.id,
+        message=_event_message(message, public_url),
+        contact=EventContact(contact.id, contact.name, contact.phone_number or contact.wa_id),
+        phone_number_id=conversation.phone_number_id,
+    )
+
+
+def message_sent_event(message: Message, conversation: Conversation, public_url: str) -> MessageSentEvent:
+    """The ``whatsapp:message_sent`` payload of a message Graph accepted."""
+    return MessageSentEvent(
+        message_id=message.id,
+        conversation_id=conversation.id,
+        message=_event_message(message, public_url),
+        type="sent",
+        platform="whatsapp",
+        phone_number_id=conversation.phone_number_id,
+        automated=message.automated,
+    )
+
+
+def message_status_event(change: StatusChange, conversation: Conversation) -> MessageStatusEvent:
+    """The ``whatsapp:message_status`` payload of a status change (``error`` only for ``failed``)."""
+    error = None
+    if change.status == "failed":
+        error = StatusError(change.error_code, change.error_title)
+    return MessageStatusEvent(
+        message_id=change.message_id,
+        status=change.status,
+        timestamp=change.timestamp,
+        conversation_id=conversation.id,
+        error=error,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# REST
+# ---------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    """What went wrong: a stable machine ``code`` and a message naming the fix."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """Every error answer: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+class ApiContact(msgspec.Struct, frozen=True, kw_only=True):
+    """A WhatsApp user."""
+
+    id: int
+    name: str | None
+    """The WhatsApp profile name (``null`` when Meta sent none)."""
+    phone_number: str
+    wa_id: str
+
+
+class ApiMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A message, inbound (``sender_type: contact``) or outbound (``user``)."""
+
+    id: int
+    conversation_id: int
+    phone_number_id: str
+    direction: Literal["inbound", "outbound"]
+    sender_type: Literal["contact", "user"]
+    type: str
+    body: str | None
+    """Text; for other types the caption, reply title or emoji; else ``null``."""
+    status: str
+    """Inbound: ``received``. Outbound: ``queued``, ``accepted``, ``sent``, ``delivered``, ``read`` or
+    ``failed``."""
+    delivered_at: str | None
+    """Inbound: Meta's timestamp. Outbound: when Graph accepted it (``null`` while queued)."""
+    received_at: str | None
+    """When zaphub stored it."""
+    automated: bool
+    wamid: str | None
+    context_wamid: str | None
+    """The wamid this message replies to."""
+    media: MediaRef | None
+    error: StatusError | None
+
+
+class ApiStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One status webhook received for a message (stale ones included)."""
+
+    status: str
+    timestamp: str
+    """Meta's timestamp: a string of Unix seconds."""
+    received_at: str | None
+    error: StatusError | None
+
+
+class ApiMessageDetail(ApiMessage, frozen=True, kw_only=True):
+    """A message with its status history and its full content."""
+
+    statuses: list[ApiStatus]
+    content: dict[str, Any] | None
+    """Outbound: the object sent to Graph for its type."""
+    raw: dict[str, Any] | None
+    """Inbound: Meta's message object exactly as received."""
+
+
+class ApiConversation(msgspec.Struct, frozen=True, kw_only=True):
+    """One conversation: a contact with one business number."""
+
+    id: int
+    phone_number_id: str
+    contact: ApiContact
+    last_message: ApiMessage | None
+    created_at: str | None
+    last_message_at: str | None
+    last_inbound_at: str | None
+    window_open: bool
+    """Whether free-form messages are allowed (the contact wrote within 24 hours); else templates only."""
+
+
+class ConversationPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of conversations, newest activity first."""
+
+    conversations: list[ApiConversation]
+    next_before: str | None
+    """Pass as ``before`` for the next page; ``null`` on the last page."""
+
+
+class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of messages, oldest first."""
+
+    messages: list[ApiMessage]
+    next_after_id: int | None
+    """Pass as ``after_id`` for the next page; ``null`` when there is nothing more right now."""
+
+
+class SendAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``202``: the message is stored in the outbox and will be sent."""
+
+    message_id: int
+    conversation_id: int
+    status: Literal["queued"]
+
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _Send(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="type",
+    omit_defaults=True,
+):
+    reply_to: int | None = None
+    """zaphub id of a message of this conversation to quote (WhatsApp shows it as a reply)."""
+
+
+class TextSend(_Send, frozen=True, kw_only=True, tag="text"):
+    """``{"type": "text", "body": "Olá!"}`` (inside the 24-hour window)."""
+
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    preview_url: bool | None = None
+
+
+class TemplateSend(_Send, frozen=True, kw_only=True, tag="template"):
+    """An approved template (the only type allowed outside the 24-hour window)."""
+
+    name: NonEmpty
+    language: str | dict[str, Any]
+    """``"pt_BR"`` or ``{"code": "pt_BR"}``."""
+    components: list[dict[str, Any]] | None = None
+    """Meta's template components (header, body, button parameters)."""
+
+
+class _MediaSend(_Send, frozen=True, kw_only=True):
+    link: str | None = None
+    """A public http(s) URL Meta downloads the media from."""
+    media_id: str | None = None
+    """An id from Graph's media upload. Exactly one of ``link`` and ``media_id``."""
+
+
+class ImageSend(_MediaSend, frozen=True, kw_only=True, tag="image"):
+    """An image with an optional caption."""
+
+    caption: str | None = None
+
+
+class VideoSend(_MediaSend, frozen=True, kw_only=True, tag="video"):
+    """A video with an optional caption."""
+
+    caption: str | None = None
+
+
+class DocumentSend(_MediaSend, frozen=True, kw_only=True, tag="document"):
+    """A document with an optional caption and file name."""
+
+    caption: str | None = None
+    filename: str | None = None
+
+
+class AudioSend(_MediaSend, frozen=True, kw_only=True, tag="audio"):
+    """An audio file (no caption)."""
+
+
+SendBody = TextSend | TemplateSend | ImageSend | VideoSend | DocumentSend | AudioSend
+"""The body of ``POST /api/conversations/{id}/messages``, chosen by ``type``."""
+
+
+def send_content(body: SendBody) -> dict[str, Any]:
+    """The type-specific content handed to the send service (``type`` and ``reply_to`` removed)."""
+    content = msgspec.to_builtins(body)
+    content.pop("type", None)
+    content.pop("reply_to", None)
+    return content  # type: ignore[no-any-return]  # to_builtins of a Struct is a dict
+
+
+def api_contact(contact: Contact) -> ApiContact:
+    """A contact as REST shows it."""
+    return ApiContact(
+        id=contact.id,
+        name=contact.name,
+        phone_number=contact.phone_number or contact.wa_id,
+        wa_id=contact.wa_id,
+    )
+
+
+def _api_message_fields(message: Message, public_url: str) -> dict[str, Any]:
+    media = None
+    if message.media_id is not None and message.is_inbound:
+        media = MediaRef(media_url(public_url, message.id), message.media_mime_type)
+    error = None
+    if message.status == "failed":
+        error = StatusError(message.error_code, message.error_title)
+    return {
+        "id": message.id,
+        "conversation_id": message.conversation_id,
+        "phone_number_id": message.phone_number_id,
+        "direction": message.direction,
+        "sender_type": message.sender_type,
+        "type": message.type,
+        "body": message.body,
+        "status": message.status,
+        "delivered_at": iso_z(message.delivered_at),
+        "received_at": iso_z(message.received_at),
+        "automated": message.automated,
+        "wamid": message.wamid,
+        "context_wamid": message.context_wamid,
+        "media": media,
+        "error": error,
+    }
+
+
+def api_message(message: Message, public_url: str) -> ApiMessage:
+    """A message as REST lists it."""
+    return ApiMessage(**_api_message_fields(message, public_url))
+
+
+def api_message_detail(message: Message, history: list[dict[str, Any]], public_url: str) -> ApiMessageDetail:
+    """A message with its status history (rows of ``Storage.status_history``)."""
+    statuses = [
+        ApiStatus(
+            status=row["status"],
+            timestamp=row["timestamp"],
+            received_at=iso_z(row.get("received_at")),
+            error=StatusError(row.get("error_code"), row.get("error_title"))
+            if row["status"] == "failed"
+            else None,
+        )
+        for row in history
+    ]
+    return ApiMessageDetail(
+        **_api_message_fields(message, public_url),
+        statuses=statuses,
+        content=message.content,
+        raw=message.raw,
+    )
+
+
+def api_conversation(
+    conversation: Conversation, contact: Contact, last_message: Message | None, public_url: str
+) -> ApiConversation:
+    """A conversation with its contact and last message."""
+    return ApiConversation(
+        id=conversation.id,
+        phone_number_id=conversation.phone_number_id,
+        contact=api_contact(contact),
+        last_message=api_message(last_message, public_url) if last_message is not None else None,
+        created_at=iso_z(conversation.created_at),
+        last_message_at=iso_z(conversation.last_message_at),
+        last_inbound_at=iso_z(conversation.last_inbound_at),
+        window_open=conversation.window_open(),
+    )

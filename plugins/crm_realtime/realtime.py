@@ -1,0 +1,431 @@
+"""The Socket.IO side: the ``/crm`` namespace, its rooms, and the ordered, non-blocking emit queue.
+
+Rooms (per process; with Redis, emits reach the rooms of every process):
+
+- ``scope:all``: every socket whose token has no scope claim;
+- ``pnid:{phone_number_id}``: sockets whose scope lists that business number;
+- ``conversation:{id}`` / ``message:{id}``: joined on request, after checking that the
+  conversation or message exists and is in the token's scope.
+
+``whatsapp:message`` and ``whatsapp:message_sent`` are emitted once to
+``["scope:all", "pnid:{n}"]``; ``whatsapp:message_status`` once to ``["conversation:{c}",
+"message:{m}"]``. python-socketio merges the members of the rooms of one emit into one set
+(``BaseManager.get_participants``), so a socket in several of them gets the event once.
+
+Hooks only enqueue (``put_nowait``): one task emits in order. An emit writes each recipient's
+packet to that client's own Engine.IO queue and returns, so a slow or dead client delays nobody;
+it is dropped by the heartbeat (``ping_interval + ping_timeout``). If the queue itself overflows
+(Redis unreachable, say), new events are dropped and counted; clients resync over REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import engineio
+import msgspec
+import socketio
+from prometheus_client import Counter, Gauge
+
+from core.models import Contact, Conversation, Message, StatusChange
+from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden_message
+from plugins.crm_realtime.config import CrmRealtimeSettings
+from plugins.crm_realtime.models import message_event, message_sent_event, message_status_event
+
+if TYPE_CHECKING:
+    from core.host import Host
+
+__all__ = [
+    "ALL_ROOM",
+    "MAX_ID",
+    "CrmNamespace",
+    "Realtime",
+    "conversation_room",
+    "message_room",
+    "parse_id",
+    "scope_room",
+]
+
+log = logging.getLogger("zaphub.crm_realtime")
+
+ALL_ROOM = "scope:all"
+MAX_ID = 2**63 - 1
+"""Ids are 64-bit in storage; anything larger cannot exist."""
+
+EVENT_MESSAGE = "whatsapp:message"
+EVENT_SENT = "whatsapp:message_sent"
+EVENT_STATUS = "whatsapp:message_status"
+
+
+def scope_room(phone_number_id: str) -> str:
+    """The room of sockets scoped to one business number."""
+    return f"pnid:{phone_number_id}"
+
+
+def conversation_room(conversation_id: int) -> str:
+    """The room of a conversation (``join_conversation``)."""
+    return f"conversation:{conversation_id}"
+
+
+def message_room(message_id: int) -> str:
+    """The room of a message (``join_message``)."""
+    return f"message:{message_id}"
+
+
+def parse_id(value: Any, what: str) -> int:
+    """A positive integer id from a JSON number or a string of digits.
+
+    The seed's client sends numbers (``{conversationId: 123}``); strings of digits are accepted
+    too because ids often travel through URLs and form fields.
+
+    Raises:
+        ValueError: with a message naming ``what`` and the value received.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        shown = "nothing" if value is None else repr(value)[:40]
+        raise ValueError(f"{what} must be an integer id, got {shown}")
+    if not 0 < number <= MAX_ID:
+        raise ValueError(f"{what} must be a positive integer id, got {number}")
+    return number
+
+
+class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socketio is untyped
+    """python-socketio's manager, minus one asyncio task per recipient and emit.
+
+    ``AsyncManager.emit`` wraps each recipient's send in a task and waits for them all. Each send
+    only appends to that client's own unbounded Engine.IO queue (its writer task does the I/O), so
+    the tasks buy no concurrency and cost about half the CPU of a 1,000-client fan-out. Emits
+    with an ack callback, which need a packet per client, keep the library's path.
+    """
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Same contract as ``socketio.AsyncManager.emit``."""
+        room = to or room
+        if callback is not None or namespace not in self.rooms:
+            await super().emit(
+                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
+            )
+            return
+        if isinstance(data, tuple):
+            args = list(data)
+        elif data is not None:
+            args = [data]
+        else:
+            args = []
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        encoded = self.server.packet_class(
+            socketio.packet.EVENT, namespace=namespace, data=[event, *args]
+        ).encode()
+        frames = [
+            engineio.packet.Packet(engineio.packet.MESSAGE, part)
+            for part in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid in skip:
+                continue
+            try:
+                for frame in frames:
+                    await self.server._send_eio_packet(eio_sid, frame)
+            except Exception:  # a socket closing under us: nothing left to deliver to it
+                log.debug("emit %s: client %s is gone", event, sid)
+
+
+class _RedisDirectEmit(socketio.AsyncRedisManager, _DirectEmit):  # type: ignore[misc]  # untyped library
+    """The Redis manager, delivering its local share (its own emits and relayed ones) directly."""
+
+
+class _Emit(msgspec.Struct, frozen=True, array_like=True):
+    event: str
+    data: dict[str, Any]
+    rooms: list[str]
+
+
+class Realtime:
+    """The Socket.IO server of one host; see the module docstring.
+
+    Args:
+        host: the running host (storage for joins, config for Redis, metrics).
+        settings: this plugin's settings.
+        verifier: checks the tokens clients present at connect.
+    """
+
+    def __init__(self, host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifier) -> None:
+        self.host = host
+        self.settings = settings
+        self.verifier = verifier
+        self.ns = settings.namespace
+        redis = host.config.redis
+        self.manager: socketio.AsyncManager = (
+            _RedisDirectEmit(redis.url, channel=redis.channel) if redis.url else _DirectEmit()
+        )
+        origins: Any = settings.cors_allowed_origins
+        if origins is not None and "*" in origins:
+            origins = "*"
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi",  # aiohttp is installed too: without this the mount answers 500
+            client_manager=self.manager,
+            cors_allowed_origins=origins,
+            transports=list(settings.transports),
+            ping_interval=settings.ping_interval_seconds,
+            ping_timeout=settings.ping_timeout_seconds,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.sio.register_namespace(CrmNamespace(self))
+        self.asgi = socketio.ASGIApp(self.sio, socketio_path=None)
+        self.agents: dict[str, Agent] = {}
+        """Authenticated sockets of this process, by sid."""
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._queue: asyncio.Queue[_Emit | None] = asyncio.Queue(settings.event_queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._dropped_logged_at = 0.0
+        registry = host.metrics.registry
+        self.m_sockets = Gauge(
+            "zaphub_crm_sockets", "CRM Socket.IO clients connected to this process.", registry=registry
+        )
+        self.m_events = Counter(
+            "zaphub_crm_events", "Events emitted to CRM clients, by event.", ["event"], registry=registry
+        )
+        self.m_dropped = Counter(
+            "zaphub_crm_events_dropped", "Events dropped because the emit queue was full.", registry=registry
+        )
+        self.m_refused = Counter(
+            "zaphub_crm_auth_refused",
+            "Socket.IO connections refused, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.m_emit_errors = Counter("zaphub_crm_emit_errors", "Emits that raised.", registry=registry)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the emit loop (a host task)."""
+        self._task = self.host.spawn(self._run(), name="crm-realtime-emit")
+
+    async def close(self, grace_seconds: float = 5.0) -> None:
+        """Emit what is queued (bounded), stop Socket.IO and its Redis listener."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
+            except TimeoutError:
+                self._task.cancel()
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+        # Clients are not disconnected one by one: a server-side disconnect tells socket.io
+        # clients not to reconnect, while a closed transport makes them reconnect (to another
+        # process behind the load balancer, during a rolling restart).
+        await self.sio.shutdown()
+        if isinstance(self.manager, socketio.AsyncRedisManager):
+            # python-socketio neither stops its Redis listener task nor closes its client on
+            # shutdown; in-process hosts (tests, embedding) would leak both.
+            listener = getattr(self.manager, "thread", None)
+            if isinstance(listener, asyncio.Task):
+                listener.cancel()
+                with contextlib.suppress(BaseException):
+                    await listener
+            client = getattr(self.manager, "redis", None)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        for task in list(self._background):
+            task.cancel()
+
+    def problem(self) -> str | None:
+        """``None`` while events flow; else what is wrong (for ``GET /ready``)."""
+        if self._task is None or self._task.done():
+            return "the emit loop is not running"
+        if self._queue.full():
+            return f"the emit queue is full ({self._queue.maxsize} events): events are being dropped"
+        return None
+
+    # -- hooks → events ------------------------------------------------------------------------
+
+    def message_received(self, message: Message, conversation: Conversation, contact: Contact) -> None:
+        """Queue ``whatsapp:message`` for every socket allowed to see the business number."""
+        payload = message_event(message, conversation, contact, self.host.public_url)
+        self.publish(EVENT_MESSAGE, payload, [ALL_ROOM, scope_room(conversation.phone_number_id)])
+
+    def message_sent(self, message: Message, conversation: Conversation) -> None:
+        """Queue ``whatsapp:message_sent`` for every socket allowed to see the business number."""
+        payload = message_sent_event(message, conversation, self.host.public_url)
+        self.publish(EVENT_SENT, payload, [ALL_ROOM, scope_room(conversation.phone_number_id)])
+
+    def status_changed(self, message: Message, conversation: Conversation, change: StatusChange) -> None:
+        """Queue ``whatsapp:message_status`` for the conversation's and the message's rooms."""
+        payload = message_status_event(change, conversation)
+        self.publish(EVENT_STATUS, payload, [conversation_room(conversation.id), message_room(message.id)])
+
+    def publish(self, event: str, payload: msgspec.Struct, rooms: list[str]) -> None:
+        """Queue one emit; never waits. Drops (and counts) the event when the queue is full."""
+        if not rooms:  # python-socketio reads an empty room list as "everyone"
+            raise ValueError("an emit needs at least one room")
+        item = _Emit(event, msgspec.to_builtins(payload), rooms)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.m_dropped.inc()
+            now = time.monotonic()
+            if now - self._dropped_logged_at > 10:
+                self._dropped_logged_at = now
+                log.error(
+                    "CRM emit queue full (%d events): dropping %s; clients must resync over REST (after_id)",
+                    self._queue.maxsize,
+                    event,
+                )
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            try:
+                await self.sio.emit(item.event, item.data, to=item.rooms, namespace=self.ns)
+            except Exception:
+                self.m_emit_errors.inc()
+                log.exception("emitting %s to %s failed", item.event, item.rooms)
+            else:
+                self.m_events.labels(event=item.event).inc()
+            finally:
+                self._queue.task_done()
+
+    async def drain(self) -> None:
+        """Wait until every event queued so far has been emitted (tests, benchmarks)."""
+        await self._queue.join()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def connect(self, sid: str, auth: Any) -> None:
+        """Authenticate a new socket, put it in its scope rooms, schedule its expiry.
+
+        Raises:
+            socketio.exceptions.ConnectionRefusedError: ``"unauthorized"`` with ``{"reason": …}``.
+        """
+        token = auth.get("token") if isinstance(auth, dict) else None
+        try:
+            agent = self.verifier.verify(token)
+        except AuthError as exc:
+            self.m_refused.labels(reason=exc.reason.split(" (")[0][:40]).inc()
+            log.info("Socket.IO client refused: %s", exc.reason)
+            raise socketio.exceptions.ConnectionRefusedError("unauthorized", {"reason": exc.reason}) from None
+        self.agents[sid] = agent
+        rooms = [ALL_ROOM] if agent.scope is None else [scope_room(n) for n in sorted(agent.scope)]
+        for room in rooms:
+            await self.sio.enter_room(sid, room, namespace=self.ns)
+        delay = max(0.0, agent.expires_at + self.settings.jwt_leeway_seconds - time.time())
+        self._expiry[sid] = asyncio.get_running_loop().call_later(delay, self._expire, sid)
+        self.m_sockets.inc()
+        log.debug("Socket.IO client %s connected as %s", sid, agent.sub)
+
+    def disconnected(self, sid: str) -> None:
+        """Forget a socket (its rooms are left by python-socketio)."""
+        if self.agents.pop(sid, None) is not None:
+            self.m_sockets.dec()
+        handle = self._expiry.pop(sid, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _expire(self, sid: str) -> None:
+        self._expiry.pop(sid, None)
+        if sid not in self.agents:
+            return
+        log.info("Socket.IO client %s disconnected: token expired", sid)
+        task = asyncio.create_task(self.sio.disconnect(sid, namespace=self.ns))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- rooms ---------------------------------------------------------------------------------
+
+    async def join(self, sid: str, data: Any, kind: str, *, leave: bool = False) -> dict[str, Any]:
+        """Handle ``join_``/``leave_conversation`` and ``join_``/``leave_message``; returns the ack."""
+        agent = self.agents.get(sid)
+        if agent is None:
+            return {"ok": False, "error": "unauthorized"}
+        key = "conversationId" if kind == "conversation" else "messageId"
+        value = data.get(key) if isinstance(data, dict) else data
+        try:
+            ident = parse_id(value, key)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        room = conversation_room(ident) if kind == "conversation" else message_room(ident)
+        if leave:
+            await self.sio.leave_room(sid, room, namespace=self.ns)
+            return {"ok": True}
+        storage = self.host.storage
+        found: Conversation | Message | None
+        if kind == "conversation":
+            found = await storage.get_conversation(ident)
+        else:
+            found = await storage.get_message(ident)
+        if found is None:
+            return {"ok": False, "error": f"{kind} {ident} does not exist"}
+        if not agent.allows(found.phone_number_id):
+            refusal = forbidden_message(f"{kind} {ident}", found.phone_number_id)
+            return {"ok": False, "error": f"forbidden: {refusal}"}
+        if sid not in self.agents:  # disconnected while we looked it up
+            return {"ok": False, "error": "disconnected"}
+        await self.sio.enter_room(sid, room, namespace=self.ns)
+        return {"ok": True}
+
+
+class CrmNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python-socketio is untyped
+    """The ``/crm`` namespace: one instance serves every client, state lives in :class:`Realtime`."""
+
+    def __init__(self, realtime: Realtime) -> None:
+        super().__init__(realtime.ns)
+        self.rt = realtime
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        """Refuse the client unless ``auth.token`` is a valid JWT."""
+        await self.rt.connect(sid, auth)
+
+    def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        """Forget the client."""
+        self.rt.disconnected(sid)
+
+    async def _ack(self, sid: str, data: Any, kind: str, *, leave: bool = False) -> dict[str, Any]:
+        # An exception in a handler would leave the client's ack callback waiting forever.
+        try:
+            return await self.rt.join(sid, data, kind, leave=leave)
+        except Exception:
+            log.exception("%s_%s failed for %s", "leave" if leave else "join", kind, sid)
+            return {"ok": False, "error": "internal error; the server log has the details"}
+
+    async def on_join_conversation(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """``join_conversation {conversationId}``: receive the conversation's statuses."""
+        return await self._ack(sid, data, "conversation")
+
+    async def on_leave_conversation(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """``leave_conversation {conversationId}``."""
+        return await self._ack(sid, data, "conversation", leave=True)
+
+    async def on_join_message(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """``join_message {messageId}``: receive the message's statuses."""
+        return await self._ack(sid, data, "message")
+
+    async def on_leave_message(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """``leave_message {messageId}``."""
+        return await self._ack(sid, data, "message", leave=True)
