@@ -80,6 +80,8 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     last_inbound_at: datetime | None = None
     last_agent_at: datetime | None = None
     """When a human (REST or plugin, not automated) last queued a message here."""
+    last_message_id: int | None = None
+    """The newest message (by time), for conversation lists."""
 
     def window_open(self, now: datetime | None = None) -> bool:
         """Whether free-form messages are allowed: the contact wrote within the last 24 hours."""

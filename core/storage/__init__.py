@@ -169,6 +169,7 @@ def _conversation(row: Any) -> Conversation:
         last_message_at=m["last_message_at"],
         last_inbound_at=m["last_inbound_at"],
         last_agent_at=m["last_agent_at"],
+        last_message_id=m["last_message_id"],
     )
 
 
@@ -411,11 +412,13 @@ class Storage:
         for conv in conv_rows.values():
             if conv.id not in latest:
                 continue
-            ts, _ = latest[conv.id]
+            ts, mid = latest[conv.id]
+            newer = conv.last_message_at is None or conv.last_message_at <= ts
             conv_by_id[conv.id] = msgspec.structs.replace(
                 conv,
                 last_inbound_at=max(conv.last_inbound_at, ts) if conv.last_inbound_at else ts,
-                last_message_at=max(conv.last_message_at, ts) if conv.last_message_at else ts,
+                last_message_at=ts if newer else conv.last_message_at,
+                last_message_id=mid if newer else conv.last_message_id,
             )
         contact_by_id = {c.id: c for c in contact_by_wa.values()}
         for row in rows:
@@ -586,6 +589,12 @@ class Storage:
         async with self.read() as conn:
             row = (await conn.execute(sa.select(contacts).where(contacts.c.id == contact_id))).first()
         return _contact(row) if row else None
+
+    async def contact_phone_number_ids(self, contact_id: int) -> set[str]:
+        """The business numbers a contact has a conversation with."""
+        query = sa.select(conversations.c.phone_number_id).where(conversations.c.contact_id == contact_id)
+        async with self.read() as conn:
+            return set((await conn.execute(query)).scalars())
 
     async def get_contacts(self, contact_ids: Iterable[int]) -> dict[int, Contact]:
         """Contacts by id (missing ids are absent from the result)."""

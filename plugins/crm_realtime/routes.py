@@ -12,7 +12,6 @@ import binascii
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from litestar import Response, Router, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.handlers import asgi
@@ -26,7 +25,6 @@ from core.errors import ForbiddenError, NotFoundError, UnauthorizedError, Valida
 from core.host import Host, MediaStream
 from core.models import Conversation, Message
 from core.stash import StashKey
-from core.storage.schema import conversations
 from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.crm_realtime.models import (
@@ -148,15 +146,7 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
     async def with_details(items: list[Conversation]) -> list[ApiConversation]:
         if not items:
             return []
-        ids = [c.id for c in items]
-        # The Conversation model does not carry last_message_id; read it next to the page.
-        async with storage.read() as conn:
-            rows = await conn.execute(
-                sa.select(conversations.c.id, conversations.c.last_message_id).where(
-                    conversations.c.id.in_(ids)
-                )
-            )
-            last_ids = {r.id: r.last_message_id for r in rows if r.last_message_id is not None}
+        last_ids = {c.id: c.last_message_id for c in items if c.last_message_id is not None}
         contacts = await storage.get_contacts(c.contact_id for c in items)
         last = await storage.get_messages(last_ids.values())
         out = []
@@ -320,16 +310,7 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
         if contact is None:
             raise NotFoundError(f"contact {contact_id} does not exist")
         if agent.scope is not None:
-            async with storage.read() as conn:
-                numbers = set(
-                    (
-                        await conn.execute(
-                            sa.select(conversations.c.phone_number_id).where(
-                                conversations.c.contact_id == contact.id
-                            )
-                        )
-                    ).scalars()
-                )
+            numbers = await storage.contact_phone_number_ids(contact.id)
             if not numbers & agent.scope:
                 raise ForbiddenError(
                     f"contact {contact_id} has no conversation with a business number your token's "
