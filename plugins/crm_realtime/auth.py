@@ -116,7 +116,9 @@ class TokenVerifier:
         try:
             alg = jwt.get_unverified_header(token).get("alg")
         except jwt.PyJWTError:
-            raise AuthError("malformed token") from None
+            raise AuthError(
+                "malformed token: expected a JWT (three base64url parts; `zaphub token --sub NAME` makes one)"
+            ) from None
         if alg not in self._algorithms:
             raise AuthError(f"algorithm {alg} not accepted (expected {', '.join(self._algorithms)})")
         key: Any = self._secret if alg in HMAC_ALGORITHMS else self._public_key

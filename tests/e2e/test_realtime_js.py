@@ -38,9 +38,12 @@ async def node_clients() -> AsyncIterator[list[NodeClient]]:
             await client.close()
 
 
+MALFORMED = "malformed token: expected a JWT (three base64url parts; `zaphub token --sub NAME` makes one)"
+
+
 async def test_the_seed_client_is_refused_without_a_valid_token(z: Zaphub) -> None:
     async with node_clients() as clients:
-        for token, reason in (("not-a-jwt", "malformed token"), (z.token(ttl=-5), "token expired")):
+        for token, reason in (("not-a-jwt", MALFORMED), (z.token(ttl=-5), "token expired")):
             client = await NodeClient.start(z.url, token)
             clients.append(client)
             error = await client.wait("connect_error")

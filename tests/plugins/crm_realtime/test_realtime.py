@@ -28,6 +28,9 @@ async def z(tmp_path: Path) -> Any:
         yield running
 
 
+MALFORMED = "malformed token: expected a JWT (three base64url parts; `zaphub token --sub NAME` makes one)"
+
+
 async def refused(z: Zaphub, token: str | None, **kwargs: Any) -> dict[str, Any]:
     client = CrmClient()
     with pytest.raises(socketio.exceptions.ConnectionError):
@@ -41,7 +44,7 @@ async def test_clients_without_a_valid_token_are_refused_with_unauthorized(z: Za
     cases = {
         None: "missing token",
         "": "missing token",
-        "not-a-jwt": "malformed token",
+        "not-a-jwt": MALFORMED,
         z.token(ttl=-10): "token expired",
         z.token(extra={"nbf": int(now) + 600}): "token not yet valid (nbf)",
         z.token() + "x": "bad signature",

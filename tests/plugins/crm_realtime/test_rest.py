@@ -187,7 +187,7 @@ async def test_send_validates_the_body_and_the_window(z: Zaphub) -> None:
     response = await z.http.post(
         url, content=b"{not json", headers={**z.auth(), "Content-Type": "application/json"}
     )
-    error_of(response, 400, "bad_request")  # not JSON at all
+    error_of(response, 400, "bad_json")  # not JSON at all
     assert "does not exist" in error_of(
         await z.http.post(
             "/api/conversations/999999/messages", json={"type": "text", "body": "x"}, headers=z.auth()
