@@ -118,17 +118,59 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-async def connect_sockets(url: str, n: int) -> list[Any]:
-    if n == 0:
-        return []
+async def sample_rss(pid: int, every: float) -> None:
+    start = time.perf_counter()
+    while True:
+        print(f"t={time.perf_counter() - start:6.0f} s  server RSS {rss_mb(pid):.0f} MB", flush=True)
+        await asyncio.sleep(every)
+
+
+class RawCrmSocket:
+    """A CRM client speaking Engine.IO/Socket.IO over a bare websocket: it authenticates on /crm,
+    answers pings and counts event frames without decoding them. A full python-socketio client
+    spends more CPU decoding than the server spends producing, which would make this benchmark
+    measure the load generator instead of zaphub."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self._task: asyncio.Task[None] | None = None
+        self._ws: Any = None
+
+    async def connect(self, url: str, token: str) -> None:
+        import websockets
+
+        ws_url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        self._ws = await websockets.connect(ws_url, max_size=None)
+        opened = await self._ws.recv()  # 0{"sid":…}
+        assert str(opened).startswith("0"), opened
+        await self._ws.send("40/crm," + json.dumps({"token": token}))
+        joined = await self._ws.recv()
+        assert str(joined).startswith("40/crm,"), f"not authorised: {joined}"
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            async for frame in self._ws:
+                if frame == "2":
+                    await self._ws.send("3")
+                elif frame[:6] == "42/crm":
+                    self.events += 1
+
+    async def disconnect(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        with contextlib.suppress(Exception):
+            await self._ws.close()
+
+
+async def connect_sockets(url: str, n: int) -> list[RawCrmSocket]:
     import jwt
-    import socketio
 
     token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, JWT_SECRET, algorithm="HS256")
     clients = []
     for _ in range(n):
-        c = socketio.AsyncClient(reconnection=False)
-        await c.connect(url, namespaces=["/crm"], auth={"token": token}, transports=["websocket"])
+        c = RawCrmSocket()
+        await c.connect(url, token)
         clients.append(c)
     return clients
 
@@ -208,6 +250,7 @@ async def main() -> None:
                 rate=args.rate,
                 duration=args.duration,
             )
+            events = [c.events for c in clients]
             for c in clients:
                 await c.disconnect()
             ok = codes.get(200, 0)
@@ -220,6 +263,8 @@ async def main() -> None:
                 f"max {max(lat) * 1000:.1f}  mean {statistics.fmean(lat) * 1000:.1f}"
             )
             print(f"rate asked: {args.rate or 'max'}; concurrency {args.concurrency}; sockets {args.sockets}")
+            if events:
+                print(f"events received per socket: min {min(events)}, max {max(events)} (webhooks: {ok})")
             if proc is not None:
                 print(f"server RSS: {rss_mb(proc.pid):.0f} MB")
         finally:

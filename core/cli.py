@@ -111,6 +111,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=int(server.graceful_shutdown_seconds),
         lifespan="on",
+        # Socket.IO events are a few hundred bytes: compressing each copy for each socket costs
+        # more CPU than the bandwidth it saves.
+        ws_per_message_deflate=False,
     )
     print(
         f"zaphub {__version__} listening on http://{server.host}:{server.port}", file=sys.stderr, flush=True
