@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,8 @@ SECRET = "bench-secret-0123456789abcdef0123"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
 
 
-def build_requests(n: int, host: str, secret: str, contacts: int) -> list[bytes]:
-    """Pre-built raw HTTP requests, so the load generator does no JSON or HMAC work while timing."""
-    out = []
+def build_requests(n: int, host: str, secret: str, contacts: int) -> Iterator[bytes]:
+    """Raw signed HTTP requests, each with a new wamid."""
     for i in range(n):
         msg = payloads.text(f"Olá, mensagem {i}", from_=f"55119{i % contacts:08d}")
         body = payloads.encode(payloads.envelope(messages=[msg]))
@@ -47,8 +47,7 @@ def build_requests(n: int, host: str, secret: str, contacts: int) -> list[bytes]
             f"POST /meta-whatsapp/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             f"X-Hub-Signature-256: {payloads.sign(body, secret)}\r\nContent-Length: {len(body)}\r\n\r\n"
         )
-        out.append(head.encode() + body)
-    return out
+        yield head.encode() + body
 
 
 async def read_response(reader: asyncio.StreamReader) -> int:
@@ -64,7 +63,7 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def drive(
-    host: str, port: int, requests: list[bytes], *, concurrency: int, rate: float, duration: float
+    host: str, port: int, requests: Iterable[bytes], *, concurrency: int, rate: float, duration: float
 ) -> tuple[list[float], dict[int, int], float]:
     latencies: list[float] = []
     codes: dict[int, int] = {}
@@ -230,6 +229,7 @@ async def main() -> None:
     parser.add_argument(
         "--sync", choices=["FULL", "NORMAL"], help="storage.sqlite_synchronous of the started host"
     )
+    parser.add_argument("--rss-every", type=float, default=0, help="print the server's RSS every N seconds")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,8 +240,15 @@ async def main() -> None:
         try:
             host, port = url.split("//")[1].split(":")
             expected = int((args.rate or 6000) * args.duration * 1.2) + 1000
-            requests = build_requests(expected, f"{host}:{port}", args.secret, args.contacts)
+            requests: Iterable[bytes]
+            if expected <= 200_000:  # pre-built, so the timed loop does no JSON or HMAC work
+                requests = list(build_requests(expected, f"{host}:{port}", args.secret, args.contacts))
+            else:  # long runs: built on the fly (a fixed rate leaves the generator idle time)
+                requests = build_requests(expected, f"{host}:{port}", args.secret, args.contacts)
             clients = await connect_sockets(url, args.sockets)
+            sampler = None
+            if proc is not None and args.rss_every:
+                sampler = asyncio.create_task(sample_rss(proc.pid, args.rss_every))
             lat, codes, elapsed = await drive(
                 host,
                 int(port),
@@ -250,6 +257,8 @@ async def main() -> None:
                 rate=args.rate,
                 duration=args.duration,
             )
+            if sampler is not None:
+                sampler.cancel()
             events = [c.events for c in clients]
             for c in clients:
                 await c.disconnect()
