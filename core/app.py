@@ -19,6 +19,7 @@ from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from core import __version__
@@ -177,6 +178,18 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
                 "WhatsApp Cloud API ↔ CRM in real time. CRM endpoints need `Authorization: Bearer <JWT>`."
             ),
             path="/schema",
+            # The Contract's `/api/*` token; the CRM router lists it as each operation's `security`.
+            components=Components(
+                security_schemes={
+                    "bearerAuth": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="The CRM token, the same as Socket.IO's `auth.token` "
+                        "(`zaphub token --sub you` prints one).",
+                    )
+                }
+            ),
         ),
         logging_config=None,
     )

@@ -57,9 +57,10 @@ class CrmRealtimeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     """Claim restricting an agent to some business numbers (a list of phone number ids, or a
     comma-separated string). A token without it sees every number."""
     cors_allowed_origins: list[str] | None = None
-    """Browser origins allowed to open Socket.IO connections: ``["https://crm.example.com"]``,
-    ``["*"]`` for any (development only), ``[]`` to disable the check, unset for same-origin only.
-    Clients without an ``Origin`` header (Node, mobile, servers) are never refused by it."""
+    """Browser origins allowed to open Socket.IO connections and to call ``/api`` cross-origin:
+    ``["https://crm.example.com"]`` (exact match), ``["*"]`` for any (development only), ``[]`` to
+    leave CORS to a reverse proxy (no check, no headers), unset for same-origin only. Clients
+    without an ``Origin`` header (Node, mobile, servers) are never refused by it."""
     transports: list[Literal["polling", "websocket"]] = msgspec.field(
         default_factory=lambda: ["polling", "websocket"]
     )

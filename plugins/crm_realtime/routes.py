@@ -1,25 +1,33 @@
 """The CRM REST API under ``/api`` and the Socket.IO mount at ``/socket.io``.
 
-Every ``/api`` endpoint takes the same JWT as Socket.IO in ``Authorization: Bearer …`` and applies
-the token's scope: lists are filtered to the allowed business numbers, single resources outside it
-answer ``403 forbidden``. Errors use the host's envelope ``{"error": {"code", "message"}}``.
+Every ``/api`` endpoint takes the same JWT as Socket.IO in ``Authorization: Bearer …`` (declared in
+OpenAPI as the ``bearerAuth`` scheme) and applies the token's scope: lists are filtered to the
+allowed business numbers, single resources outside it answer ``403 forbidden``. Errors use the
+host's envelope ``{"error": {"code", "message"}}``. Browsers on the origins of
+``cors_allowed_origins`` may call it cross-origin (:class:`ApiCors`).
 """
 
 # No `from __future__ import annotations`: Litestar reads the handlers' annotations at runtime, and
 # some of them (page-size bounds) close over this host's settings.
 import base64
 import binascii
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from litestar import Response, Router, get, post
+from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.di import NamedDependency, Provide
+from litestar.enums import ScopeType
 from litestar.handlers import asgi
+from litestar.middleware import ASGIMiddleware
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import SecurityRequirement
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
-from litestar.types import Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
+from litestar.types import Message as ASGIMessage
 
 from core.errors import ForbiddenError, NotFoundError, UnauthorizedError, ValidationFailed
 from core.host import Host, MediaStream
@@ -44,13 +52,14 @@ from plugins.crm_realtime.models import (
 )
 from plugins.crm_realtime.realtime import MAX_ID, Realtime
 
-__all__ = ["REALTIME", "api_router", "socketio_mount"]
+__all__ = ["REALTIME", "ApiCors", "api_router", "socketio_mount"]
 
 REALTIME: StashKey[Realtime] = StashKey("crm_realtime.realtime")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_AUTH_HELP = "Bearer JWT, the same token as Socket.IO's auth.token (try `zaphub token --sub you`)"
+# Every /api operation needs the CRM JWT; core/app.py declares the `bearerAuth` scheme.
+_SECURITY: list[SecurityRequirement] = [{"bearerAuth": []}]
 
 
 def _errors(*codes: int) -> dict[int, ResponseSpec]:
@@ -107,14 +116,93 @@ def socketio_mount(host: Host) -> Any:
     return socketio_endpoint
 
 
+class ApiCors(ASGIMiddleware):
+    """CORS for the ``/api`` router, from the same ``cors_allowed_origins`` as Socket.IO.
+
+    Installed on the router only, so ``/socket.io`` (python-socketio answers its own CORS) and the
+    Meta webhook never see it. A preflight (``OPTIONS`` with ``Origin`` and
+    ``Access-Control-Request-Method``) from an allowed origin is answered here, ``204``, before auth;
+    from any other origin it gets ``403 forbidden`` in the error envelope, without CORS headers.
+    Other responses, error envelopes included, carry ``Access-Control-Allow-Origin`` for an allowed
+    origin (``*`` when the list holds ``"*"``, as Socket.IO reads it). Paths the router does not
+    have (``404``) or methods it does not serve (``405``) are answered before any route middleware,
+    so they have no CORS headers.
+
+    Args:
+        allowed_origins: exact origins (``https://crm.example.com``), or ``["*"]`` for any.
+    """
+
+    scopes = (ScopeType.HTTP,)
+    allow_methods = "GET, POST, OPTIONS"
+    allow_headers = "Authorization, Content-Type, Idempotency-Key"
+    expose_headers = "Idempotent-Replayed, Content-Disposition"
+    max_age_seconds = 600
+
+    def __init__(self, allowed_origins: Iterable[str]) -> None:
+        origins = frozenset(allowed_origins)
+        self.any_origin = "*" in origins
+        self.origins = origins
+        preflight = {
+            "Access-Control-Allow-Methods": self.allow_methods,
+            "Access-Control-Allow-Headers": self.allow_headers,
+            "Access-Control-Max-Age": str(self.max_age_seconds),
+        }
+        self._preflight = [(k.lower().encode(), v.encode()) for k, v in preflight.items()]
+
+    def allows(self, origin: str) -> bool:
+        """Whether a browser on ``origin`` may call the API."""
+        return self.any_origin or origin in self.origins
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        """Answer a preflight, or add the CORS headers to the response of the route."""
+        headers = Headers.from_scope(scope)
+        origin = headers.get("origin")
+        allowed = origin is not None and self.allows(origin)
+        method = cast("HTTPScope", scope)["method"]  # `scopes` lets only HTTP through
+        if method == "OPTIONS" and origin is not None and "access-control-request-method" in headers:
+            if not allowed:
+                # The host's exception handler renders the envelope; browsers show it in devtools.
+                raise ForbiddenError(
+                    f"origin {origin} is not allowed: add it to plugins.crm_realtime.cors_allowed_origins"
+                )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": [*self._origin_headers(origin), *self._preflight],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+
+        async def send_with_cors(message: ASGIMessage) -> None:
+            if message["type"] == "http.response.start":
+                out = MutableScopeHeaders.from_message(message)
+                if not self.any_origin:
+                    # The answer depends on Origin even when it carries no CORS header: caches must know.
+                    out.extend_header_value("Vary", "Origin")
+                if allowed and origin is not None:
+                    out["Access-Control-Allow-Origin"] = "*" if self.any_origin else origin
+                    out["Access-Control-Expose-Headers"] = self.expose_headers
+            await send(message)
+
+        await next_app(scope, receive, send_with_cors)
+
+    def _origin_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        if self.any_origin:
+            return [(b"access-control-allow-origin", b"*")]
+        return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+
+
 def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifier) -> Router:
     """The ``/api`` router, bound to one host."""
     storage = host.storage
     max_page = settings.max_page_size
 
     async def authenticate(
+        # Out of the schema: OpenAPI documents the header as the `bearerAuth` security scheme.
         authorization: Annotated[
-            str | None, HeaderParameter(name="Authorization", description=_AUTH_HELP)
+            str | None, HeaderParameter(name="Authorization", include_in_schema=False)
         ] = None,
     ) -> Agent:
         if not authorization:
@@ -330,5 +418,8 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
             get_contact,
         ],
         dependencies={"agent": Provide(authenticate)},
+        # None or []: no CORS here (same origin only, or a reverse proxy answers it), as for Socket.IO.
+        middleware=[ApiCors(settings.cors_allowed_origins)] if settings.cors_allowed_origins else [],
+        security=_SECURITY,
         tags=["crm"],
     )

@@ -374,7 +374,7 @@ async def test_openapi_describes_the_api(z: Zaphub) -> None:
         assert code in send["responses"], code
     parameters = {p["name"]: p for p in send["parameters"]}
     assert parameters["Idempotency-Key"]["in"] == "header"
-    assert parameters["Authorization"]["in"] == "header"
+    assert "Authorization" not in parameters  # the bearerAuth scheme documents it
     body_schema = send["requestBody"]["content"]["application/json"]["schema"]
     components = schema["components"]["schemas"]
     variants = [components[v["$ref"].rsplit("/", 1)[1]] for v in body_schema["oneOf"]]
@@ -398,5 +398,24 @@ async def test_openapi_describes_the_api(z: Zaphub) -> None:
         set(accepted["properties"]) == set(accepted["required"]) == {"messageId", "conversationId", "status"}
     )
     listed = paths["/api/conversations"]["get"]
-    assert {p["name"] for p in listed["parameters"]} >= {"limit", "before", "Authorization"}
+    assert {p["name"] for p in listed["parameters"]} == {"limit", "before"}
     assert "/socket.io" not in paths
+
+
+async def test_openapi_declares_the_bearer_scheme_on_every_api_operation(z: Zaphub) -> None:
+    schema = (await z.http.get("/schema/openapi.json")).json()
+    bearer = schema["components"]["securitySchemes"]["bearerAuth"]
+    assert (bearer["type"], bearer["scheme"], bearer["bearerFormat"]) == ("http", "bearer", "JWT")
+    assert "security" not in schema  # no global requirement: the ops endpoints are open
+    api_operations = [
+        (path, method, operation)
+        for path, item in schema["paths"].items()
+        if path.startswith("/api/")
+        for method, operation in item.items()
+    ]
+    assert len(api_operations) == 7
+    for path, method, operation in api_operations:
+        assert operation["security"] == [{"bearerAuth": []}], (method, path)
+        assert all(p["name"] != "Authorization" for p in operation.get("parameters", [])), (method, path)
+    for path in ("/health", "/ready", "/metrics"):
+        assert "security" not in schema["paths"][path]["get"], path
