@@ -35,6 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._host import start_zaphub  # noqa: E402
 from plugins.whatsapp import payloads  # noqa: E402
 
 APP_SECRET = "bench-app-secret-0123456789abcdef0123"
@@ -168,38 +169,17 @@ def pct(values: list[float], p: float) -> float:
 
 
 def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = {
-        "server": {"port": port},
-        "storage": {"url": f"sqlite:///{workdir / 'bench.db'}"},
-        "logging": {"level": "warning"},
-        "plugins": {
-            "whatsapp": {"verify_token": "vt", "app_secret": APP_SECRET, "sandbox": True},
-            "crm_realtime": {"jwt_secret": JWT_SECRET, "transports": ["websocket"]},
+    return start_zaphub(
+        workdir,
+        {
+            "storage": {"url": f"sqlite:///{workdir / 'bench.db'}"},
+            "logging": {"level": "warning"},
+            "plugins": {
+                "whatsapp": {"verify_token": "vt", "app_secret": APP_SECRET, "sandbox": True},
+                "crm_realtime": {"jwt_secret": JWT_SECRET, "transports": ["websocket"]},
+            },
         },
-    }
-    (workdir / "config.yaml").write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "run", "--config", str(workdir / "config.yaml")],
-        cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("zaphub did not become ready")
 
 
 async def run_level(

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._host import start_zaphub  # noqa: E402
 from plugins.whatsapp import payloads  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef0123"
@@ -175,41 +175,13 @@ async def connect_sockets(url: str, n: int) -> list[RawCrmSocket]:
 
 
 def start_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     plugins: dict[str, Any] = {"whatsapp": {"verify_token": "vt", "app_secret": SECRET, "sandbox": True}}
     if args.sockets:
         plugins["crm_realtime"] = {"jwt_secret": JWT_SECRET}
-    config = {
-        "server": {"port": port},
-        "storage": {
-            "url": args.storage_url or f"sqlite:///{workdir / 'bench.db'}",
-            **({"sqlite_synchronous": args.sync} if args.sync else {}),
-        },
-        "logging": {"level": "warning"},
-        "plugins": plugins,
-    }
-    (workdir / "config.yaml").write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "run", "--config", str(workdir / "config.yaml")],
-        cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("zaphub did not become ready")
+    storage: dict[str, Any] = {"url": args.storage_url or f"sqlite:///{workdir / 'bench.db'}"}
+    if args.sync:
+        storage["sqlite_synchronous"] = args.sync
+    return start_zaphub(workdir, {"storage": storage, "logging": {"level": "warning"}, "plugins": plugins})
 
 
 async def main() -> None:
