@@ -8,38 +8,20 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from litestar import Litestar, Request, Response, get, post
 
 from plugins.whatsapp.sandbox import Sandbox, SandboxOptions, create_sandbox_app
+from tests.helpers import serve
 
 SECRET = "sandbox-test-app-secret"
 TOKEN = "sandbox-test-access-token"
 PNID = "100000000000002"
 WABA = "100000000000001"
 MESSAGES = f"/v25.0/{PNID}/messages"
-
-
-@asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run an ASGI app under uvicorn on a free port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 class Receiver:

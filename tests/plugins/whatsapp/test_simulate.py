@@ -10,36 +10,19 @@ import json
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from litestar import Litestar, Request, Response, post
 
 from core.cli_types import Command
 from plugins.whatsapp.simulate import sandbox_command, simulate_command
+from tests.helpers import serve
 
 SECRET = "simulate-test-app-secret"
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="critical"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 class Receiver:
