@@ -771,14 +771,26 @@ class Storage:
         return message, True
 
     async def claim_outbox(self, *, limit: int = 50, lease_seconds: float = 60.0) -> list[OutboxItem]:
-        """Lease due sends to this worker; a crashed worker's lease expires and another takes over."""
+        """Lease due sends to this worker; a crashed worker's lease expires and another takes over.
+
+        Only the oldest pending send of each recipient is due: a message waiting for a retry holds
+        back the later ones to the same person, so a customer reads them in the order they were
+        sent ("Olá" before "seu código é 1234"), whatever failed in between.
+        """
         now = utcnow()
+        earlier = outbox.alias("earlier")
         due = (
             sa.select(outbox.c.id)
             .where(
                 outbox.c.state == "pending",
                 outbox.c.next_attempt_at <= now,
                 sa.or_(outbox.c.locked_until.is_(None), outbox.c.locked_until < now),
+                ~sa.exists().where(
+                    earlier.c.phone_number_id == outbox.c.phone_number_id,
+                    earlier.c.recipient == outbox.c.recipient,
+                    earlier.c.state == "pending",
+                    earlier.c.id < outbox.c.id,
+                ),
             )
             .order_by(outbox.c.next_attempt_at, outbox.c.id)
             .limit(limit)

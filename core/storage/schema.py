@@ -139,6 +139,8 @@ outbox = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Index(None, "state", "next_attempt_at"),
+    # Finds the oldest pending send of a recipient (sends to one person go out in order).
+    sa.Index(None, "phone_number_id", "recipient", "state", "id"),
 )
 
 idempotency_keys = sa.Table(

@@ -69,9 +69,11 @@ async def conversation(storage: Storage, wa_id: str = WA_ID) -> Conversation:
     return result.new_messages[0].conversation
 
 
-async def queue(storage: Storage, conv: Conversation, body: str = "Resposta", **kwargs: object) -> Message:
+async def queue(
+    storage: Storage, conv: Conversation, body: str = "Resposta", *, recipient: str = WA_ID, **kwargs: object
+) -> Message:
     outgoing = OutgoingMessage(conversation_id=conv.id, type="text", content={"body": body}, body=body)
-    message, created = await storage.queue_outbound(conv, WA_ID, outgoing, **kwargs)  # type: ignore[arg-type]
+    message, created = await storage.queue_outbound(conv, recipient, outgoing, **kwargs)  # type: ignore[arg-type]
     assert created
     return message
 
@@ -305,7 +307,7 @@ async def test_idempotency_keys_return_the_first_message_or_conflict(storage: St
     )
     assert created
     assert other_scope.id != first.id
-    assert len(await storage.claim_outbox()) == 2
+    assert await storage.outbox_counts() == {"pending": 2}  # the repeat queued nothing
 
 
 async def test_queued_message_updates_the_conversation(storage: Storage) -> None:
@@ -328,12 +330,13 @@ async def test_queued_message_updates_the_conversation(storage: Storage) -> None
 
 
 async def test_outbox_claim_lease_defer_and_failure(storage: Storage) -> None:
-    conv = await conversation(storage)
-    first, second = await queue(storage, conv, "1"), await queue(storage, conv, "2")
+    other = "5511988880000"
+    conv, conv_2 = await conversation(storage), await conversation(storage, other)
+    first, second = await queue(storage, conv, "1"), await queue(storage, conv_2, "2", recipient=other)
     claimed = await storage.claim_outbox(lease_seconds=60)
     assert [(i.message.id, i.recipient, i.attempts) for i in claimed] == [
         (first.id, WA_ID, 0),
-        (second.id, WA_ID, 0),
+        (second.id, other, 0),
     ]
     assert await storage.claim_outbox() == []  # leased to the first worker
     item_1, item_2 = claimed
@@ -358,6 +361,23 @@ async def test_outbox_claim_lease_defer_and_failure(storage: Storage) -> None:
     )
     assert await storage.outbox_failed(item_2.id, code=1, title="again") is None
     assert await storage.outbox_counts() == {"pending": 1, "failed": 1}
+
+
+async def test_sends_to_one_recipient_go_out_in_order(storage: Storage) -> None:
+    conv = await conversation(storage)
+    other = await conversation(storage, "5511988880000")
+    hello, code = await queue(storage, conv, "Olá"), await queue(storage, conv, "Seu código é 1234")
+    elsewhere = await queue(storage, other, "Oi", recipient="5511988880000")
+    # Only the oldest pending send of a recipient is due; other recipients are not held up.
+    claimed = await storage.claim_outbox()
+    assert [i.message.id for i in claimed] == [hello.id, elsewhere.id]
+    # A retry of the first holds the second back, however long the backoff.
+    await storage.outbox_defer(claimed[0].id, delay=0, error="503", attempt=True)
+    assert [i.message.id for i in await storage.claim_outbox()] == [hello.id]
+    (item,) = [i for i in claimed if i.message.id == hello.id]
+    accepted_first, _ = await storage.outbox_sent(item.id, "wamid.HELLO")
+    assert accepted_first is not None
+    assert [i.message.id for i in await storage.claim_outbox()] == [code.id]
 
 
 # -- plugin state --------------------------------------------------------------------------------
