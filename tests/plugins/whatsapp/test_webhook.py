@@ -417,3 +417,24 @@ def test_signature_helper_matches_hmac() -> None:
     assert (
         payloads.sign(body, SECRET) == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     )
+
+
+@pytest.mark.postgres
+async def test_database_down_answers_503_so_meta_retries(fresh_postgres_url: str) -> None:
+    """Nothing is acknowledged that was not stored: with the database gone, Meta gets a 503."""
+    from tests.conftest import _pg_exec
+    from tests.helpers import pg_admin_url
+
+    rec = Recorder()
+    async with running(make_app(fresh_postgres_url, rec)) as c:
+        assert (await post(c, payloads.envelope(messages=[payloads.text("antes")]))).status_code == 200
+        name = fresh_postgres_url.rsplit("/", 1)[1]
+        await _pg_exec(pg_admin_url(), f'DROP DATABASE "{name}" WITH (FORCE)')
+        r = await post(c, payloads.envelope(messages=[payloads.text("depois")]))
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "storage_unavailable"
+        ready = await c.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["storage"] != "ok"
+        await settle(c)
+        assert [m.body for m, _, _ in rec.messages] == ["antes"]
