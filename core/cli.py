@@ -101,6 +101,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     server = msgspec.structs.replace(server, port=sock.getsockname()[1])
     config = msgspec.structs.replace(config, server=server)
     setup_logging(config.logging)
+    if config.source == "<defaults>":
+        log.warning(
+            "no config file found (--config, $ZAPHUB_CONFIG or ./config.yaml): running with built-in "
+            "defaults and no plugins enabled; start from the config.yaml shipped with zaphub"
+        )
     app = create_app(config)
     uv = uvicorn.Config(
         app,
