@@ -71,7 +71,10 @@ class EventDispatcher:
                 return
             hook, kwargs = item
             self.host.metrics.event_queue.set(self._queue.qsize())
-            await self.host.hooks.call(hook, host=self.host, **kwargs)
+            try:
+                await self.host.hooks.call(hook, host=self.host, **kwargs)
+            except Exception:  # the runner isolates hook failures; this guards the loop itself
+                log.exception("dispatching %s failed", hook)
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been dispatched (tests, shutdown)."""
@@ -137,7 +140,13 @@ class IngestBatcher:
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[: self.max_webhooks], self._pending[self.max_webhooks :]
-                await self._store(batch)
+                try:
+                    await self._store(batch)
+                except Exception as exc:  # never leave a webhook waiting on a dead writer
+                    log.exception("ingest writer failed")
+                    for sub in batch:
+                        if not sub.future.done():
+                            sub.future.set_exception(exc)
             if self._closed and not self._pending:
                 return
 
@@ -163,7 +172,10 @@ class IngestBatcher:
         for sub in batch:
             if not sub.future.done():
                 sub.future.set_result(None)
-        await self._publish(result)
+        try:
+            await self._publish(result)
+        except Exception:  # stored and acknowledged; a publishing bug must not stop the writer
+            log.exception("publishing events of a stored batch failed")
 
     async def _publish(self, result: IngestResult) -> None:
         metrics = self.host.metrics

@@ -7,8 +7,9 @@ The plugin manager is built per app by :func:`build_plugin_manager`, never at im
 pluggy itself is synchronous and stops at the first exception, so every call goes through
 :class:`HookRunner`, which awaits coroutine results, injects each plugin's own ``settings``, and
 isolates failures: a raising implementation is logged with the plugin's name and counted, and the
-other plugins still run. The one exception is :class:`~core.errors.ApiError`: a hook raises it on
-purpose to answer the client (invalid content, media not available), so it propagates.
+other plugins still run. The one exception is :class:`~core.errors.ApiError` in the hooks that
+answer a request (``on_before_send``, ``media_for_message``): a hook raises it on purpose to answer
+the client (invalid content, media not available), so it propagates there.
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ class HookRunner:
     async def call(self, name: str, **kwargs: Any) -> list[Any]:
         """Call every implementation in turn; failures are isolated.
 
+        An ``ApiError`` is isolated here too: these are event hooks, with no client to answer.
+
         Returns:
             The non-``None`` results, in call order.
         """
@@ -170,8 +173,6 @@ class HookRunner:
                 value = impl.function(**self._kwargs(impl, kwargs))
                 if inspect.isawaitable(value):
                     value = await value
-            except ApiError:
-                raise
             except Exception as exc:
                 self._failed(name, impl, exc)
                 continue

@@ -241,6 +241,19 @@ async def test_a_failing_implementation_is_isolated_logged_and_counted(
     assert b'zaphub_hook_errors_total{hook="on_message_received",plugin="broken"} 2.0' in metrics.render()
 
 
+async def test_an_api_error_in_an_event_hook_is_isolated_too() -> None:
+    class Refuses:
+        @hookimpl
+        def on_message_received(self) -> None:
+            raise ValidationFailed("nobody is there to read this")
+
+    quiet = QuietPlugin()
+    hooks, metrics = runner({"quiet": quiet, "refuses": Refuses()})
+    await hooks.call("on_message_received", message=MESSAGE)
+    assert quiet.bodies == ["Oi"]
+    assert hook_errors(metrics, "refuses", "on_message_received") == 1
+
+
 async def test_call_strict_stops_with_the_plugin_name() -> None:
     class FailsToStart:
         @hookimpl
