@@ -35,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._host import start_zaphub  # noqa: E402
+from bench._host import read_status, start_zaphub, webhook_request  # noqa: E402
 from plugins.whatsapp import payloads  # noqa: E402
 
 APP_SECRET = "bench-app-secret-0123456789abcdef0123"
@@ -103,25 +103,6 @@ def build_request(host: str, phase: str, seq: int) -> bytes:
     return json.dumps(payloads.envelope(messages=[msg]), ensure_ascii=True, separators=(",", ":")).encode()
 
 
-def frame(host: str, body: bytes) -> bytes:
-    head = (
-        f"POST /meta-whatsapp/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"X-Hub-Signature-256: {payloads.sign(body, APP_SECRET)}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def read_status(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    return int(head[9:12])
-
-
 async def post_webhooks(
     host: str, port: int, phase: str, count: int, *, rate: float, concurrency: int
 ) -> tuple[list[float], float]:
@@ -142,7 +123,7 @@ async def post_webhooks(
                         await asyncio.sleep(delay)
                 body = templates[seq].replace(b"{sent}", f"{time.time():.6f}".encode())
                 t0 = time.perf_counter()
-                writer.write(frame(f"{host}:{port}", body))
+                writer.write(webhook_request(f"{host}:{port}", body, APP_SECRET))
                 status = await read_status(reader)
                 acks.append(time.perf_counter() - t0)
                 if status != 200:

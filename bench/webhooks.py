@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._host import start_zaphub  # noqa: E402
+from bench._host import read_status, start_zaphub, webhook_request  # noqa: E402
 from plugins.whatsapp import payloads  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef0123"
@@ -42,24 +42,7 @@ def build_requests(n: int, host: str, secret: str, contacts: int) -> Iterator[by
     """Raw signed HTTP requests, each with a new wamid."""
     for i in range(n):
         msg = payloads.text(f"Olá, mensagem {i}", from_=f"55119{i % contacts:08d}")
-        body = payloads.encode(payloads.envelope(messages=[msg]))
-        head = (
-            f"POST /meta-whatsapp/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"X-Hub-Signature-256: {payloads.sign(body, secret)}\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        yield head.encode() + body
-
-
-async def read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    return status
+        yield webhook_request(host, payloads.encode(payloads.envelope(messages=[msg])), secret)
 
 
 async def drive(
@@ -90,7 +73,7 @@ async def drive(
                     return
                 t0 = time.perf_counter()
                 writer.write(req)
-                status = await read_response(reader)
+                status = await read_status(reader)
                 latencies.append(time.perf_counter() - t0)
                 codes[status] = codes.get(status, 0) + 1
         finally:
