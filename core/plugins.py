@@ -154,6 +154,13 @@ class HookRunner:
                 args[k] = kwargs[k]
         return args
 
+    async def _invoke(self, impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> Any:
+        """Call one implementation with the arguments it takes; await it if it is async."""
+        value = impl.function(**self._kwargs(impl, kwargs))
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
     def _failed(self, name: str, impl: pluggy.HookImpl, exc: BaseException) -> None:
         if self._errors is not None:
             self._errors.labels(plugin=impl.plugin_name, hook=name).inc()
@@ -170,9 +177,7 @@ class HookRunner:
         results = []
         for impl in self._impls(name):
             try:
-                value = impl.function(**self._kwargs(impl, kwargs))
-                if inspect.isawaitable(value):
-                    value = await value
+                value = await self._invoke(impl, kwargs)
             except Exception as exc:
                 self._failed(name, impl, exc)
                 continue
@@ -188,9 +193,7 @@ class HookRunner:
         """
         for impl in self._impls(name):
             try:
-                value = impl.function(**self._kwargs(impl, kwargs))
-                if inspect.isawaitable(value):
-                    value = await value
+                value = await self._invoke(impl, kwargs)
             except ApiError:
                 raise
             except Exception as exc:
@@ -208,9 +211,7 @@ class HookRunner:
         results = []
         for impl in self._impls(name):
             try:
-                value = impl.function(**self._kwargs(impl, kwargs))
-                if inspect.isawaitable(value):
-                    value = await value
+                value = await self._invoke(impl, kwargs)
             except Exception as exc:
                 raise PluginError(
                     impl.plugin_name, f"{name} failed: {exc.__class__.__name__}: {exc}"
@@ -258,9 +259,7 @@ class HookRunner:
 
         for impl in self._impls("on_before_send"):
             try:
-                value = impl.function(**self._kwargs(impl, {**kwargs, "outgoing": outgoing}))
-                if inspect.isawaitable(value):
-                    value = await value
+                value = await self._invoke(impl, {**kwargs, "outgoing": outgoing})
             except ApiError:
                 raise  # a deliberate refusal with a message for the sender
             except Exception as exc:
