@@ -112,7 +112,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         host=server.host,
         port=server.port,
         log_config=None,
-        access_log=False,
+        access_log=config.logging.access_log,
         server_header=False,
         timeout_graceful_shutdown=int(server.graceful_shutdown_seconds),
         lifespan="on",

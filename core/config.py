@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import yaml
@@ -31,6 +32,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "redact",
+    "redact_url",
 ]
 
 T = TypeVar("T")
@@ -38,7 +40,7 @@ T = TypeVar("T")
 DEFAULT_CONFIG_NAME = "config.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 _SECRET_KEY = re.compile(r"secret|token|password|passwd|private_key|api_key", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_MASK = "***"
 
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -83,6 +85,9 @@ class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Minimum level."""
     format: Literal["text", "json"] = "text"
     """``json`` writes one JSON object per line (for log shippers)."""
+    access_log: bool = False
+    """One line per HTTP request (client, method, path, status). Secret query parameters
+    (``?token=``, ``?password=`` …) are masked."""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -279,5 +284,46 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         if key and _SECRET_KEY.search(key) and value:
             return "***"
-        return _URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:***@", value)
+        return redact_url(value) if "://" in value else value
     return value
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to show: its password and the values of secret query parameters masked.
+
+    Every URL zaphub prints or logs goes through here (``zaphub check``, the startup log, access
+    logs). It is parsed with SQLAlchemy's URL parser, the one ``storage.url`` goes through: it reads
+    a password up to the ``@`` even when it holds a ``/``, ``?`` or a space (a generic URL splitter
+    would end the host part there and print the rest). ``?password=…``, ``?token=…`` and other
+    parameters named like secrets are masked too. A URL with nothing to hide is returned unchanged.
+    """
+    import sqlalchemy as sa  # the parser of storage.url; imported here, the config loads without it
+
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return _redact_query(url)
+    secret_query = any(_SECRET_KEY.search(key) for key in parsed.query)
+    if parsed.password is None and not secret_query:
+        return url
+    shown = parsed.set(query={}).render_as_string(hide_password=True)
+    if parsed.query:
+        pairs = [
+            (key, _MASK if _SECRET_KEY.search(key) else value)
+            for key, values in parsed.query.items()
+            for value in (values if isinstance(values, tuple) else (values,))
+        ]
+        shown += "?" + urlencode(pairs, safe="*/:,")
+    return shown
+
+
+def _redact_query(target: str) -> str:
+    """A path with a query string (``/socket.io/?token=…``): secret parameter values masked."""
+    parts = urlsplit(target)
+    if not parts.query:
+        return target
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(_SECRET_KEY.search(key) for key, _ in pairs):
+        return target
+    masked = [(key, _MASK if _SECRET_KEY.search(key) else value) for key, value in pairs]
+    return urlunsplit(parts._replace(query=urlencode(masked, safe="*/:,")))

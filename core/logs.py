@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from core.config import LoggingConfig
+from core.config import LoggingConfig, redact_url
 
 __all__ = ["JsonFormatter", "setup_logging"]
 
@@ -45,6 +45,18 @@ class _TextFormatter(logging.Formatter):
         return base
 
 
+class _RedactAccessLog(logging.Filter):
+    """Masks secrets in the request target of access-log lines (``/socket.io/?token=…``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access record: (client, method, path with query, http version, status).
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) >= 3:
+            target = args[2]
+            record.args = (*args[:2], redact_url(target) if isinstance(target, str) else target, *args[3:])
+        return True
+
+
 def setup_logging(config: LoggingConfig) -> None:
     """Configure the root logger once (idempotent), from ``logging:`` in config."""
     handler = logging.StreamHandler(sys.stderr)
@@ -57,7 +69,10 @@ def setup_logging(config: LoggingConfig) -> None:
         if getattr(old, "_zaphub", False):
             root.removeHandler(old)
     handler._zaphub = True  # type: ignore[attr-defined]  # marks our handler for idempotent setup
+    handler.addFilter(_RedactAccessLog())
     root.addHandler(handler)
     root.setLevel(config.level.upper())
-    for noisy in ("uvicorn.access", "aiosqlite", "httpx", "httpcore", "alembic.runtime.plugins"):
+    for noisy in ("aiosqlite", "httpx", "httpcore", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    access = logging.INFO if config.access_log else max(logging.WARNING, root.level)
+    logging.getLogger("uvicorn.access").setLevel(access)

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from core.config import StorageConfig, redact
+from core.config import StorageConfig, redact_url
 from core.errors import ConfigError, ConflictError, ZaphubError
 from core.models import (
     STATUS_RANK,
@@ -116,7 +116,7 @@ def _async_url(url: str) -> sa.URL:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
         raise ConfigError(
-            f"{redact(url)!r} is not a database URL: use sqlite:///zaphub.db or postgresql://user:pass@host/db",
+            f"{redact_url(url)!r} is not a database URL: use sqlite:///zaphub.db or postgresql://user:pass@host/db",
             "storage.url",
         ) from exc
     backend = parsed.get_backend_name()
@@ -206,8 +206,8 @@ class Storage:
                 cur.close()
 
     def describe(self) -> str:
-        """The URL with its password hidden, for logs."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL with its password (and any secret query parameter) hidden, for logs."""
+        return redact_url(self.url.render_as_string(hide_password=False))
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -115,6 +115,22 @@ def test_check_never_prints_a_database_password(tmp_path: Path) -> None:
     assert "none (add a section under plugins: to enable one)" in result.stdout
 
 
+def test_check_never_prints_passwords_holding_a_slash_a_space_or_a_query_parameter(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "config.yaml",
+        {
+            "storage": {"url": "postgresql://zaphub:pa/ss w0rd@db.internal:5432/zaphub"},
+            "redis": {"url": "redis://:r3/dis pw@cache:6379/0?password=q-s3cret"},
+        },
+    )
+    result = zaphub("check", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "storage: postgresql://zaphub:***@db.internal:5432/zaphub" in result.stdout
+    assert "redis: redis://:***@cache:6379/0?password=***" in result.stdout
+    for secret in ("pa/ss", "w0rd", "r3/dis", "q-s3cret"):
+        assert secret not in result.stdout + result.stderr
+
+
 def test_plugins_lists_the_installed_plugins_and_their_hooks(tmp_path: Path) -> None:
     path = config_file(tmp_path, {"whatsapp": {"verify_token": "v", "app_secret": "s"}})
     result = zaphub("plugins", "--config", str(path), cwd=tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import REPO, ZaphubProcess
+from tests.helpers import REPO, ZaphubProcess, write_config
 
 
 def test_bundled_config_serves_ops_endpoints_and_stops_gracefully(tmp_path: Path) -> None:
@@ -57,3 +57,34 @@ def test_production_secrets_silence_the_development_warning(tmp_path: Path) -> N
     assert "DEVELOPMENT DEFAULTS" not in log
     assert "a" * 32 not in log
     assert (tmp_path / "prod.db").exists()
+
+
+def test_startup_and_access_logs_never_show_secrets_from_urls(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    # The local PostgreSQL trusts every connection, so a password given as ?password= is ignored
+    # by the server but still travels through the config into the startup log.
+    config = write_config(
+        tmp_path / "config.yaml",
+        {
+            "storage": {"url": f"{fresh_postgres_url}?password=hunter2-in-query"},
+            "logging": {"access_log": True},
+            "plugins": {"crm_realtime": {"jwt_secret": "j" * 40}},
+        },
+    )
+    server = ZaphubProcess(config)
+    server.start()
+    try:
+        server.wait_ready()
+        polling = httpx.get(
+            f"{server.url}/socket.io/", params={"EIO": "4", "transport": "polling", "token": "tok-in-query"}
+        )
+        assert polling.status_code == 200
+    finally:
+        code = server.stop()
+    log = server.log()
+    assert code == 0, log
+    assert "password=***" in log  # the startup log names the database, without the password
+    assert '?EIO=4&transport=polling&token=*** HTTP/1.1" 200' in log  # the access log line
+    assert "hunter2" not in log
+    assert "tok-in-query" not in log
