@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def webhook_request(host: str, body: bytes, secret: str) -> bytes:
     """A raw, signed ``POST /meta-whatsapp/webhook`` carrying ``body``."""
     head = (
         f"POST /meta-whatsapp/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"X-Hub-Signature-256: {payloads.sign(body, secret)}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"X-Hub-Signature-256: {wb.sign(body, secret)}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 

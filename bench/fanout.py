@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._host import read_status, start_zaphub, webhook_request  # noqa: E402
-from plugins.whatsapp import payloads  # noqa: E402
+from plugins.whatsapp import webhook_builders as wb  # noqa: E402
 
 APP_SECRET = "bench-app-secret-0123456789abcdef0123"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123"
@@ -99,8 +99,8 @@ async def receive(url: str, token: str, n: int, expected: int, out: Path, idle: 
 
 def build_request(host: str, phase: str, seq: int) -> bytes:
     """A signed webhook whose text carries its own send time (filled in just before sending)."""
-    msg = payloads.text(f"fan {phase} {seq} {{sent}}", from_=f"55119{seq % 1000:08d}")
-    return json.dumps(payloads.envelope(messages=[msg]), ensure_ascii=True, separators=(",", ":")).encode()
+    msg = wb.text(f"fan {phase} {seq} {{sent}}", from_=f"55119{seq % 1000:08d}")
+    return json.dumps(wb.envelope(messages=[msg]), ensure_ascii=True, separators=(",", ":")).encode()
 
 
 async def post_webhooks(

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._host import read_status, start_zaphub, webhook_request  # noqa: E402
-from plugins.whatsapp import payloads  # noqa: E402
+from plugins.whatsapp import webhook_builders as wb  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef0123"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
@@ -41,8 +41,8 @@ JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
 def build_requests(n: int, host: str, secret: str, contacts: int) -> Iterator[bytes]:
     """Raw signed HTTP requests, each with a new wamid."""
     for i in range(n):
-        msg = payloads.text(f"Olá, mensagem {i}", from_=f"55119{i % contacts:08d}")
-        yield webhook_request(host, payloads.encode(payloads.envelope(messages=[msg])), secret)
+        msg = wb.text(f"Olá, mensagem {i}", from_=f"55119{i % contacts:08d}")
+        yield webhook_request(host, wb.encode(wb.envelope(messages=[msg])), secret)
 
 
 async def drive(

@@ -73,7 +73,7 @@ from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 
 __all__ = [
     "INBOUND_TYPES",
@@ -115,9 +115,9 @@ class SandboxOptions(msgspec.Struct, kw_only=True):
     app_secret: str
     webhook_url: str | None = None
     access_token: str | None = None
-    phone_number_id: str = payloads.DEFAULT_PHONE_NUMBER_ID
-    display_phone_number: str = payloads.DEFAULT_DISPLAY_PHONE_NUMBER
-    waba_id: str = payloads.DEFAULT_WABA_ID
+    phone_number_id: str = wb.DEFAULT_PHONE_NUMBER_ID
+    display_phone_number: str = wb.DEFAULT_DISPLAY_PHONE_NUMBER
+    waba_id: str = wb.DEFAULT_WABA_ID
     status_delays: tuple[float, float, float] = (0.05, 0.10, 0.15)
     prefix: str = ""
     delivery_attempts: int = 5
@@ -150,7 +150,7 @@ class InboundSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     type: str = "text"
     text: str | None = None
-    from_: str = msgspec.field(name="from", default=payloads.DEFAULT_FROM)
+    from_: str = msgspec.field(name="from", default=wb.DEFAULT_FROM)
     name: str | None = None
     media_id: str | None = None
     reply_to: str | None = None
@@ -163,7 +163,7 @@ class StatusSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     wamid: str
     status: str = "delivered"
-    recipient_id: str = payloads.DEFAULT_FROM
+    recipient_id: str = wb.DEFAULT_FROM
     error_code: int | None = None
     error_title: str | None = None
     timestamp: int | None = None
@@ -440,7 +440,7 @@ _STATUS_FOR_CODE: Final = {
 }
 _CODE_FOR_STATUS: Final = {401: 190, 403: 10, 404: 132001, 429: 130429, 500: 131000, 503: 2}
 _TITLES: Final = {
-    **payloads.ERROR_TITLES,
+    **wb.ERROR_TITLES,
     2: "Service temporarily unavailable",
     4: "Application request limit reached",
     10: "Permission denied",
@@ -462,7 +462,7 @@ def _fault_error(fault: Fault) -> GraphError:
         status = _STATUS_FOR_CODE.get(fault.code, default) if fault.code is not None else default
     code = fault.code if fault.code is not None else _CODE_FOR_STATUS.get(status, 100)
     title = fault.title or _TITLES.get(code, f"Error {code}")
-    details = fault.details or payloads.error(code, title)["error_data"]["details"]
+    details = fault.details or wb.error(code, title)["error_data"]["details"]
     headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
     return GraphError(status, code, f"(#{code}) {title}", details=details, headers=headers)
 
@@ -564,14 +564,14 @@ def inbound_message(
     kind: str = "text",
     text: str | None = None,
     *,
-    from_: str = payloads.DEFAULT_FROM,
+    from_: str = wb.DEFAULT_FROM,
     media_id: str | None = None,
     media_url: str | None = None,
     reply_to: str | None = None,
     wamid: str | None = None,
     timestamp: int | None = None,
 ) -> dict[str, Any]:
-    """One inbound message object as Meta sends it, built with :mod:`payloads`.
+    """One inbound message object as Meta sends it, built with :mod:`webhook_builders`.
 
     ``text`` is what the user typed: the body of a text, the caption of an image, video or
     document, the place name of a location, the emoji of a reaction, the title of a tapped
@@ -581,44 +581,44 @@ def inbound_message(
     Example:
         >>> msg = inbound_message("image", "Segue a foto", from_="5511988887777")
     """
-    opts: payloads.MessageOptions = {"from_": from_}
+    opts: wb.MessageOptions = {"from_": from_}
     if wamid is not None:
         opts["wamid"] = wamid
     if timestamp is not None:
         opts["timestamp"] = timestamp
     if reply_to is not None and kind != "reaction":
-        opts["context"] = payloads.reply_to(reply_to)
+        opts["context"] = wb.reply_to(reply_to)
     if kind in _MEDIA_TYPES:
         media_id = media_id or _new_media_id(kind)
         match kind:
             case "image":
-                msg = payloads.image(caption=text, media_id=media_id, url=media_url, **opts)
+                msg = wb.image(caption=text, media_id=media_id, url=media_url, **opts)
             case "video":
-                msg = payloads.video(caption=text, media_id=media_id, url=media_url, **opts)
+                msg = wb.video(caption=text, media_id=media_id, url=media_url, **opts)
             case "document":
-                msg = payloads.document(caption=text, media_id=media_id, url=media_url, **opts)
+                msg = wb.document(caption=text, media_id=media_id, url=media_url, **opts)
             case "audio":
-                msg = payloads.audio(media_id=media_id, url=media_url, **opts)
+                msg = wb.audio(media_id=media_id, url=media_url, **opts)
             case _:
-                msg = payloads.sticker(media_id=media_id, url=media_url, **opts)
+                msg = wb.sticker(media_id=media_id, url=media_url, **opts)
         content = media_content(media_id)
         if content is not None:  # so that zaphub can check what it downloads from the sandbox
             msg[kind]["sha256"] = base64.b64encode(hashlib.sha256(content[0]).digest()).decode()
         return msg
     match kind:
         case "text":
-            return payloads.text(text or "Olá!", **opts)
+            return wb.text(text or "Olá!", **opts)
         case "location":
-            return payloads.location(name=text, **opts)
+            return wb.location(name=text, **opts)
         case "contacts":
-            return payloads.contacts([payloads.contact_card(text)] if text else None, **opts)
+            return wb.contacts([wb.contact_card(text)] if text else None, **opts)
         case "reaction":
-            target = reply_to or payloads.new_wamid(payloads.DEFAULT_DISPLAY_PHONE_NUMBER)
-            return payloads.reaction(target, "👍" if text is None else text, **opts)
+            target = reply_to or wb.new_wamid(wb.DEFAULT_DISPLAY_PHONE_NUMBER)
+            return wb.reaction(target, "👍" if text is None else text, **opts)
         case "button":
-            return payloads.button(text or "Quero saber mais", **opts)
+            return wb.button(text or "Quero saber mais", **opts)
         case "interactive":
-            return payloads.button_reply(text or "Sim, confirmar", **opts)
+            return wb.button_reply(text or "Sim, confirmar", **opts)
     raise ValueError(f"unknown inbound message type {kind!r}: use one of {', '.join(INBOUND_TYPES)}")
 
 
@@ -757,7 +757,7 @@ class Sandbox:
             size -= len(evicted.data)
 
     def _envelope(self, **kwargs: Any) -> dict[str, Any]:
-        return payloads.envelope(
+        return wb.envelope(
             phone_number_id=self.options.phone_number_id,
             display_phone_number=self.options.display_phone_number,
             waba_id=self.options.waba_id,
@@ -770,7 +770,7 @@ class Sandbox:
         """POST a signed webhook to ``webhook_url``, retrying on non-200; returns what happened.
 
         Args:
-            payload: The webhook body (from :func:`payloads.envelope`).
+            payload: The webhook body (from :func:`wb.envelope`).
             what: Describes it in :attr:`deliveries` (``{"kind": "status", "wamid": …}``).
             attempts: Tries before giving up, backing off ``delivery_backoff * 2**n`` between them.
 
@@ -778,11 +778,11 @@ class Sandbox:
             ``{"url", "attempts", "status_code", "response", "error", …what}``.
         """
         url = self.options.webhook_url
-        body = payloads.encode(payload)
+        body = wb.encode(payload)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "facebookexternalua",
-            "X-Hub-Signature-256": payloads.sign(body, self.options.app_secret),
+            "X-Hub-Signature-256": wb.sign(body, self.options.app_secret),
         }
         result: dict[str, Any] = {**what, "url": url, "attempts": 0, "status_code": None}
         result.update(response=None, error=None if url else "webhook_url is not set")
@@ -826,7 +826,7 @@ class Sandbox:
         # One after the other, so that they arrive in order unless a retry holds one back.
         for name, offset in plan:
             await asyncio.sleep(max(0.0, start + offset - loop.time()))
-            st = payloads.status(
+            st = wb.status(
                 wamid,
                 name,
                 recipient_id=recipient,
@@ -887,7 +887,7 @@ class Sandbox:
             if any(part is not None for part in answer):
                 raise _fault_error(fault)
         wa_id = re.sub(r"\D", "", to) or to
-        wamid = payloads.new_wamid(wa_id)
+        wamid = wb.new_wamid(wa_id)
         failure = 131026 if wa_id.endswith("0000") else None
         if failure is None and wa_id.endswith("0047") and kind != "template":
             failure = 131047
@@ -953,7 +953,7 @@ class Sandbox:
             raise _invalid("The parameter file is required.")
         mime = str(form.get("type") or file.content_type or "").strip()
         if not _UPLOAD_MIME.fullmatch(mime):
-            title = payloads.ERROR_TITLES[131053]
+            title = wb.ERROR_TITLES[131053]
             raise GraphError(400, 131053, f"(#131053) {title}", details=f"Unsupported file type {mime!r}.")
         data = await file.read()
         if not data:
@@ -1073,7 +1073,7 @@ class Sandbox:
             except (msgspec.DecodeError, ValueError) as exc:
                 raise ValidationException(detail=str(exc)) from exc
             sandbox._require_webhook_url()
-            contact = payloads.contact(spec.from_, spec.name)
+            contact = wb.contact(spec.from_, spec.name)
             payload = sandbox._envelope(messages=[msg], contacts=[contact])
             result = await sandbox.deliver(payload, what={"kind": "inbound", "wamid": msg["id"]})
             return {"wamid": msg["id"], "message": msg, "delivery": result}
@@ -1086,7 +1086,7 @@ class Sandbox:
                 raise ValidationException(detail=str(exc)) from exc
             sandbox._require_webhook_url()
             items = [
-                payloads.status(
+                wb.status(
                     s.wamid,
                     s.status,
                     timestamp=s.timestamp,

@@ -1,7 +1,7 @@
 """``zaphub sandbox`` and ``zaphub simulate``: try zaphub without a Meta account.
 
 ``zaphub sandbox`` runs the Meta emulator of :mod:`plugins.whatsapp.sandbox` on its own port;
-``zaphub simulate`` posts signed webhooks (built with :mod:`plugins.whatsapp.payloads`) to a
+``zaphub simulate`` posts signed webhooks (built with :mod:`plugins.whatsapp.webhook_builders`) to a
 running zaphub, as Meta would. Both are also runnable as ``python -m plugins.whatsapp.simulate``.
 
 Each option is taken from, in order: the command line, the environment
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from core.cli_types import Command
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from plugins.whatsapp.sandbox import INBOUND_TYPES, SandboxOptions, create_sandbox_app, inbound_message
 
 __all__ = ["main", "sandbox_command", "simulate_command"]
@@ -118,7 +118,7 @@ def _configure_sandbox(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--phone-number-id",
         help=f"the business phone number id it knows (default: $WHATSAPP_PHONE_NUMBER_ID or "
-        f"{payloads.DEFAULT_PHONE_NUMBER_ID})",
+        f"{wb.DEFAULT_PHONE_NUMBER_ID})",
     )
     parser.add_argument(
         "--status-delays",
@@ -144,9 +144,9 @@ def _sandbox_options(args: argparse.Namespace) -> SandboxOptions:
             config,
             "phone_number_id",
             "WHATSAPP_PHONE_NUMBER_ID",
-            payloads.DEFAULT_PHONE_NUMBER_ID,
+            wb.DEFAULT_PHONE_NUMBER_ID,
         ),
-        waba_id=_pick(None, config, "waba_id", "WHATSAPP_BUSINESS_ACCOUNT_ID", payloads.DEFAULT_WABA_ID),
+        waba_id=_pick(None, config, "waba_id", "WHATSAPP_BUSINESS_ACCOUNT_ID", wb.DEFAULT_WABA_ID),
         status_delays=args.status_delays,
     )
 
@@ -205,7 +205,7 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--phone-number-id",
         help=f"the business number the webhook is for (default: $WHATSAPP_PHONE_NUMBER_ID or "
-        f"{payloads.DEFAULT_PHONE_NUMBER_ID})",
+        f"{wb.DEFAULT_PHONE_NUMBER_ID})",
     )
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for zaphub (default: 10)"
@@ -238,7 +238,7 @@ def _configure_simulate(parser: argparse.ArgumentParser) -> None:
         "--from",
         dest="from_",
         metavar="NUMBER",
-        default=payloads.DEFAULT_FROM,
+        default=wb.DEFAULT_FROM,
         help="the customer's number, digits only (default: %(default)s)",
     )
     msg.add_argument("--name", help="the customer's WhatsApp profile name (default: one derived from --from)")
@@ -262,7 +262,7 @@ def _configure_simulate(parser: argparse.ArgumentParser) -> None:
     )
     status.add_argument(
         "--recipient",
-        default=payloads.DEFAULT_FROM,
+        default=wb.DEFAULT_FROM,
         help="the customer's number (default: %(default)s)",
     )
     _add_target_options(status)
@@ -275,19 +275,15 @@ def _configure_simulate(parser: argparse.ArgumentParser) -> None:
 
 def _webhooks(args: argparse.Namespace, phone_number_id: str) -> list[dict[str, Any]]:
     if args.simulate_what == "status":
-        item = payloads.status(
-            args.wamid, args.status, recipient_id=args.recipient, error_code=args.error_code
-        )
-        return [payloads.envelope(statuses=[item], phone_number_id=phone_number_id)]
+        item = wb.status(args.wamid, args.status, recipient_id=args.recipient, error_code=args.error_code)
+        return [wb.envelope(statuses=[item], phone_number_id=phone_number_id)]
     bodies = []
     for _ in range(args.count):
         message = inbound_message(
             args.type, args.text, from_=args.from_, media_id=args.media_id, reply_to=args.reply_to
         )
-        contact = payloads.contact(args.from_, args.name)
-        bodies.append(
-            payloads.envelope(messages=[message], contacts=[contact], phone_number_id=phone_number_id)
-        )
+        contact = wb.contact(args.from_, args.name)
+        bodies.append(wb.envelope(messages=[message], contacts=[contact], phone_number_id=phone_number_id))
     return bodies
 
 
@@ -301,12 +297,12 @@ def _run_simulate(args: argparse.Namespace) -> int:
         config,
         "phone_number_id",
         "WHATSAPP_PHONE_NUMBER_ID",
-        payloads.DEFAULT_PHONE_NUMBER_ID,
+        wb.DEFAULT_PHONE_NUMBER_ID,
     )
     with httpx.Client(timeout=args.timeout) as client:
         for payload in _webhooks(args, phone_number_id):
-            body = payloads.encode(payload)
-            signature = payloads.sign(body, secret)
+            body = wb.encode(payload)
+            signature = wb.sign(body, secret)
             print(f"POST {url}\nX-Hub-Signature-256: {signature}")
             print(json.dumps(payload, ensure_ascii=False))
             try:

@@ -34,7 +34,7 @@ import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
 from plugins.autoreply.config import DAY_NAMES
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import REPO, ZaphubProcess, wait_for, write_config, zaphub_process
 
 SECRET = "e2e-autoreply-app-secret-0123456789abcdef"
@@ -109,13 +109,13 @@ class Client:
         self.http = http
 
     async def webhook(self, payload: dict[str, Any]) -> None:
-        body, headers = payloads.signed(payload, SECRET)
+        body, headers = wb.signed(payload, SECRET)
         response = await self.http.post("/meta-whatsapp/webhook", content=body, headers=headers)
         assert response.status_code == 200, response.text
 
     async def message(self, message: dict[str, Any], *, name: str | None = None) -> None:
-        contacts = [payloads.contact(message["from"], name)] if name else None
-        await self.webhook(payloads.envelope(messages=[message], contacts=contacts))
+        contacts = [wb.contact(message["from"], name)] if name else None
+        await self.webhook(wb.envelope(messages=[message], contacts=contacts))
 
     async def sends(self) -> list[dict[str, Any]]:
         requests = (await self.http.get("/_sandbox/graph/_sandbox/requests")).json()
@@ -143,7 +143,7 @@ class Client:
     async def barrier(self) -> None:
         """Return once everything posted before has been handled and sent (see the module docstring)."""
         wa_id = f"55119000{next(_BARRIERS):05d}"  # a new customer each time: never in a cooldown
-        await self.message(payloads.text("qual o horário?", from_=wa_id))
+        await self.message(wb.text("qual o horário?", from_=wa_id))
         assert await self.wait_replies(wa_id, 1) == [HOURS]
         # Replies queued before the barrier's may still be on their way to Graph: wait for the outbox.
         await wait_for(self._outbox_idle, timeout=10, what="every queued send to reach Graph")
@@ -220,7 +220,7 @@ async def crm(server: ZaphubProcess) -> AsyncIterator[CrmSocket]:
 
 async def test_one_reply_reaches_graph_and_statuses_or_repeats_never_trigger_another(client: Client) -> None:
     ana = "5511970000001"
-    question = payloads.text("Oi! Qual o preço da consulta?", from_=ana)
+    question = wb.text("Oi! Qual o preço da consulta?", from_=ana)
     before = await client.metrics()
 
     await client.message(question, name="Ana Souza")
@@ -254,7 +254,7 @@ async def _applied_statuses(client: Client, before: dict[Any, float], count: int
 async def test_crm_sockets_see_the_reply_once_marked_automated(client: Client, crm: CrmSocket) -> None:
     bia = "5511970000002"
 
-    await client.message(payloads.text("Preciso da segunda via do boleto", from_=bia), name="Bia Lima")
+    await client.message(wb.text("Preciso da segunda via do boleto", from_=bia), name="Bia Lima")
     assert await client.wait_replies(bia, 1) == [BOLETO]
     await client.barrier()
 
@@ -278,8 +278,8 @@ async def test_two_messages_in_a_row_get_one_reply(client: Client) -> None:
     caio = "5511970000003"
     before = await client.metrics()
 
-    await client.message(payloads.text("quanto custa?", from_=caio))
-    await client.message(payloads.text("e tem boleto?", from_=caio))
+    await client.message(wb.text("quanto custa?", from_=caio))
+    await client.message(wb.text("e tem boleto?", from_=caio))
     await client.barrier()
 
     assert await client.replies_to(caio) == [PRICE]
@@ -294,7 +294,7 @@ async def test_two_messages_in_a_row_get_one_reply(client: Client) -> None:
 @needs_crm
 async def test_an_agent_reply_over_rest_silences_autoreply(client: Client, crm: CrmSocket) -> None:
     davi = "5511970000004"
-    await client.message(payloads.text("boa noite", from_=davi), name="Davi")
+    await client.message(wb.text("boa noite", from_=davi), name="Davi")
     assert await client.wait_replies(davi, 1) == [AWAY]  # closed now: away beats the greeting
 
     [inbound] = await wait_for(
@@ -310,7 +310,7 @@ async def test_an_agent_reply_over_rest_silences_autoreply(client: Client, crm: 
     assert await client.wait_replies(davi, 2) == [AWAY, "Oi Davi, aqui é a Eva. Como posso ajudar?"]
     before = await client.metrics()
 
-    await client.message(payloads.text("qual o preço?", from_=davi))
+    await client.message(wb.text("qual o preço?", from_=davi))
     await client.barrier()
 
     assert await client.replies_to(davi) == [AWAY, "Oi Davi, aqui é a Eva. Como posso ajudar?"]
@@ -331,12 +331,12 @@ async def test_statuses_reactions_system_and_unsupported_are_never_answered(clie
     senders = [f"55119710000{i:02d}" for i in range(5)]
     before = await client.metrics()
 
-    await client.message(payloads.reaction(payloads.new_wamid(), "❤️", from_=senders[0]))
-    await client.message(payloads.system(from_=senders[1]))
-    await client.message(payloads.unsupported(from_=senders[2]))
-    await client.message(payloads.request_welcome(from_=senders[3]))
-    await client.message(payloads.message("poll", {"question": "Pizza?"}, from_=senders[4]))
-    await client.webhook(payloads.envelope(statuses=[payloads.status(payloads.new_wamid(), "read")]))
+    await client.message(wb.reaction(wb.new_wamid(), "❤️", from_=senders[0]))
+    await client.message(wb.system(from_=senders[1]))
+    await client.message(wb.unsupported(from_=senders[2]))
+    await client.message(wb.request_welcome(from_=senders[3]))
+    await client.message(wb.message("poll", {"question": "Pizza?"}, from_=senders[4]))
+    await client.webhook(wb.envelope(statuses=[wb.status(wb.new_wamid(), "read")]))
     await client.barrier()
 
     sent_to = {s["to"].lstrip("+") for s in await client.sends()}
@@ -452,9 +452,9 @@ async def test_an_installed_bot_plugin_answers_and_defers_to_the_rules(
         async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:
             client = Client(proc.url, http)
             joao, maria, lia = "5511972000001", "5511972000002", "5511972000003"
-            await client.message(payloads.text("Cadê o pedido 1234?", from_=joao), name="João Silva")
-            await client.message(payloads.text("pedido nº 9999 não chegou", from_=maria), name="Maria")
-            await client.message(payloads.text("qual o preço do frete?", from_=lia), name="Lia")
+            await client.message(wb.text("Cadê o pedido 1234?", from_=joao), name="João Silva")
+            await client.message(wb.text("pedido nº 9999 não chegou", from_=maria), name="Maria")
+            await client.message(wb.text("qual o preço do frete?", from_=lia), name="Lia")
 
             assert await client.wait_replies(joao, 1) == ["João, o pedido 1234 saiu para entrega."]
             assert await client.wait_replies(maria, 1) == [

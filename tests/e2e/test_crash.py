@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import ZaphubProcess, write_config
 
 pytestmark = pytest.mark.slow
@@ -72,8 +72,8 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(storage_url: str, tm
     cfg = config(tmp_path, storage_url)
     bodies: list[tuple[str, bytes, dict[str, str]]] = []
     for i in range(4000):
-        msg = payloads.text(f"mensagem {i}", from_=f"55119{i % 50:08d}")
-        body, headers = payloads.signed(payloads.envelope(messages=[msg]), SECRET)
+        msg = wb.text(f"mensagem {i}", from_=f"55119{i % 50:08d}")
+        body, headers = wb.signed(wb.envelope(messages=[msg]), SECRET)
         bodies.append((msg["id"], body, headers))
 
     server = ZaphubProcess(cfg).start()

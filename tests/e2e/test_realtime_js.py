@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.plugins.crm_realtime.harness import NodeClient, Zaphub, require_node, zaphub
 
 pytestmark = pytest.mark.js
@@ -94,7 +94,7 @@ async def test_the_seed_client_sees_messages_sends_and_statuses(z: Zaphub) -> No
             "error": "message 987654 does not exist",
         }
         wamid = sent["message"]["wamid"]
-        await z.webhook(statuses=[payloads.status(wamid, "failed", error_code=131026)])
+        await z.webhook(statuses=[wb.status(wamid, "failed", error_code=131026)])
         failed = await joined.wait("whatsapp:message_status", lambda d: d["status"] == "failed")
         assert failed["error"] == {"code": 131026, "title": "Message undeliverable"}
         await z.inbound("Obrigado")  # a later event: everything before it has been delivered

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from core.config import convert_section
 from plugins.crm_realtime.config import CrmRealtimeSettings
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import ZaphubProcess, free_port, wait_for, write_config
 from tests.plugins.crm_realtime.harness import APP_SECRET, CrmClient, NodeClient, crm_config, issue_token
 
@@ -77,8 +77,8 @@ async def test_events_cross_processes_through_redis(
             )
             async with httpx.AsyncClient(timeout=10) as http:
                 # A webhook posted to A reaches the client on B (and the one on A).
-                body, headers = payloads.signed(
-                    payloads.envelope(messages=[payloads.text("Olá de A", from_="5511933334444")]), APP_SECRET
+                body, headers = wb.signed(
+                    wb.envelope(messages=[wb.text("Olá de A", from_="5511933334444")]), APP_SECRET
                 )
                 response = await http.post(f"{a.url}/meta-whatsapp/webhook", content=body, headers=headers)
                 assert response.status_code == 200, response.text
@@ -110,8 +110,8 @@ async def test_events_cross_processes_through_redis(
                 await on_b.wait("whatsapp:message_sent", lambda d: d["messageId"] == message_id)
 
                 # Once per socket across processes: a later event marks the end of the stream.
-                body, headers = payloads.signed(
-                    payloads.envelope(messages=[payloads.text("fim", from_="5511933334444")]), APP_SECRET
+                body, headers = wb.signed(
+                    wb.envelope(messages=[wb.text("fim", from_="5511933334444")]), APP_SECRET
                 )
                 assert (
                     await http.post(f"{b.url}/meta-whatsapp/webhook", content=body, headers=headers)

@@ -22,7 +22,7 @@ from core.app import create_app
 from core.config import parse_config
 from core.host import Host
 from core.models import Message, StatusChange
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import free_port, serve, wait_for
 
 SECRET = "autoreply-test-app-secret-0123456789abcdef"
@@ -67,14 +67,14 @@ class Zaphub:
 
     async def webhook(self, payload: Mapping[str, Any]) -> httpx.Response:
         """POST a body signed like Meta signs it; the answer must be 200."""
-        body, headers = payloads.signed(payload, SECRET)
+        body, headers = wb.signed(payload, SECRET)
         response = await self.http.post("/meta-whatsapp/webhook", content=body, headers=headers)
         assert response.status_code == 200, response.text
         return response
 
     async def inbound(self, message: dict[str, Any]) -> Message:
         """Deliver one inbound message and wait until every plugin's hook (autoreply's included) ran."""
-        await self.webhook(payloads.envelope(messages=[message]))
+        await self.webhook(wb.envelope(messages=[message]))
         return await self.handled(message["id"])
 
     async def handled(self, wamid: str) -> Message:
@@ -88,8 +88,8 @@ class Zaphub:
             await asyncio.wait_for(asyncio.gather(*mine), timeout=10)
         return message
 
-    async def text(self, body: str, *, from_: str = payloads.DEFAULT_FROM, **opts: Any) -> Message:
-        return await self.inbound(payloads.text(body, from_=from_, **opts))
+    async def text(self, body: str, *, from_: str = wb.DEFAULT_FROM, **opts: Any) -> Message:
+        return await self.inbound(wb.text(body, from_=from_, **opts))
 
     async def graph_sends(self) -> list[dict[str, Any]]:
         """Send bodies Graph received (mark-as-read calls excluded), oldest first."""

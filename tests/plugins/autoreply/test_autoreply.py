@@ -15,7 +15,7 @@ from core import hookimpl
 from core.models import Message, Reply
 from plugins.autoreply import SERVICE
 from plugins.autoreply.config import DAY_NAMES
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import wait_for
 from tests.plugins.autoreply.conftest import StartApp, Zaphub
 
@@ -59,7 +59,7 @@ async def agent_send(zaphub: Zaphub, conversation_id: int, text: str) -> Message
 
 async def test_rule_reply_reaches_graph_once_and_echoes_never_answer(start_app: StartApp) -> None:
     zaphub = await start_app(RULES)
-    question = payloads.text("Oi, qual o preço da consulta?", from_=ANA)
+    question = wb.text("Oi, qual o preço da consulta?", from_=ANA)
 
     inbound = await zaphub.inbound(question)
 
@@ -70,13 +70,11 @@ async def test_rule_reply_reaches_graph_once_and_echoes_never_answer(start_app: 
     # The sandbox, like Meta, reports sent → delivered → read for the reply: none fires a reply.
     await wait_for(lambda: (reply.id, "read") in zaphub.probe.statuses, timeout=5, what="read status")
     # Meta repeats the message webhook and the status webhooks.
-    await zaphub.webhook(payloads.envelope(messages=[question]))
+    await zaphub.webhook(wb.envelope(messages=[question]))
     stored = await zaphub.host.storage.get_message(reply.id)
     assert stored is not None
     assert stored.wamid is not None
-    await zaphub.webhook(
-        payloads.envelope(statuses=[payloads.status(stored.wamid, "read", recipient_id=ANA)])
-    )
+    await zaphub.webhook(wb.envelope(statuses=[wb.status(stored.wamid, "read", recipient_id=ANA)]))
     await wait_for(
         lambda: (
             zaphub.metric("zaphub_duplicates_absorbed_total", kind="message") == 1
@@ -99,8 +97,8 @@ async def test_rule_reply_reaches_graph_once_and_echoes_never_answer(start_app: 
 async def test_one_reply_per_conversation_within_the_cooldown(start_app: StartApp) -> None:
     zaphub = await start_app(RULES)
     # Two messages in one webhook (Meta batches), then a third: the first one wins the cooldown.
-    first, second = payloads.text("qual o preço?", from_=ANA), payloads.text("e o boleto?", from_=ANA)
-    await zaphub.webhook(payloads.envelope(messages=[first, second]))
+    first, second = wb.text("qual o preço?", from_=ANA), wb.text("e o boleto?", from_=ANA)
+    await zaphub.webhook(wb.envelope(messages=[first, second]))
     await zaphub.handled(first["id"])
     await zaphub.handled(second["id"])
     await zaphub.text("horário de vocês?", from_=ANA)
@@ -157,12 +155,12 @@ async def test_cooldown_survives_a_restart(start_app: StartApp, tmp_path: Any) -
 async def test_cooldown_holds_across_processes_sharing_storage(start_app: StartApp, tmp_path: Any) -> None:
     db = tmp_path / "shared.db"
     one, two = await start_app(RULES, db=db), await start_app(RULES, db=db)
-    first = payloads.text("qual o preço?", from_=ANA)
-    second = payloads.text("e o boleto?", from_=ANA)
+    first = wb.text("qual o preço?", from_=ANA)
+    second = wb.text("e o boleto?", from_=ANA)
 
     # The same customer's two messages reach two processes at the same time.
     await asyncio.gather(
-        one.webhook(payloads.envelope(messages=[first])), two.webhook(payloads.envelope(messages=[second]))
+        one.webhook(wb.envelope(messages=[first])), two.webhook(wb.envelope(messages=[second]))
     )
     await asyncio.gather(one.handled(first["id"]), two.handled(second["id"]))
     await one.outbox_idle()
@@ -231,17 +229,17 @@ async def test_reactions_system_unsupported_and_unknown_types_are_never_answered
     )
     senders = [f"55119222200{i:02d}" for i in range(6)]
     messages = [
-        payloads.reaction(payloads.new_wamid(), "👍", from_=senders[0]),
-        payloads.system(from_=senders[1]),
-        payloads.unsupported(from_=senders[2]),
-        payloads.request_welcome(from_=senders[3]),
-        payloads.message("poll", {"question": "Pizza hoje?"}, from_=senders[4]),
-        payloads.reaction(payloads.new_wamid(), None, from_=senders[5]),  # a removed reaction
+        wb.reaction(wb.new_wamid(), "👍", from_=senders[0]),
+        wb.system(from_=senders[1]),
+        wb.unsupported(from_=senders[2]),
+        wb.request_welcome(from_=senders[3]),
+        wb.message("poll", {"question": "Pizza hoje?"}, from_=senders[4]),
+        wb.reaction(wb.new_wamid(), None, from_=senders[5]),  # a removed reaction
     ]
     for message in messages:
         await zaphub.inbound(message)
     # A status for a message zaphub never sent is kept aside, not answered.
-    await zaphub.webhook(payloads.envelope(statuses=[payloads.status(payloads.new_wamid(), "delivered")]))
+    await zaphub.webhook(wb.envelope(statuses=[wb.status(wb.new_wamid(), "delivered")]))
     # Then a real question from one of them is answered: nothing above used up anything.
     await zaphub.text("tem horário amanhã?", from_=senders[0])
 
@@ -278,13 +276,13 @@ async def test_disabled_sends_nothing(start_app: StartApp) -> None:
 async def test_greeting_only_for_the_first_message_and_captions_match_rules(start_app: StartApp) -> None:
     zaphub = await start_app({**RULES, "cooldown_seconds": 0})
     # An album: several images in one webhook; only the first opened the conversation.
-    album = [payloads.image(from_=ANA), payloads.image(from_=ANA)]
-    await zaphub.webhook(payloads.envelope(messages=album))
+    album = [wb.image(from_=ANA), wb.image(from_=ANA)]
+    await zaphub.webhook(wb.envelope(messages=album))
     for item in album:
         await zaphub.handled(item["id"])
     await zaphub.text("tudo bem?", from_=ANA)
-    await zaphub.inbound(payloads.image(caption="Qual o PRECO desse?", from_=ANA))
-    await zaphub.inbound(payloads.sticker(from_=ANA))
+    await zaphub.inbound(wb.image(caption="Qual o PRECO desse?", from_=ANA))
+    await zaphub.inbound(wb.sticker(from_=ANA))
 
     assert await zaphub.wait_replies(ANA, 2) == [GREETING, PRICE]
     await zaphub.outbox_idle()
@@ -437,10 +435,10 @@ async def test_messages_in_a_row_while_the_bot_thinks_get_one_reply_and_one_bot_
 ) -> None:
     gate = Gate()
     zaphub = await start_app(RULES, extra_plugins={"slow": gate})
-    first, second = payloads.text("oi", from_=ANA), payloads.text("alguém aí?", from_=ANA)
+    first, second = wb.text("oi", from_=ANA), wb.text("alguém aí?", from_=ANA)
 
-    await zaphub.webhook(payloads.envelope(messages=[first]))
-    await zaphub.webhook(payloads.envelope(messages=[second]))
+    await zaphub.webhook(wb.envelope(messages=[first]))
+    await zaphub.webhook(wb.envelope(messages=[second]))
     await wait_for(lambda: second["id"] in zaphub.probe.received, what="both messages to be dispatched")
     # Other events flow while the bot thinks: the second message was dispatched, its reply waits.
     assert gate.waiting == 1
@@ -468,7 +466,7 @@ async def test_a_slow_bot_in_one_conversation_does_not_delay_another(start_app: 
 
     bot = SlowForAna()
     zaphub = await start_app(RULES, extra_plugins={"slow": bot})
-    await zaphub.webhook(payloads.envelope(messages=[payloads.text("oi", from_=ANA)]))
+    await zaphub.webhook(wb.envelope(messages=[wb.text("oi", from_=ANA)]))
 
     await zaphub.text("qual o preço?", from_=BIA)
 
@@ -481,8 +479,8 @@ async def test_a_slow_bot_in_one_conversation_does_not_delay_another(start_app: 
 async def test_an_agent_stepping_in_while_the_bot_thinks_wins(start_app: StartApp) -> None:
     gate = Gate()
     zaphub = await start_app(RULES, extra_plugins={"slow": gate})
-    question = payloads.text("preciso de ajuda", from_=ANA)
-    await zaphub.webhook(payloads.envelope(messages=[question]))
+    question = wb.text("preciso de ajuda", from_=ANA)
+    await zaphub.webhook(wb.envelope(messages=[question]))
     await wait_for(lambda: gate.waiting == 1, what="the bot to be asked")
     message = zaphub.probe.received[question["id"]]  # the hook returned before the bot was asked
 

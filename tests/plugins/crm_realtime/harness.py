@@ -25,12 +25,12 @@ from core.config import parse_config
 from core.host import Host
 from plugins.crm_realtime.auth import issue_token
 from plugins.crm_realtime.config import CrmRealtimeSettings
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import REPO, free_port, serve
 
 JWT_SECRET = "crm-test-jwt-secret-0123456789abcdef"
 APP_SECRET = "crm-test-app-secret-0123456789abcdef"
-PNID = payloads.DEFAULT_PHONE_NUMBER_ID
+PNID = wb.DEFAULT_PHONE_NUMBER_ID
 OTHER_PNID = "100000000000999"
 NS = "/crm"
 JS_DIR = REPO / "tests" / "e2e" / "js"
@@ -84,8 +84,8 @@ class Zaphub:
         contacts: list[dict[str, Any]] | None = None,
     ) -> None:
         """Post a signed webhook as Meta would; asserts the 200."""
-        body, headers = payloads.signed(
-            payloads.envelope(
+        body, headers = wb.signed(
+            wb.envelope(
                 messages=messages, statuses=statuses, phone_number_id=phone_number_id, contacts=contacts
             ),
             APP_SECRET,
@@ -94,11 +94,11 @@ class Zaphub:
         assert response.status_code == 200, response.text
 
     async def inbound(
-        self, text: str = "Olá!", *, from_: str = payloads.DEFAULT_FROM, name: str = "João Silva", **kw: Any
+        self, text: str = "Olá!", *, from_: str = wb.DEFAULT_FROM, name: str = "João Silva", **kw: Any
     ) -> str:
         """An inbound text message; returns its wamid."""
-        msg = payloads.text(text, from_=from_, **kw)
-        await self.webhook([msg], contacts=[payloads.contact(from_, name)])
+        msg = wb.text(text, from_=from_, **kw)
+        await self.webhook([msg], contacts=[wb.contact(from_, name)])
         return str(msg["id"])
 
     async def send(

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.plugins.crm_realtime.harness import Zaphub, zaphub
 
 CRM = "https://crm.example.com"
@@ -123,7 +123,7 @@ async def test_socketio_webhook_and_ops_endpoints_are_left_alone(z: Zaphub) -> N
     webhook = await z.http.options("/meta-whatsapp/webhook", headers={"Origin": CRM, **PREFLIGHT})
     assert webhook.status_code < 500
     assert cors_headers(webhook) == {}
-    body, headers = payloads.signed(payloads.envelope(messages=[payloads.text("x")]), "wrong-secret")
+    body, headers = wb.signed(wb.envelope(messages=[wb.text("x")]), "wrong-secret")
     unsigned = await z.http.post("/meta-whatsapp/webhook", content=body, headers={**headers, "Origin": CRM})
     assert unsigned.status_code == 401
     assert cors_headers(unsigned) == {}

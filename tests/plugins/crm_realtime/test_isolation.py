@@ -11,7 +11,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from plugins.crm_realtime import REALTIME
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.plugins.crm_realtime.harness import Zaphub, zaphub
 
 # "ã" is sent as the 6-byte JSON escape \u00e3: each event is about 24 KB on the wire, so a few
@@ -52,9 +52,7 @@ async def test_a_client_that_stops_reading_delays_nobody(tmp_path: Path) -> None
         healthy = await z.connect()
         ack_times = []
         for w in range(WEBHOOKS):
-            messages = [
-                payloads.text(f"{w}-{i} {BODY}", from_=f"55119{w:04d}{i:04d}") for i in range(PER_WEBHOOK)
-            ]
+            messages = [wb.text(f"{w}-{i} {BODY}", from_=f"55119{w:04d}{i:04d}") for i in range(PER_WEBHOOK)]
             started = time.perf_counter()
             await z.webhook(messages)
             ack_times.append(time.perf_counter() - started)

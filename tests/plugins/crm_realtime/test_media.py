@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from plugins.whatsapp.sandbox import media_content
 from tests.plugins.crm_realtime.harness import Zaphub, zaphub
 
@@ -31,9 +31,9 @@ async def inbound_message_id(z: Zaphub, message: dict[str, Any]) -> int:
 @pytest.mark.parametrize(
     ("message", "mime"),
     [
-        (payloads.image(media_id="img-recibo-1", caption="Recibo"), "image/jpeg"),
-        (payloads.document(media_id="doc-boleto-7", filename="boleto.pdf"), "application/pdf"),
-        (payloads.audio(media_id="aud-voz-3"), "audio/ogg"),
+        (wb.image(media_id="img-recibo-1", caption="Recibo"), "image/jpeg"),
+        (wb.document(media_id="doc-boleto-7", filename="boleto.pdf"), "application/pdf"),
+        (wb.audio(media_id="aud-voz-3"), "audio/ogg"),
     ],
     ids=["image", "document", "voice"],
 )
@@ -54,7 +54,7 @@ async def test_inbound_media_is_streamed_from_graph(z: Zaphub, message: dict[str
 
 
 async def test_media_unknown_to_graph_is_a_clear_error(z: Zaphub) -> None:
-    message_id = await inbound_message_id(z, payloads.image(media_id="missing-expired-9"))
+    message_id = await inbound_message_id(z, wb.image(media_id="missing-expired-9"))
     response = await z.http.get(f"/api/messages/{message_id}/media", headers=z.auth())
     assert response.status_code == 404
     error = response.json()["error"]

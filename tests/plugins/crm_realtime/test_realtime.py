@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import socketio
 
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import wait_for
 from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, CrmClient, Zaphub, zaphub
 
@@ -86,7 +86,7 @@ async def test_payloads_match_the_contract_field_for_field(z: Zaphub) -> None:
         "contact": {
             "id": event["contact"]["id"],
             "name": "João Silva",
-            "phone_number": payloads.DEFAULT_FROM,
+            "phone_number": wb.DEFAULT_FROM,
         },
         "phoneNumberId": PNID,
     }
@@ -127,8 +127,8 @@ async def test_payloads_match_the_contract_field_for_field(z: Zaphub) -> None:
 
 async def test_media_automated_and_failed_payloads(z: Zaphub) -> None:
     client = await z.connect()
-    image = payloads.image(caption="Segue a foto", media_id="img-1234")
-    await z.webhook([image], contacts=[payloads.contact(payloads.DEFAULT_FROM, "João")])
+    image = wb.image(caption="Segue a foto", media_id="img-1234")
+    await z.webhook([image], contacts=[wb.contact(wb.DEFAULT_FROM, "João")])
     event = await client.wait("whatsapp:message")
     message = event["message"]
     assert message["type"] == "image"
@@ -145,9 +145,7 @@ async def test_media_automated_and_failed_payloads(z: Zaphub) -> None:
     assert (await z.http.get(message["media"]["url"])).status_code == 401
 
     # A sticker has no caption: body is null, the key is still there.
-    await z.webhook(
-        [payloads.sticker(media_id="stk-1")], contacts=[payloads.contact(payloads.DEFAULT_FROM, "João")]
-    )
+    await z.webhook([wb.sticker(media_id="stk-1")], contacts=[wb.contact(wb.DEFAULT_FROM, "João")])
     sticker = await client.wait("whatsapp:message", lambda d: d["message"]["type"] == "sticker")
     assert "body" in sticker["message"]
     assert sticker["message"]["body"] is None
@@ -200,7 +198,7 @@ async def test_every_socket_gets_each_event_once_and_statuses_only_in_rooms(z: Z
     assert (await in_both.call("join_conversation", {"conversationId": conversation_id})) == {"ok": True}
 
     # Meta reports the message failed after all (failed outranks read): one status event.
-    failed = payloads.status(sent["message"]["wamid"], "failed", error_code=131026)
+    failed = wb.status(sent["message"]["wamid"], "failed", error_code=131026)
     await z.webhook(statuses=[failed])
     await z.inbound("segunda")
     accepted2 = await z.send(conversation_id, {"type": "text", "body": "De novo"})
@@ -240,7 +238,7 @@ async def test_every_socket_gets_each_event_once_and_statuses_only_in_rooms(z: Z
     }
     assert (await in_both.call("leave_message", {"messageId": message_id})) == {"ok": True}
     before = len(in_conversation.of("whatsapp:message_status"))
-    await z.webhook(statuses=[payloads.status(sent["message"]["wamid"], "failed")])  # a duplicate: no event
+    await z.webhook(statuses=[wb.status(sent["message"]["wamid"], "failed")])  # a duplicate: no event
     third = await z.send(conversation_id, {"type": "text", "body": "Terceira"})
     await in_both.wait("whatsapp:message_status", lambda d: d["messageId"] == third["messageId"])
     await z.settle()
@@ -285,7 +283,7 @@ async def test_scope_limits_events_and_joins_to_the_tokens_business_numbers(z: Z
     both = await z.connect(z.token(sub="lia", extra={"phone_number_ids": f"{PNID},{OTHER_PNID}"}))
 
     await z.inbound("para nós")
-    other_msg = payloads.text("para eles", from_="5521988887777")
+    other_msg = wb.text("para eles", from_="5521988887777")
     await z.webhook([other_msg], phone_number_id=OTHER_PNID)
     for client in (everything, both):
         await client.wait("whatsapp:message", lambda d: d["phoneNumberId"] == OTHER_PNID)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import wait_for
 from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, Zaphub, zaphub
 
@@ -33,8 +33,8 @@ async def seed_conversations(z: Zaphub) -> dict[str, int]:
     start = int(time.time()) - 3600
     for i, number in enumerate(NUMBERS):
         await z.webhook(
-            [payloads.text(f"msg {i}", from_=number, timestamp=start + 60 * i)],
-            contacts=[payloads.contact(number, f"Cliente {i}")],
+            [wb.text(f"msg {i}", from_=number, timestamp=start + 60 * i)],
+            contacts=[wb.contact(number, f"Cliente {i}")],
         )
     await z.settle()
     listed = (await z.http.get("/api/conversations", params={"limit": 50}, headers=z.auth())).json()
@@ -138,8 +138,8 @@ async def test_list_parameters_are_validated(z: Zaphub) -> None:
 async def test_messages_resync_with_after_id(zb: Zaphub) -> None:
     start = int(time.time()) - 600
     await zb.webhook(
-        [payloads.text(f"parte {i}", timestamp=start + i) for i in range(5)],
-        contacts=[payloads.contact(payloads.DEFAULT_FROM, "João")],
+        [wb.text(f"parte {i}", timestamp=start + i) for i in range(5)],
+        contacts=[wb.contact(wb.DEFAULT_FROM, "João")],
     )
     await zb.settle()
     conversation_id = (await zb.http.get("/api/conversations", headers=zb.auth())).json()["conversations"][0][
@@ -219,8 +219,8 @@ async def test_send_validates_the_body_and_the_window(z: Zaphub) -> None:
     # More than 24 hours after the contact last wrote, only templates go out.
     old = "5511922223333"
     await z.webhook(
-        [payloads.text("antiga", from_=old, timestamp=int(time.time()) - 3 * 86400)],
-        contacts=[payloads.contact(old, "Antiga")],
+        [wb.text("antiga", from_=old, timestamp=int(time.time()) - 3 * 86400)],
+        contacts=[wb.contact(old, "Antiga")],
     )
     await z.settle()
     listed_all = (await z.http.get("/api/conversations", headers=z.auth())).json()["conversations"]
@@ -285,9 +285,9 @@ async def test_scope_applies_to_every_endpoint(z: Zaphub) -> None:
     ids = await seed_conversations(z)
     other_number = "5521977776666"
     await z.webhook(
-        [payloads.text("outro número", from_=other_number)],
+        [wb.text("outro número", from_=other_number)],
         phone_number_id=OTHER_PNID,
-        contacts=[payloads.contact(other_number, "Outro")],
+        contacts=[wb.contact(other_number, "Outro")],
     )
     await z.settle()
     everything = (await z.http.get("/api/conversations", headers=z.auth())).json()["conversations"]

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from core.models import InboundMessage
-from plugins.whatsapp import payloads as p
+from plugins.whatsapp import webhook_builders as p
 from plugins.whatsapp.models import ParsedWebhook, WebhookPayloadError, parse_webhook
 
 

@@ -19,7 +19,7 @@ from core.config import parse_config
 from core.errors import ValidationFailed, WindowClosedError
 from core.models import Message, StatusChange, utcnow
 from core.storage.schema import conversations, outbox
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import free_port, serve, wait_for
 
 SECRET = "outbox-test-secret-0123456789abcd"
@@ -63,9 +63,7 @@ class Harness:
 
     async def conversation(self, wa_id: str = CUSTOMER) -> int:
         """A conversation with an inbound message, so the 24-hour window is open."""
-        body, headers = payloads.signed(
-            payloads.envelope(messages=[payloads.text("Oi!", from_=wa_id)]), SECRET
-        )
+        body, headers = wb.signed(wb.envelope(messages=[wb.text("Oi!", from_=wa_id)]), SECRET)
         r = await self.http.post("/meta-whatsapp/webhook", content=body, headers=headers)
         assert r.status_code == 200
         await self.host.events.drain()
@@ -291,8 +289,8 @@ async def test_status_echoing_our_callback_links_an_ambiguous_send(h: Harness) -
             .where(outbox.c.message_id == message.id)
             .values(next_attempt_at=utcnow() + timedelta(hours=1))
         )
-    status = payloads.status("wamid.LOST", "sent", biz_opaque_callback_data=f"zaphub:{message.id}")
-    body, headers = payloads.signed(payloads.envelope(statuses=[status]), SECRET)
+    status = wb.status("wamid.LOST", "sent", biz_opaque_callback_data=f"zaphub:{message.id}")
+    body, headers = wb.signed(wb.envelope(statuses=[status]), SECRET)
     assert (await h.http.post("/meta-whatsapp/webhook", content=body, headers=headers)).status_code == 200
     await wait_for(lambda: h.events.statuses_of(message.id) == ["sent"])
     stored = await h.host.storage.get_message(message.id)

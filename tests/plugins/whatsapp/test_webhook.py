@@ -18,11 +18,11 @@ from core import hookimpl
 from core.app import create_app
 from core.config import parse_config
 from core.models import Contact, Conversation, Message, StatusChange
-from plugins.whatsapp import payloads
+from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import serve
 
 SECRET = "test-app-secret-0123456789abcdef"
-PNID = payloads.DEFAULT_PHONE_NUMBER_ID
+PNID = wb.DEFAULT_PHONE_NUMBER_ID
 URL = "/meta-whatsapp/webhook"
 
 
@@ -86,8 +86,8 @@ async def client(storage_url: str, recorder: Recorder) -> AsyncIterator[Client]:
 
 
 async def post(client: Client, payload: Any, *, secret: str = SECRET, **headers: str) -> Any:
-    body = payloads.encode(payload) if not isinstance(payload, bytes) else payload
-    hdrs = {"content-type": "application/json", "x-hub-signature-256": payloads.sign(body, secret), **headers}
+    body = wb.encode(payload) if not isinstance(payload, bytes) else payload
+    hdrs = {"content-type": "application/json", "x-hub-signature-256": wb.sign(body, secret), **headers}
     return await client.post(URL, content=body, headers=hdrs)
 
 
@@ -135,8 +135,8 @@ async def test_verification_refuses_anything_else(client: Client, params: dict[s
 async def test_non_ascii_body_escaped_by_meta_verifies_and_is_stored_unescaped(
     client: Client, recorder: Recorder
 ) -> None:
-    payload = payloads.envelope(messages=[payloads.text("Olá, qual é o preço? 😀")])
-    body = payloads.encode(payload)
+    payload = wb.envelope(messages=[wb.text("Olá, qual é o preço? 😀")])
+    body = wb.encode(payload)
     assert b"\\u00e1" in body  # Meta's escaped form, lowercase hex
     r = await post(client, body)
     assert r.status_code == 200, r.text
@@ -150,7 +150,7 @@ async def test_non_ascii_body_escaped_by_meta_verifies_and_is_stored_unescaped(
         (lambda body, sig: {}, "missing"),
         (lambda body, sig: {"x-hub-signature-256": sig.replace("sha256=", "sha1=")}, "sha256="),
         (lambda body, sig: {"x-hub-signature-256": sig[len("sha256=") :]}, "sha256="),
-        (lambda body, sig: {"x-hub-signature-256": payloads.sign(body, "another-secret")}, "does not match"),
+        (lambda body, sig: {"x-hub-signature-256": wb.sign(body, "another-secret")}, "does not match"),
         (
             lambda body, sig: {"x-hub-signature-256": sig[:-1] + ("0" if sig[-1] != "0" else "1")},
             "does not match",
@@ -161,8 +161,8 @@ async def test_non_ascii_body_escaped_by_meta_verifies_and_is_stored_unescaped(
 async def test_bad_signature_is_401_and_stores_nothing(
     client: Client, recorder: Recorder, mutate: Any, reason: str
 ) -> None:
-    body = payloads.encode(payloads.envelope(messages=[payloads.text("oi")]))
-    headers = {"content-type": "application/json", **mutate(body, payloads.sign(body, SECRET))}
+    body = wb.encode(wb.envelope(messages=[wb.text("oi")]))
+    headers = {"content-type": "application/json", **mutate(body, wb.sign(body, SECRET))}
     r = await client.post(URL, content=body, headers=headers)
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "bad_signature"
@@ -173,8 +173,8 @@ async def test_bad_signature_is_401_and_stores_nothing(
 
 
 async def test_one_byte_changed_in_the_body_is_refused(client: Client) -> None:
-    body = payloads.encode(payloads.envelope(messages=[payloads.text("pagar R$ 100")]))
-    sig = payloads.sign(body, SECRET)
+    body = wb.encode(wb.envelope(messages=[wb.text("pagar R$ 100")]))
+    sig = wb.sign(body, SECRET)
     tampered = body.replace(b"100", b"900")
     r = await client.post(URL, content=tampered, headers={"x-hub-signature-256": sig})
     assert r.status_code == 401
@@ -191,7 +191,7 @@ async def test_host_refuses_to_start_without_app_secret(storage_url: str) -> Non
 async def test_insecure_skip_signature_accepts_unsigned(storage_url: str) -> None:
     rec = Recorder()
     async with running(make_app(storage_url, rec, app_secret="", insecure_skip_signature=True)) as c:
-        r = await c.post(URL, content=payloads.encode(payloads.envelope(messages=[payloads.text("oi")])))
+        r = await c.post(URL, content=wb.encode(wb.envelope(messages=[wb.text("oi")])))
         assert r.status_code == 200
         await settle(c)
         assert len(rec.messages) == 1
@@ -208,15 +208,15 @@ async def test_body_that_is_not_json_is_400(client: Client) -> None:
 
 async def test_body_over_the_limit_is_413(storage_url: str) -> None:
     async with running(make_app(storage_url, Recorder(), webhook_max_bytes=2048)) as c:
-        big = payloads.encode(payloads.envelope(messages=[payloads.text("x" * 4000)]))
+        big = wb.encode(wb.envelope(messages=[wb.text("x" * 4000)]))
         r = await post(c, big)
         assert r.status_code == 413
         assert await count(c, "messages") == 0
 
 
 async def test_default_limit_accepts_a_3mb_body(client: Client, recorder: Recorder) -> None:
-    msgs = [payloads.text("y" * 3000) for _ in range(1000)]
-    body = payloads.encode(payloads.envelope(messages=msgs))
+    msgs = [wb.text("y" * 3000) for _ in range(1000)]
+    body = wb.encode(wb.envelope(messages=msgs))
     assert 2_900_000 < len(body) < 4 * 1024 * 1024
     r = await post(client, body)
     assert r.status_code == 200
@@ -230,7 +230,7 @@ async def test_default_limit_accepts_a_3mb_body(client: Client, recorder: Record
         [1, 2, 3],
         {
             "object": "whatsapp_business_account",
-            "entry": [{"id": "1", "changes": [payloads.account_update()]}],
+            "entry": [{"id": "1", "changes": [wb.account_update()]}],
         },
     ],
     ids=["other-object", "array", "other-field"],
@@ -242,9 +242,9 @@ async def test_other_payloads_are_200_and_ignored(client: Client, payload: Any) 
 
 
 async def test_unknown_fields_and_types_are_tolerated(client: Client, recorder: Recorder) -> None:
-    msg = payloads.message("poll_vote", {"options": ["a"], "brand_new": True})
+    msg = wb.message("poll_vote", {"options": ["a"], "brand_new": True})
     msg["some_future_field"] = {"x": 1}
-    payload = payloads.envelope(messages=[msg])
+    payload = wb.envelope(messages=[msg])
     payload["entry"][0]["changes"][0]["value"]["new_top_level"] = 1
     r = await post(client, payload)
     assert r.status_code == 200
@@ -255,7 +255,7 @@ async def test_unknown_fields_and_types_are_tolerated(client: Client, recorder: 
 
 
 async def test_unserved_business_number_is_200_ignored_and_counted(client: Client) -> None:
-    r = await post(client, payloads.envelope(messages=[payloads.text("oi")], phone_number_id="999"))
+    r = await post(client, wb.envelope(messages=[wb.text("oi")], phone_number_id="999"))
     assert r.status_code == 200
     assert await count(client, "messages") == 0
     metrics = (await client.get("/metrics")).text
@@ -268,8 +268,8 @@ async def test_unserved_business_number_is_200_ignored_and_counted(client: Clien
 async def test_every_message_of_a_batch_is_stored_once_whatever_meta_repeats(
     client: Client, recorder: Recorder
 ) -> None:
-    batch = [payloads.text(f"m{i}", from_=f"55119999900{i % 7:02d}") for i in range(50)]
-    payload = payloads.merge(payloads.envelope(messages=batch[:25]), payloads.envelope(messages=batch[25:]))
+    batch = [wb.text(f"m{i}", from_=f"55119999900{i % 7:02d}") for i in range(50)]
+    payload = wb.merge(wb.envelope(messages=batch[:25]), wb.envelope(messages=batch[25:]))
     for _ in range(3):
         assert (await post(client, payload)).status_code == 200
     await settle(client)
@@ -283,8 +283,8 @@ async def test_every_message_of_a_batch_is_stored_once_whatever_meta_repeats(
 async def test_parallel_burst_for_a_new_contact_makes_one_conversation(
     client: Client, recorder: Recorder
 ) -> None:
-    album = [payloads.image(caption=f"foto {i}", from_="5511988887777") for i in range(12)]
-    results = await asyncio.gather(*(post(client, payloads.envelope(messages=[m])) for m in album))
+    album = [wb.image(caption=f"foto {i}", from_="5511988887777") for i in range(12)]
+    results = await asyncio.gather(*(post(client, wb.envelope(messages=[m])) for m in album))
     assert [r.status_code for r in results] == [200] * 12
     await settle(client)
     assert await count(client, "conversations") == 1
@@ -296,20 +296,18 @@ async def test_contact_name_follows_the_whatsapp_profile(client: Client, recorde
     wa = "5511977776666"
     await post(
         client,
-        payloads.envelope(messages=[payloads.text("1", from_=wa)], contacts=[payloads.contact(wa, "Ana")]),
+        wb.envelope(messages=[wb.text("1", from_=wa)], contacts=[wb.contact(wa, "Ana")]),
     )
     await post(
         client,
-        payloads.envelope(
-            messages=[payloads.text("2", from_=wa)], contacts=[payloads.contact(wa, "Ana Souza")]
-        ),
+        wb.envelope(messages=[wb.text("2", from_=wa)], contacts=[wb.contact(wa, "Ana Souza")]),
     )
     await settle(client)
     assert [c.name for _, _, c in recorder.messages] == ["Ana", "Ana Souza"]
 
 
 async def test_meta_time_is_the_message_time(client: Client, recorder: Recorder) -> None:
-    await post(client, payloads.envelope(messages=[payloads.text("old", timestamp="1704103200")]))
+    await post(client, wb.envelope(messages=[wb.text("old", timestamp="1704103200")]))
     await settle(client)
     msg = recorder.messages[0][0]
     assert msg.delivered_at is not None and msg.delivered_at.isoformat() == "2024-01-01T10:00:00+00:00"
@@ -322,7 +320,7 @@ async def test_meta_time_is_the_message_time(client: Client, recorder: Recorder)
 async def queue_outbound(client: Client, wamid: str) -> int:
     """An outbound message Graph accepted with ``wamid`` (through the storage API)."""
     host = client.host
-    await post(client, payloads.envelope(messages=[payloads.text("oi", from_="5511955554444")]))
+    await post(client, wb.envelope(messages=[wb.text("oi", from_="5511955554444")]))
     await settle(client)
     conv = (await host.storage.list_conversations(limit=1))[0]
     message, _ = await host.sender.send(conv.id, "text", {"body": "resposta"})
@@ -350,8 +348,8 @@ async def test_statuses_never_go_backwards_in_any_order(storage_url: str, order:
     async with running(make_app(storage_url, rec, access_token="")) as c:
         mid = await queue_outbound(c, "wamid.OUT1")
         for status in order:
-            await post(c, payloads.envelope(statuses=[payloads.status("wamid.OUT1", status)]))
-            await post(c, payloads.envelope(statuses=[payloads.status("wamid.OUT1", status)]))  # Meta repeats
+            await post(c, wb.envelope(statuses=[wb.status("wamid.OUT1", status)]))
+            await post(c, wb.envelope(statuses=[wb.status("wamid.OUT1", status)]))  # Meta repeats
         await settle(c)
         emitted = [ch.status for m, ch in rec.statuses if m.id == mid]
         # Only forward moves are emitted, each once, and the last state is "read".
@@ -368,15 +366,13 @@ async def test_failed_is_terminal_and_carries_meta_error(client: Client, recorde
     mid = await queue_outbound(client, "wamid.OUT2")
     await post(
         client,
-        payloads.envelope(
+        wb.envelope(
             statuses=[
-                payloads.status(
-                    "wamid.OUT2", "failed", error_code=131026, error_title="Message undeliverable"
-                )
+                wb.status("wamid.OUT2", "failed", error_code=131026, error_title="Message undeliverable")
             ]
         ),
     )
-    await post(client, payloads.envelope(statuses=[payloads.status("wamid.OUT2", "delivered")]))
+    await post(client, wb.envelope(statuses=[wb.status("wamid.OUT2", "delivered")]))
     await settle(client)
     changes = [ch for m, ch in recorder.statuses if m.id == mid]
     assert [c.status for c in changes] == ["failed"]
@@ -385,7 +381,7 @@ async def test_failed_is_terminal_and_carries_meta_error(client: Client, recorde
 
 
 async def test_status_before_its_message_is_parked_then_applied(client: Client, recorder: Recorder) -> None:
-    await post(client, payloads.envelope(statuses=[payloads.status("wamid.EARLY", "delivered")]))
+    await post(client, wb.envelope(statuses=[wb.status("wamid.EARLY", "delivered")]))
     await settle(client)
     assert recorder.statuses == []
     mid = await queue_outbound(client, "wamid.EARLY")
@@ -396,15 +392,15 @@ async def test_status_before_its_message_is_parked_then_applied(client: Client, 
 
 
 async def test_status_for_an_inbound_wamid_changes_nothing(client: Client, recorder: Recorder) -> None:
-    msg = payloads.text("oi")
-    await post(client, payloads.envelope(messages=[msg]))
-    await post(client, payloads.envelope(statuses=[payloads.status(msg["id"], "read")]))
+    msg = wb.text("oi")
+    await post(client, wb.envelope(messages=[msg]))
+    await post(client, wb.envelope(statuses=[wb.status(msg["id"], "read")]))
     await settle(client)
     assert recorder.statuses == []
 
 
 async def test_metrics_count_webhooks_by_result(client: Client) -> None:
-    await post(client, payloads.envelope(messages=[payloads.text("oi")]))
+    await post(client, wb.envelope(messages=[wb.text("oi")]))
     await client.post(URL, content=b"{}", headers={"x-hub-signature-256": "sha256=00"})
     text = (await client.get("/metrics")).text
     assert 'zaphub_webhooks_total{result="accepted"} 1.0' in text
@@ -414,9 +410,7 @@ async def test_metrics_count_webhooks_by_result(client: Client) -> None:
 
 def test_signature_helper_matches_hmac() -> None:
     body = json.dumps({"a": "ä"}).encode()
-    assert (
-        payloads.sign(body, SECRET) == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    )
+    assert wb.sign(body, SECRET) == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
 
 
 @pytest.mark.postgres
@@ -427,10 +421,10 @@ async def test_database_down_answers_503_so_meta_retries(fresh_postgres_url: str
 
     rec = Recorder()
     async with running(make_app(fresh_postgres_url, rec)) as c:
-        assert (await post(c, payloads.envelope(messages=[payloads.text("antes")]))).status_code == 200
+        assert (await post(c, wb.envelope(messages=[wb.text("antes")]))).status_code == 200
         name = fresh_postgres_url.rsplit("/", 1)[1]
         await _pg_exec(pg_admin_url(), f'DROP DATABASE "{name}" WITH (FORCE)')
-        r = await post(c, payloads.envelope(messages=[payloads.text("depois")]))
+        r = await post(c, wb.envelope(messages=[wb.text("depois")]))
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "storage_unavailable"
         ready = await c.get("/ready")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from plugins.whatsapp import payloads as p
+from plugins.whatsapp import webhook_builders as p
 
 
 def _value(env: dict) -> dict:

@@ -1,19 +1,22 @@
-"""Builders of realistic Meta webhook payloads, for ``zaphub simulate``, the sandbox and tests.
+"""Public builders of Meta webhook bodies: every message kind, statuses, errors, signatures.
 
-Every builder is a pure function returning plain dicts shaped exactly as Meta's webhook reference
-shows them (envelope, message types, statuses). Message builders return one message object;
-:func:`envelope` wraps messages and statuses in the full POST body; :func:`encode` turns it into
-the bytes Meta would send and :func:`sign` computes the ``X-Hub-Signature-256`` header.
+Use them to test a plugin (docs/plugins.md, "Testing a plugin"), to drive ``zaphub simulate``
+and the sandbox. Every builder is a pure function returning plain dicts shaped exactly as Meta's
+webhook reference shows them (envelope, message types, statuses). Message builders return one
+message object; :func:`envelope` wraps messages and statuses in the full POST body;
+:func:`encode` turns it into the bytes Meta would send, :func:`sign` computes the
+``X-Hub-Signature-256`` header and :func:`signed` does both.
 
 Example:
-    >>> from plugins.whatsapp import payloads as p
-    >>> msg = p.text("Olá! Qual o preço?", context=p.reply_to("wamid.HBgLSENT"))
-    >>> body = p.encode(p.envelope(messages=[msg]))
-    >>> headers = {"X-Hub-Signature-256": p.sign(body, "app-secret")}
+    >>> from plugins.whatsapp import webhook_builders as wb
+    >>> msg = wb.text("Olá! Qual o preço?", context=wb.reply_to("wamid.HBgLSENT"))
+    >>> body = wb.encode(wb.envelope(messages=[msg]))
+    >>> headers = {"X-Hub-Signature-256": wb.sign(body, "app-secret")}
 
 Every message builder accepts the keyword options of :class:`MessageOptions` (``wamid``,
 ``from_``, ``timestamp``, ``context``, ``referral``, ``errors``). Wamids default to unique fake
 ``wamid.HBgL…`` strings and timestamps to "now" as a string of Unix seconds, as Meta sends them.
+The names in ``__all__`` are a public API: they change only with a changelog entry.
 """
 
 from __future__ import annotations
