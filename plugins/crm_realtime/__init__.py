@@ -38,7 +38,7 @@ def register_routes(host: Host, settings: CrmRealtimeSettings) -> list[Any]:
     """The ``/api`` router and the Socket.IO mount."""
     verifier = TokenVerifier(settings)
     host.stash[VERIFIER] = verifier
-    return [api_router(host, settings, verifier), socketio_mount(host)]
+    return [api_router(settings, verifier), socketio_mount(host)]
 
 
 @hookimpl

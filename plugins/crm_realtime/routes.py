@@ -5,17 +5,25 @@ OpenAPI as the ``bearerAuth`` scheme) and applies the token's scope: lists are f
 allowed business numbers, single resources outside it answer ``403 forbidden``. Errors use the
 host's envelope ``{"error": {"code", "message"}}``. Browsers on the origins of
 ``cors_allowed_origins`` may call it cross-origin (:class:`ApiCors`).
+
+One Litestar ``Controller`` per resource (:data:`CONTROLLERS`); :func:`api_router` mounts them under
+``/api`` for one host, with its token verifier, CORS origins and page-size bound. Handlers receive
+the ``host`` (app dependency) and the verified ``agent`` (router dependency). To add an endpoint, add
+a handler to the controller of its resource, or a controller to :data:`CONTROLLERS`.
 """
 
-# No `from __future__ import annotations`: Litestar reads the handlers' annotations at runtime, and
-# some of them (page-size bounds) close over this host's settings.
+# Litestar resolves the handlers' annotations when the router registers them, with the names of
+# the module and of the router's `signature_namespace` (which binds `PageSize` per host), so the
+# imports used in annotations stay runtime imports.
+from __future__ import annotations
+
 import base64
 import binascii
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
-from litestar import Response, Router, get, post
+from litestar import Controller, Response, Router, get, post
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
@@ -52,7 +60,16 @@ from plugins.crm_realtime.models import (
 )
 from plugins.crm_realtime.realtime import MAX_ID, Realtime
 
-__all__ = ["REALTIME", "ApiCors", "api_router", "socketio_mount"]
+__all__ = [
+    "CONTROLLERS",
+    "REALTIME",
+    "ApiCors",
+    "ContactController",
+    "ConversationController",
+    "MessageController",
+    "api_router",
+    "socketio_mount",
+]
 
 REALTIME: StashKey[Realtime] = StashKey("crm_realtime.realtime")
 
@@ -78,6 +95,17 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
         code: ResponseSpec(ErrorBody, description=text[code], generate_examples=False)
         for code in (400, 401, *codes)
     }
+
+
+def page_size(maximum: int) -> Any:
+    """The type of a list endpoint's ``limit`` query parameter: 1 to ``maximum``."""
+    return Annotated[int, QueryParameter(ge=1, le=maximum, description="Page size")]
+
+
+if TYPE_CHECKING:
+    # At runtime the router binds the name to `page_size(settings.max_page_size)`; a router that
+    # does not fails at startup instead of serving unbounded pages.
+    PageSize = int
 
 
 def _check_id(value: int, what: str) -> int:
@@ -194,91 +222,109 @@ class ApiCors(ASGIMiddleware):
         return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
 
 
-def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifier) -> Router:
-    """The ``/api`` router, bound to one host."""
+async def authenticate(
+    verifier: NamedDependency[TokenVerifier],
+    # Out of the schema: OpenAPI documents the header as the `bearerAuth` security scheme.
+    authorization: Annotated[
+        str | None, HeaderParameter(name="Authorization", include_in_schema=False)
+    ] = None,
+) -> Agent:
+    """The ``agent`` dependency of every ``/api`` handler: the verified bearer token.
+
+    Raises:
+        UnauthorizedError: no header, not ``Bearer <JWT>``, or a token the verifier refuses.
+    """
+    if not authorization:
+        raise UnauthorizedError(
+            "missing bearer token: send Authorization: Bearer <JWT> (try `zaphub token --sub you`)"
+        )
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthorizedError("the Authorization header must be 'Bearer <JWT>'")
+    try:
+        return verifier.verify(token)
+    except AuthError as exc:
+        raise UnauthorizedError(exc.reason) from None
+
+
+async def conversation_for(host: Host, agent: Agent, conversation_id: int) -> Conversation:
+    """The conversation, if it exists (else ``404``) and the agent's scope includes it (else ``403``)."""
+    conversation = await host.storage.get_conversation(_check_id(conversation_id, "conversation"))
+    if conversation is None:
+        raise NotFoundError(f"conversation {conversation_id} does not exist")
+    agent.require(conversation.phone_number_id, f"conversation {conversation_id}")
+    return conversation
+
+
+async def message_for(host: Host, agent: Agent, message_id: int) -> Message:
+    """The message, if it exists (else ``404``) and the agent's scope includes it (else ``403``)."""
+    message = await host.storage.get_message(_check_id(message_id, "message"))
+    if message is None:
+        raise NotFoundError(f"message {message_id} does not exist")
+    agent.require(message.phone_number_id, f"message {message_id}")
+    return message
+
+
+async def with_details(host: Host, items: list[Conversation]) -> list[ApiConversation]:
+    """The conversations as the API shows them, each with its contact and last message."""
+    if not items:
+        return []
     storage = host.storage
-    max_page = settings.max_page_size
-
-    async def authenticate(
-        # Out of the schema: OpenAPI documents the header as the `bearerAuth` security scheme.
-        authorization: Annotated[
-            str | None, HeaderParameter(name="Authorization", include_in_schema=False)
-        ] = None,
-    ) -> Agent:
-        if not authorization:
-            raise UnauthorizedError(
-                "missing bearer token: send Authorization: Bearer <JWT> (try `zaphub token --sub you`)"
+    last_ids = {c.id: c.last_message_id for c in items if c.last_message_id is not None}
+    contacts = await storage.get_contacts(c.contact_id for c in items)
+    last = await storage.get_messages(last_ids.values())
+    out = []
+    for c in items:
+        message_id = last_ids.get(c.id)
+        out.append(
+            api_conversation(
+                c, contacts[c.contact_id], last.get(message_id) if message_id else None, host.public_url
             )
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise UnauthorizedError("the Authorization header must be 'Bearer <JWT>'")
-        try:
-            return verifier.verify(token)
-        except AuthError as exc:
-            raise UnauthorizedError(exc.reason) from None
+        )
+    return out
 
-    async def conversation_for(agent: Agent, conversation_id: int) -> Conversation:
-        conversation = await storage.get_conversation(_check_id(conversation_id, "conversation"))
-        if conversation is None:
-            raise NotFoundError(f"conversation {conversation_id} does not exist")
-        agent.require(conversation.phone_number_id, f"conversation {conversation_id}")
-        return conversation
 
-    async def message_for(agent: Agent, message_id: int) -> Message:
-        message = await storage.get_message(_check_id(message_id, "message"))
-        if message is None:
-            raise NotFoundError(f"message {message_id} does not exist")
-        agent.require(message.phone_number_id, f"message {message_id}")
-        return message
+class ConversationController(Controller):
+    """``/api/conversations``: the list, one conversation, its messages, and sending into it."""
 
-    async def with_details(items: list[Conversation]) -> list[ApiConversation]:
-        if not items:
-            return []
-        last_ids = {c.id: c.last_message_id for c in items if c.last_message_id is not None}
-        contacts = await storage.get_contacts(c.contact_id for c in items)
-        last = await storage.get_messages(last_ids.values())
-        out = []
-        for c in items:
-            message_id = last_ids.get(c.id)
-            out.append(
-                api_conversation(
-                    c, contacts[c.contact_id], last.get(message_id) if message_id else None, host.public_url
-                )
-            )
-        return out
+    path = "/conversations"
 
     @get(
-        "/conversations",
+        "/",
         summary="List conversations, newest activity first",
         description="Each item has its contact and last message. Page with `before=<next_before>`.",
         responses=_errors(),
     )
     async def list_conversations(
+        self,
+        host: NamedDependency[Host],
         agent: NamedDependency[Agent],
-        limit: Annotated[int, QueryParameter(ge=1, le=max_page, description="Page size")] = 50,
+        limit: PageSize = 50,
         before: Annotated[
             str | None, QueryParameter(description="Cursor: the `next_before` of the previous page")
         ] = None,
     ) -> ConversationPage:
+        """Newest activity first, limited to the business numbers of the token's scope."""
         cursor = _decode_cursor(before) if before else None
         scope = sorted(agent.scope) if agent.scope is not None else None
-        page = await storage.list_conversations(limit=limit + 1, before=cursor, phone_number_ids=scope)
+        page = await host.storage.list_conversations(limit=limit + 1, before=cursor, phone_number_ids=scope)
         more = len(page) > limit
         page = page[:limit]
         return ConversationPage(
-            conversations=await with_details(page),
+            conversations=await with_details(host, page),
             next_before=_encode_cursor(page[-1]) if more and page else None,
         )
 
-    @get("/conversations/{conversation_id:int}", summary="One conversation", responses=_errors(403, 404))
+    @get("/{conversation_id:int}", summary="One conversation", responses=_errors(403, 404))
     async def get_conversation(
-        agent: NamedDependency[Agent], conversation_id: FromPath[int]
+        self, host: NamedDependency[Host], agent: NamedDependency[Agent], conversation_id: FromPath[int]
     ) -> ApiConversation:
-        conversation = await conversation_for(agent, conversation_id)
-        return (await with_details([conversation]))[0]
+        """One conversation with its contact and last message."""
+        conversation = await conversation_for(host, agent, conversation_id)
+        return (await with_details(host, [conversation]))[0]
 
     @get(
-        "/conversations/{conversation_id:int}/messages",
+        "/{conversation_id:int}/messages",
         summary="Messages of a conversation, oldest first",
         description=(
             "The resync cursor: after a reconnect, ask for `after_id=<last id you saw>` and repeat with "
@@ -287,15 +333,18 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
         responses=_errors(403, 404),
     )
     async def list_messages(
+        self,
+        host: NamedDependency[Host],
         agent: NamedDependency[Agent],
         conversation_id: FromPath[int],
         after_id: Annotated[
             int, QueryParameter(ge=0, le=MAX_ID, description="Only messages with a greater id")
         ] = 0,
-        limit: Annotated[int, QueryParameter(ge=1, le=max_page, description="Page size")] = 100,
+        limit: PageSize = 100,
     ) -> MessagePage:
-        await conversation_for(agent, conversation_id)
-        page = await storage.list_messages(conversation_id, after_id=after_id, limit=limit + 1)
+        """Oldest first, after ``after_id``."""
+        await conversation_for(host, agent, conversation_id)
+        page = await host.storage.list_messages(conversation_id, after_id=after_id, limit=limit + 1)
         more = len(page) > limit
         page = page[:limit]
         return MessagePage(
@@ -304,7 +353,7 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
         )
 
     @post(
-        "/conversations/{conversation_id:int}/messages",
+        "/{conversation_id:int}/messages",
         status_code=HTTP_202_ACCEPTED,
         summary="Send a message",
         description=(
@@ -315,6 +364,8 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
         responses=_errors(403, 404, 409, 422),
     )
     async def send_message(
+        self,
+        host: NamedDependency[Host],
         agent: NamedDependency[Agent],
         conversation_id: FromPath[int],
         data: JSONBody[SendBody],
@@ -327,10 +378,11 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
             ),
         ] = None,
     ) -> Response[SendAccepted]:
-        conversation = await conversation_for(agent, conversation_id)
+        """Queue ``data`` in the outbox; ``202`` (with ``Idempotent-Replayed`` on a repeated key)."""
+        conversation = await conversation_for(host, agent, conversation_id)
         context_wamid = None
         if data.reply_to is not None:
-            quoted = await storage.get_message(_check_id(data.reply_to, "message"))
+            quoted = await host.storage.get_message(_check_id(data.reply_to, "message"))
             if quoted is None or quoted.conversation_id != conversation.id:
                 raise ValidationFailed(
                     f"reply_to: message {data.reply_to} is not in conversation {conversation.id}"
@@ -354,18 +406,23 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
             headers=headers,
         )
 
-    @get(
-        "/messages/{message_id:int}",
-        summary="One message with its status history",
-        responses=_errors(403, 404),
-    )
-    async def get_message(agent: NamedDependency[Agent], message_id: FromPath[int]) -> ApiMessageDetail:
-        message = await message_for(agent, message_id)
-        history = await storage.status_history(message.id)
+
+class MessageController(Controller):
+    """``/api/messages``: one message with its status history, and its media bytes."""
+
+    path = "/messages"
+
+    @get("/{message_id:int}", summary="One message with its status history", responses=_errors(403, 404))
+    async def get_message(
+        self, host: NamedDependency[Host], agent: NamedDependency[Agent], message_id: FromPath[int]
+    ) -> ApiMessageDetail:
+        """The message, its raw payload and every status it went through."""
+        message = await message_for(host, agent, message_id)
+        history = await host.storage.status_history(message.id)
         return api_message_detail(message, history, host.public_url)
 
     @get(
-        "/messages/{message_id:int}/media",
+        "/{message_id:int}/media",
         summary="The media bytes of an inbound media message",
         description="Fetched from Meta and streamed; the Content-Type is the media's.",
         responses={
@@ -378,8 +435,11 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
             **_errors(403, 404, 502),
         },
     )
-    async def get_media(agent: NamedDependency[Agent], message_id: FromPath[int]) -> Stream:
-        message = await message_for(agent, message_id)
+    async def get_media(
+        self, host: NamedDependency[Host], agent: NamedDependency[Agent], message_id: FromPath[int]
+    ) -> Stream:
+        """Stream the media through the transport that received the message (``media_for_message``)."""
+        message = await message_for(host, agent, message_id)
         if message.media_id is None or not message.is_inbound:
             raise NotFoundError(f"message {message_id} has no media to download (type {message.type})")
         media: MediaStream | None = await host.hooks.first("media_for_message", host=host, message=message)
@@ -392,13 +452,22 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
             headers["Content-Disposition"] = f'inline; filename="{media.filename.replace(chr(34), "")}"'
         return Stream(media.chunks, media_type=media.mime_type, headers=headers)
 
-    @get("/contacts/{contact_id:int}", summary="One contact", responses=_errors(403, 404))
-    async def get_contact(agent: NamedDependency[Agent], contact_id: FromPath[int]) -> ApiContact:
-        contact = await storage.get_contact(_check_id(contact_id, "contact"))
+
+class ContactController(Controller):
+    """``/api/contacts``: one contact."""
+
+    path = "/contacts"
+
+    @get("/{contact_id:int}", summary="One contact", responses=_errors(403, 404))
+    async def get_contact(
+        self, host: NamedDependency[Host], agent: NamedDependency[Agent], contact_id: FromPath[int]
+    ) -> ApiContact:
+        """The contact, if one of its conversations is with a business number in the token's scope."""
+        contact = await host.storage.get_contact(_check_id(contact_id, "contact"))
         if contact is None:
             raise NotFoundError(f"contact {contact_id} does not exist")
         if agent.scope is not None:
-            numbers = await storage.contact_phone_number_ids(contact.id)
+            numbers = await host.storage.contact_phone_number_ids(contact.id)
             if not numbers & agent.scope:
                 raise ForbiddenError(
                     f"contact {contact_id} has no conversation with a business number your token's "
@@ -406,18 +475,28 @@ def api_router(host: Host, settings: CrmRealtimeSettings, verifier: TokenVerifie
                 )
         return api_contact(contact)
 
+
+CONTROLLERS: tuple[type[Controller], ...] = (ConversationController, MessageController, ContactController)
+"""The ``/api`` controllers, in the order the router registers them."""
+
+
+def api_router(settings: CrmRealtimeSettings, verifier: TokenVerifier) -> Router:
+    """The ``/api`` router: :data:`CONTROLLERS` behind the bearer token, CORS and the page-size bound.
+
+    Args:
+        settings: this host's ``plugins.crm_realtime`` section (``max_page_size``, CORS origins).
+        verifier: checks the bearer token of each request (the ``agent`` dependency).
+    """
     return Router(
         "/api",
-        route_handlers=[
-            list_conversations,
-            get_conversation,
-            list_messages,
-            send_message,
-            get_message,
-            get_media,
-            get_contact,
-        ],
-        dependencies={"agent": Provide(authenticate)},
+        route_handlers=list(CONTROLLERS),
+        dependencies={
+            "agent": Provide(authenticate),
+            "verifier": Provide(lambda: verifier, sync_to_thread=False, use_cache=True),
+        },
+        # The handlers' `limit: PageSize` resolves here, so the bound (validation and OpenAPI's
+        # `maximum`) is this host's `max_page_size`, not a module-level constant.
+        signature_namespace={"PageSize": page_size(settings.max_page_size)},
         # None or []: no CORS here (same origin only, or a reverse proxy answers it), as for Socket.IO.
         middleware=[ApiCors(settings.cors_allowed_origins)] if settings.cors_allowed_origins else [],
         security=_SECURITY,

@@ -135,6 +135,24 @@ async def test_list_parameters_are_validated(z: Zaphub) -> None:
     assert "next_before" in message
 
 
+async def test_page_size_bound_is_each_hosts_max_page_size(tmp_path: Path) -> None:
+    """Two hosts in one process, different ``max_page_size``: each validates and documents its own."""
+    async with (
+        zaphub(f"sqlite:///{tmp_path / 'a.db'}") as default,
+        zaphub(f"sqlite:///{tmp_path / 'b.db'}", crm={"max_page_size": 500}) as larger,
+    ):
+        for z, bound in ((default, 200), (larger, 500)):
+            for path in ("/api/conversations", "/api/conversations/1/messages"):
+                over = await z.http.get(path, params={"limit": bound + 1}, headers=z.auth())
+                assert f"<= {bound}" in error_of(over, 400, "validation_error"), (bound, path)
+            at_bound = await z.http.get("/api/conversations", params={"limit": bound}, headers=z.auth())
+            assert at_bound.status_code == 200, at_bound.text
+            schema = (await z.http.get("/schema/openapi.json")).json()
+            for path in ("/api/conversations", "/api/conversations/{conversation_id}/messages"):
+                limit = next(p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "limit")
+                assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, bound), (bound, path)
+
+
 async def test_messages_resync_with_after_id(zb: Zaphub) -> None:
     start = int(time.time()) - 600
     await zb.webhook(
