@@ -190,7 +190,7 @@ class IngestBatcher:
             metrics.statuses.labels(outcome="pending").inc(result.pending_statuses)
         events = self.host.events
         for ev in result.new_messages:
-            metrics.inbound_messages.labels(type=ev.message.type).inc()
+            metrics.count_inbound(ev.message.type)
             if ev.message.delivered_at is not None:
                 metrics.processing_lag.observe(max(0.0, (now - ev.message.delivered_at).total_seconds()))
             await events.publish(

@@ -1,4 +1,10 @@
-"""Structured logging: readable text for a terminal, JSON lines for log shippers."""
+"""Structured logging: readable text for a terminal, JSON lines for log shippers.
+
+Logged values often come from outside (a token's header, a phone number, an error text from Meta).
+Neither format lets them forge a record: the JSON encoder escapes control characters, and the text
+format escapes them in the message and the extras (:func:`escape`) and indents the lines of a
+traceback, so every line that starts at column 0 is the start of a real record.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,25 @@ import msgspec
 
 from core.config import LoggingConfig, redact_url
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "escape", "setup_logging"]
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 _encoder = msgspec.json.Encoder()
+
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators: anything a
+# terminal or a log viewer may treat as a line break or an escape sequence.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def escape(text: str) -> str:
+    r"""``text`` with control characters and line breaks written as escapes (``\n``, ``\x1b``)."""
+    return text.translate(_ESCAPES)
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,12 +58,28 @@ class JsonFormatter(logging.Formatter):
 
 
 class _TextFormatter(logging.Formatter):
+    """One line per record (values escaped), then the traceback, if any, indented."""
+
     def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
+        record.message = escape(record.getMessage())
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         extras = {k: v for k, v in vars(record).items() if k not in _STD and not k.startswith("_")}
         if extras:
-            base += " " + " ".join(f"{k}={v}" for k, v in extras.items())
-        return base
+            line += " " + " ".join(f"{k}={escape(str(v))}" for k, v in extras.items())
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + _indent(record.exc_text)
+        if record.stack_info:
+            line += "\n" + _indent(self.formatStack(record.stack_info))
+        return line
+
+
+def _indent(block: str) -> str:
+    # A traceback ends with the exception's message, which may quote outside input.
+    return "\n".join("  " + escape(part) for part in block.splitlines())
 
 
 class _RedactAccessLog(logging.Filter):

@@ -8,7 +8,30 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "MESSAGE_TYPES", "Metrics"]
+
+MESSAGE_TYPES = frozenset(
+    {
+        "text",
+        "image",
+        "audio",
+        "video",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+        "button",
+        "reaction",
+        "order",
+        "system",
+        "request_welcome",
+        "unsupported",
+    }
+)
+"""Message types counted under their own name; any other (a type added later, or a forged one)
+is counted as ``other``. Label values come from fixed sets: a value chosen outside would add a
+series per value and grow ``/metrics`` without bound."""
 
 
 class Metrics:
@@ -68,6 +91,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+
+    def count_inbound(self, message_type: str) -> None:
+        """Count one stored inbound message under its type (or ``other``, see :data:`MESSAGE_TYPES`)."""
+        label = message_type if message_type in MESSAGE_TYPES else "other"
+        self.inbound_messages.labels(type=label).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every registered metric."""

@@ -9,6 +9,7 @@ PostgreSQL and Redis come from ``ZAPHUB_TEST_POSTGRES_URL`` (default
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,18 @@ def require_service(name: str, url: str) -> None:
     if IN_CI:
         pytest.fail(f"{name} is required in CI but {reason}")
     pytest.skip(f"{name} not available: {reason}")
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, restored after the test (setup_logging configures it process-wide)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield root
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 @pytest.fixture

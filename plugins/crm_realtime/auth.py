@@ -20,7 +20,7 @@ import msgspec
 from core.errors import ForbiddenError
 from plugins.crm_realtime.config import HMAC_ALGORITHMS, CrmRealtimeSettings
 
-__all__ = ["Agent", "AuthError", "TokenVerifier", "issue_token", "parse_scope"]
+__all__ = ["REFUSAL_CODES", "Agent", "AuthError", "TokenVerifier", "issue_token", "parse_scope"]
 
 _REQUIRED_CLAIMS = ["exp", "sub"]
 
@@ -55,11 +55,36 @@ def forbidden_message(what: str, phone_number_id: str) -> str:
     return f"{what} belongs to business number {phone_number_id}, which your token's scope does not include"
 
 
-class AuthError(Exception):
-    """A token was refused; ``reason`` says why in a few words (sent to the client)."""
+REFUSAL_CODES = frozenset(
+    {
+        "missing_token",
+        "malformed_token",
+        "algorithm",
+        "expired",
+        "not_yet_valid",
+        "audience",
+        "issuer",
+        "missing_claim",
+        "bad_signature",
+        "invalid_token",
+        "scope",
+    }
+)
+"""Every :attr:`AuthError.code`: the label values of ``zaphub_crm_auth_refused_total{reason}``."""
 
-    def __init__(self, reason: str) -> None:
+
+class AuthError(Exception):
+    """A token was refused.
+
+    ``reason`` says why in a few words (sent to the client; it may quote the token's header, so
+    it is never a metric label). ``code`` is one of :data:`REFUSAL_CODES`.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        if code not in REFUSAL_CODES:  # a new refusal must be added to the fixed set, not invented here
+            raise ValueError(f"unknown refusal code {code!r}")
         super().__init__(reason)
+        self.code = code
         self.reason = reason
 
 
@@ -77,16 +102,16 @@ def parse_scope(value: Any, claim: str) -> frozenset[str] | None:
     elif isinstance(value, list):
         items = value
     else:
-        raise AuthError(f"claim {claim} must be a list of phone number ids")
+        raise AuthError("scope", f"claim {claim} must be a list of phone number ids")
     ids: set[str] = set()
     for item in items:
         if isinstance(item, bool) or not isinstance(item, str | int):
-            raise AuthError(f"claim {claim} must be a list of phone number ids")
+            raise AuthError("scope", f"claim {claim} must be a list of phone number ids")
         text = str(item).strip()
         if text:
             ids.add(text)
     if not ids:
-        raise AuthError(f"claim {claim} lists no business number")
+        raise AuthError("scope", f"claim {claim} lists no business number")
     return frozenset(ids)
 
 
@@ -109,7 +134,7 @@ class TokenVerifier:
                 or issuer, or a malformed scope claim.
         """
         if not isinstance(token, str) or not token.strip():
-            raise AuthError("missing token")
+            raise AuthError("missing_token", "missing token")
         token = token.strip()
         if token[:7].lower() == "bearer ":
             token = token[7:].strip()
@@ -117,10 +142,14 @@ class TokenVerifier:
             alg = jwt.get_unverified_header(token).get("alg")
         except jwt.PyJWTError:
             raise AuthError(
-                "malformed token: expected a JWT (three base64url parts; `zaphub token --sub NAME` makes one)"
+                "malformed_token",
+                "malformed token: expected a JWT (three base64url parts; "
+                "`zaphub token --sub NAME` makes one)",
             ) from None
         if alg not in self._algorithms:
-            raise AuthError(f"algorithm {alg} not accepted (expected {', '.join(self._algorithms)})")
+            shown = str(alg)[:20]  # the attacker's own header, echoed back to them: keep it short
+            expected = ", ".join(self._algorithms)
+            raise AuthError("algorithm", f"algorithm {shown} not accepted (expected {expected})")
         key: Any = self._secret if alg in HMAC_ALGORITHMS else self._public_key
         settings = self.settings
         try:
@@ -139,22 +168,22 @@ class TokenVerifier:
                     options=self._options,  # type: ignore[arg-type]  # PyJWT's TypedDict is partial
                 )
         except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
+            raise AuthError("expired", "token expired") from None
         except jwt.ImmatureSignatureError:
-            raise AuthError("token not yet valid (nbf)") from None
+            raise AuthError("not_yet_valid", "token not yet valid (nbf)") from None
         except jwt.InvalidAudienceError:
-            raise AuthError("wrong audience (aud)") from None
+            raise AuthError("audience", "wrong audience (aud)") from None
         except jwt.InvalidIssuerError:
-            raise AuthError("wrong issuer (iss)") from None
+            raise AuthError("issuer", "wrong issuer (iss)") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise AuthError(f"token has no {exc.claim} claim") from None
+            raise AuthError("missing_claim", f"token has no {exc.claim} claim") from None
         except jwt.InvalidSignatureError:
-            raise AuthError("bad signature") from None
+            raise AuthError("bad_signature", "bad signature") from None
         except jwt.PyJWTError:
-            raise AuthError("invalid token") from None
+            raise AuthError("invalid_token", "invalid token") from None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
-            raise AuthError("token has no sub claim")
+            raise AuthError("missing_claim", "token has no sub claim")
         exp = claims["exp"]
         return Agent(
             sub=sub,

@@ -328,7 +328,7 @@ class Realtime:
         try:
             agent = self.verifier.verify(token)
         except AuthError as exc:
-            self.m_refused.labels(reason=exc.reason.split(" (")[0][:40]).inc()
+            self.m_refused.labels(reason=exc.code).inc()
             log.info("Socket.IO client refused: %s", exc.reason)
             raise socketio.exceptions.ConnectionRefusedError("unauthorized", {"reason": exc.reason}) from None
         self.agents[sid] = agent

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -35,18 +34,6 @@ def test_json_lines_carry_level_logger_message_extras_and_the_exception() -> Non
     assert "ValueError: bad payload" in entry["exception"]
 
 
-@pytest.fixture
-def root_logger() -> Iterator[logging.Logger]:
-    """The root logger, restored after the test (setup_logging configures it process-wide)."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield root
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 def test_setup_logging_is_idempotent_and_writes_json(
     root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -61,3 +48,27 @@ def test_setup_logging_is_idempotent_and_writes_json(
     assert {"logger": "zaphub.test", "message": "hello world", "conversation_id": 7}.items() <= entries[
         -1
     ].items()
+
+
+def test_text_lines_escape_outside_values_and_indent_tracebacks(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging(LoggingConfig(level="info", format="text"))
+    forged = "eve\n2026-01-01 00:00:00,000 ERROR   zaphub: FORGED\x1b[2J"
+    log = logging.getLogger("zaphub.test")
+    log.info("refused %s", forged, extra={"sub": forged})
+    try:
+        raise ValueError(forged)
+    except ValueError:
+        log.exception("failed for %s", "ana")
+    lines = capsys.readouterr().err.splitlines()
+    records = [line for line in lines if not line.startswith(" ")]
+    assert len(records) == 2  # the two records, nothing forged; the traceback is indented
+    assert records[0].endswith(
+        "refused eve\\n2026-01-01 00:00:00,000 ERROR   zaphub: FORGED\\x1b[2J "
+        "sub=eve\\n2026-01-01 00:00:00,000 ERROR   zaphub: FORGED\\x1b[2J"
+    )
+    assert records[1].endswith("failed for ana")
+    # The exception's own line break stays (a traceback is many lines), but indented like the rest.
+    assert lines[-2:] == ["  ValueError: eve", "  2026-01-01 00:00:00,000 ERROR   zaphub: FORGED\\x1b[2J"]
+    assert "\x1b" not in "".join(lines)

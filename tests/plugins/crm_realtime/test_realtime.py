@@ -61,9 +61,10 @@ async def test_clients_without_a_valid_token_are_refused_with_unauthorized(z: Za
     assert (await refused(z, forged))["data"] == {"reason": "bad signature"}
     unsigned = jwt.encode({"sub": "eve", "exp": int(now) + 60}, None, "none")
     assert (await refused(z, unsigned))["message"] == "unauthorized"
-    # Refusals are counted by reason.
+    # Refusals are counted by reason (a fixed set of codes, never the client's words).
     metrics = (await z.http.get("/metrics")).text
-    assert 'zaphub_crm_auth_refused_total{reason="token expired"} 1.0' in metrics
+    assert 'zaphub_crm_auth_refused_total{reason="expired"} 1.0' in metrics
+    assert 'zaphub_crm_auth_refused_total{reason="missing_token"} 2.0' in metrics
 
 
 async def test_payloads_match_the_contract_field_for_field(z: Zaphub) -> None:
