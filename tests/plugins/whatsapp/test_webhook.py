@@ -411,8 +411,8 @@ async def test_metrics_count_webhooks_by_result(client: Client) -> None:
 async def test_message_types_from_outside_count_under_a_fixed_set(client: Client) -> None:
     # A type Meta adds later (or a signed test sender invents) is counted, but as "other":
     # its name is not a label value, or every new name would add a series.
-    odd = [{**payloads.text("?"), "type": f"made_up_{i}"} for i in range(5)]
-    await post(client, payloads.envelope(messages=odd))
+    odd = [{**wb.text("?"), "type": f"made_up_{i}"} for i in range(5)]
+    await post(client, wb.envelope(messages=odd))
     await settle(client)
     text = (await client.get("/metrics")).text
     assert 'zaphub_inbound_messages_total{type="other"} 5.0' in text
