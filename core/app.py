@@ -28,6 +28,7 @@ from core.errors import ApiError
 from core.host import Host, ReadinessCheck
 from core.metrics import CONTENT_TYPE_LATEST
 from core.plugins import build_plugin_manager, validate_plugin_settings
+from core.preflight import findings
 from core.stash import StashKey
 
 __all__ = ["REDIS", "create_app", "error_response"]
@@ -102,6 +103,7 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
     pm = build_plugin_manager(config, extra_plugins=extra_plugins)
     settings = validate_plugin_settings(pm, config)
     host = Host(config, pm, settings)
+    notes = [f"{f.path}: {f.message}" for f in findings(config, host.hooks)]
 
     checks: list[ReadinessCheck] = [("storage", _storage_check(host))]
     if config.redis.url:
@@ -122,11 +124,14 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
         failing = {
             name: reason for (name, _), reason in zip(host.readiness_checks, results, strict=True) if reason
         }
+        body: dict[str, Any] = {"checks": report}
+        if notes:  # a sandbox, development secrets: say so wherever the host is looked at
+            body["warnings"] = notes
         if failing or not host.started:
             if not host.started:
                 report["host"] = "starting"
-            return Response({"status": "unavailable", "checks": report}, status_code=503)
-        return Response({"status": "ready", "checks": report}, status_code=200)
+            return Response({"status": "unavailable", **body}, status_code=503)
+        return Response({"status": "ready", **body}, status_code=200)
 
     @get("/metrics", tags=["ops"], summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
     async def metrics() -> Response[bytes]:

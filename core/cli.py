@@ -24,6 +24,7 @@ from core.cli_types import Command
 from core.config import Config, load_config, redact
 from core.errors import ConfigError, PluginError, ZaphubError
 from core.plugins import HookRunner, build_plugin_manager, installed_plugins, validate_plugin_settings
+from core.preflight import preflight
 
 __all__ = ["Command", "load_plugin_settings", "main"]
 
@@ -80,6 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from core.logs import setup_logging
 
     config = load_config(args.config)
+    preflight(config)  # refuses what check refuses, before anything listens
     server = config.server
     if args.host is not None:
         server = msgspec.structs.replace(server, host=args.host)
@@ -135,9 +137,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    pm = build_plugin_manager(config)
-    settings = validate_plugin_settings(pm, config)
-    runner = HookRunner(pm, settings)
+    checked = preflight(config)
+    runner = HookRunner(checked.pm, checked.settings)
     print(f"config OK: {config.source}")
     print(f"storage: {redact(config.storage.url)}")
     print(f"redis: {redact(config.redis.url) if config.redis.url else 'off (single process)'}")
@@ -147,8 +148,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"  {name}: {', '.join(hooks.get(name, [])) or 'no hooks'}")
     if not config.plugins:
         print("  none (add a section under plugins: to enable one)")
-    if config.dev_defaults:
-        print("warning: development defaults in use for " + ", ".join(config.dev_defaults))
+    if checked.development:
+        print("development mode (not for production):")
+        for finding in checked.development:
+            print(f"  {finding.path}: {finding.message}")
+    for finding in checked.warnings:
+        print(f"warning: {finding.path}: {finding.message}")
     return 0
 
 
@@ -201,7 +206,9 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     check = add(
         "check",
         "validate the config and list the enabled plugins",
-        "Validate config.yaml and every enabled plugin's section; exit 2 naming the first problem.",
+        "Validate config.yaml and every enabled plugin's section, and refuse what `zaphub run` would "
+        "refuse (development secrets without a sandbox, an unsupported storage.url); exit 2 naming "
+        "each problem and its fix.",
     )
     check.set_defaults(func=_cmd_check)
     plugins = add("plugins", "list installed plugins and the hooks they implement")

@@ -12,17 +12,20 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
+import msgspec.inspect as mi
 import yaml
 
 from core.errors import ConfigError
 
 __all__ = [
     "Config",
+    "ConfigFinding",
     "LoggingConfig",
     "RedisConfig",
     "ServerConfig",
@@ -103,6 +106,26 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Where this config came from (a path), for messages."""
     dev_defaults: list[str] = msgspec.field(default_factory=list)
     """Secret keys (``*secret*``, ``*token*``, …) whose value came from a ``${VAR:-default}`` fallback."""
+    env_vars: dict[str, str] = msgspec.field(default_factory=dict)
+    """The environment variable each ``${VAR}`` value came from, by dotted path (for messages)."""
+
+
+class ConfigFinding(msgspec.Struct, frozen=True, kw_only=True):
+    """Something valid but notable about the config, found by a plugin's ``check_settings`` hook.
+
+    Example::
+
+        ConfigFinding(path="plugins.mybot.api_key", message="is empty: set MYBOT_API_KEY")
+    """
+
+    path: str
+    """Dotted path of the key (``plugins.whatsapp.app_secret``)."""
+    message: str
+    """What is wrong and the fix, read after the path."""
+    kind: Literal["unsafe", "development"] = "unsafe"
+    """``unsafe``: an error for ``check`` and ``run`` unless the deployment runs a sandbox, then a
+    warning. ``development``: this plugin runs a sandbox (a development setup), which relaxes the
+    ``unsafe`` findings and is announced by ``check``, the startup log and ``/ready``."""
 
 
 def find_config_path(explicit: str | None) -> Path | None:
@@ -158,7 +181,8 @@ def parse_config(
     """Validate an already-parsed config mapping (interpolating ``${VAR}`` first)."""
     environ = os.environ if env is None else env
     dev_defaults: list[str] = []
-    interpolated = _interpolate(data, environ, "", dev_defaults)
+    env_vars: dict[str, str] = {}
+    interpolated = _interpolate(data, environ, "", dev_defaults, env_vars)
     plugins = interpolated.get("plugins")
     if plugins is None:
         interpolated["plugins"] = {}
@@ -172,30 +196,112 @@ def parse_config(
                 raise ConfigError(
                     "must be a mapping of settings (or empty to use the defaults)", f"plugins.{name}"
                 )
-    for reserved in ("source", "dev_defaults"):
+    for reserved in _DERIVED:
         if reserved in interpolated:
             raise ConfigError(_unknown_key_message(reserved, Config), reserved)
-    config = convert_section(interpolated, Config, "")
-    return msgspec.structs.replace(config, source=source, dev_defaults=dev_defaults)
+    config = convert_section(interpolated, Config, "", env_vars=env_vars)
+    return msgspec.structs.replace(config, source=source, dev_defaults=dev_defaults, env_vars=env_vars)
 
 
-def convert_section(data: Any, schema: type[T], path: str) -> T:
+def convert_section(data: Any, schema: type[T], path: str, *, env_vars: Mapping[str, str] | None = None) -> T:
     """Validate ``data`` against a msgspec type, turning errors into :class:`ConfigError` with a path.
 
     Strings are converted leniently (``"3000"`` → ``3000``, ``"true"`` → ``True``) because values
-    from ``${VAR}`` are always strings; everything else is strict.
+    from ``${VAR}`` are always strings; everything else is strict, except that a choice among
+    fixed words ignores case (``INFO`` is ``info``).
+
+    Args:
+        data: the raw section.
+        schema: the Struct (or any msgspec type) it must fit.
+        path: the section's dotted path, prefixed to every error (``plugins.whatsapp``).
+        env_vars: which environment variable each dotted path came from
+            (:attr:`Config.env_vars`), so an error can name the variable to fix.
     """
-    try:
-        return msgspec.convert(data, schema, strict=False)
-    except msgspec.ValidationError as exc:
-        raise _config_error(str(exc), schema, path) from None
+    # Each retry fixes the case of one value; a config has only so many choices.
+    for _ in range(64):
+        try:
+            return msgspec.convert(data, schema, strict=False)
+        except msgspec.ValidationError as exc:
+            fixed = _fold_choice_case(data, schema, str(exc))
+            if fixed is None:
+                raise _config_error(str(exc), schema, path, data, env_vars or {}) from None
+            data = fixed
+    raise ConfigError("too many invalid values", path)  # pragma: no cover  # 64 enums in one section
 
 
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`(?: - at `\$(?P<at>[^`]*)`)?")
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.DOTALL)
+_BAD_CHOICE = re.compile(r"Invalid enum value (?P<value>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.DOTALL)
+_DERIVED = ("source", "dev_defaults", "env_vars")
 
 
-def _config_error(message: str, schema: type[Any], base: str) -> ConfigError:
+def _steps(at: str) -> list[str | int]:
+    """``.rules[0].reply`` → ``["rules", 0, "reply"]`` (a msgspec error location)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]", at) if p]
+
+
+def _unwrap(info: mi.Type | None) -> list[mi.Type]:
+    """The concrete types an annotation may hold (``X | None`` → ``X``; ``Annotated`` stripped)."""
+    if info is None:
+        return []
+    if isinstance(info, mi.Metadata):
+        return _unwrap(info.type)
+    if isinstance(info, mi.UnionType):
+        return [t for member in info.types for t in _unwrap(member) if not isinstance(t, mi.NoneType)]
+    return [info]
+
+
+def _info_at(schema: type[Any], at: str) -> list[mi.Type]:
+    """Best effort: the types found at a msgspec error location, inside Structs, lists and dicts."""
+    current = _unwrap(mi.type_info(schema))
+    for step in _steps(at):
+        found: list[mi.Type] = []
+        for info in current:
+            if isinstance(step, int) and isinstance(info, mi.ListType | mi.SetType | mi.VarTupleType):
+                found.extend(_unwrap(info.item_type))
+            elif isinstance(step, str) and isinstance(info, mi.StructType):
+                found.extend(t for f in info.fields if f.encode_name == step for t in _unwrap(f.type))
+            elif isinstance(step, str) and isinstance(info, mi.DictType):
+                found.extend(_unwrap(info.value_type))
+        current = found
+    return current
+
+
+def _choices(schema: type[Any], at: str) -> list[str]:
+    return [str(v) for info in _info_at(schema, at) if isinstance(info, mi.LiteralType) for v in info.values]
+
+
+def _fold_choice_case(data: Any, schema: type[Any], message: str) -> Any | None:
+    """A copy of ``data`` with the refused choice written in the schema's case, if that is all."""
+    bad = _BAD_CHOICE.match(message)
+    if bad is None:
+        return None
+    steps = _steps(bad.group("at") or "")
+    value = _value_at(data, bad.group("at") or "")
+    if not isinstance(value, str):
+        return None
+    match = [c for c in _choices(schema, bad.group("at") or "") if c.casefold() == value.casefold()]
+    if not match or match[0] == value or not steps:
+        return None
+    copy = _copy(data)
+    target = copy
+    for step in steps[:-1]:
+        target = target[step]
+    target[steps[-1]] = match[0]
+    return copy
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _config_error(
+    message: str, schema: type[Any], base: str, data: Any, env_vars: Mapping[str, str]
+) -> ConfigError:
     def join(*parts: str) -> str:
         return ".".join(p.strip(".") for p in parts if p and p.strip("."))
 
@@ -203,8 +309,8 @@ def _config_error(message: str, schema: type[Any], base: str) -> ConfigError:
     if unknown:
         at = unknown.group("at") or ""
         field = unknown.group("field")
-        owner = _schema_at(schema, at)
-        return ConfigError(_unknown_key_message(field, owner), join(base, at, field))
+        owners = [i.cls for i in _info_at(schema, at) if isinstance(i, mi.StructType)]
+        return ConfigError(_unknown_key_message(field, owners[0] if owners else None), join(base, at, field))
     match = _AT.match(message)
     assert match is not None  # the pattern matches any string
     msg, at = match.group("msg"), match.group("at") or ""
@@ -212,24 +318,30 @@ def _config_error(message: str, schema: type[Any], base: str) -> ConfigError:
     if re.fullmatch(r"Expected `str`, got `(int|float|bool)`", msg):
         # YAML reads 123456789 or yes as a number or a boolean; ids and tokens need quotes.
         msg += ": write the value in quotes"
-    return ConfigError(msg[0].lower() + msg[1:] if msg else "invalid value", join(base, at))
+    bad = _BAD_CHOICE.match(message)
+    if bad is not None:
+        msg = f"{bad.group('value')} is not one of: {', '.join(_choices(schema, at))}"
+    where = join(base, at)
+    var = env_vars.get(where)
+    if var is not None:
+        value = _value_at(data, at)
+        msg += f" (from {var}={value!r}: fix that variable)" if isinstance(value, str) else f" (from {var})"
+    return ConfigError(msg[0].lower() + msg[1:] if msg else "invalid value", where)
 
 
-def _schema_at(schema: type[Any], at: str) -> type[Any] | None:
-    """Best effort: the Struct type found at a msgspec path like ``.server`` (for suggestions)."""
-    current: Any = schema
-    for part in [p for p in re.split(r"[.\[\]]", at) if p]:
-        if not (isinstance(current, type) and issubclass(current, msgspec.Struct)):
-            return None
-        hints = {f.name: f.type for f in msgspec.structs.fields(current)}
-        current = hints.get(part)
-    return current if isinstance(current, type) else None
+def _value_at(data: Any, at: str) -> Any:
+    try:
+        for step in _steps(at):
+            data = data[step]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return data
 
 
 def _unknown_key_message(field: str, owner: type[Any] | None) -> str:
     known: list[str] = []
     if isinstance(owner, type) and issubclass(owner, msgspec.Struct):
-        known = [f.name for f in msgspec.structs.fields(owner) if f.name not in ("source", "dev_defaults")]
+        known = [f.name for f in msgspec.structs.fields(owner) if f.name not in _DERIVED]
     hint = difflib.get_close_matches(field, known, n=1)
     if hint:
         return f"unknown key (did you mean {hint[0]!r}?)"
@@ -238,21 +350,27 @@ def _unknown_key_message(field: str, owner: type[Any] | None) -> str:
     return "unknown key"
 
 
-def _interpolate(value: Any, environ: Any, path: str, dev_defaults: list[str]) -> Any:
+def _interpolate(
+    value: Any, environ: Any, path: str, dev_defaults: list[str], env_vars: dict[str, str]
+) -> Any:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ConfigError(f"keys must be strings, got {key!r}", path)
-            out[key] = _interpolate(item, environ, f"{path}.{key}" if path else key, dev_defaults)
+            out[key] = _interpolate(item, environ, f"{path}.{key}" if path else key, dev_defaults, env_vars)
         return out
     if isinstance(value, list):
-        return [_interpolate(item, environ, f"{path}[{i}]", dev_defaults) for i, item in enumerate(value)]
+        return [
+            _interpolate(item, environ, f"{path}[{i}]", dev_defaults, env_vars)
+            for i, item in enumerate(value)
+        ]
     if not isinstance(value, str) or "${" not in value:
         return value
 
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
+        env_vars.setdefault(path, name)
         found = environ.get(name)
         if found is not None:
             return str(found)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence
 
     from core.cli_types import Command
+    from core.config import Config, ConfigFinding
     from core.host import Host, MediaStream, ReadinessCheck
     from core.models import Contact, Conversation, Message, OutgoingMessage, Reply, StatusChange, Veto
 
@@ -60,6 +61,22 @@ def config_schema() -> type[msgspec.Struct] | None:
 
     Returns:
         The Struct type, or ``None`` for a plugin without settings.
+    """
+
+
+@hookspec
+def check_settings(settings: Any, config: Config) -> Sequence[ConfigFinding] | None:
+    """Report what is valid but unsafe in this plugin's settings, or that it runs a sandbox.
+
+    Called by ``zaphub check``, ``zaphub run`` and the app factory, after the settings were
+    validated (sync only). A finding of kind ``"unsafe"`` (a published development secret, an
+    empty token) stops ``check`` and ``run`` with exit 2 unless some plugin reports a
+    ``"development"`` finding (it runs a sandbox, e.g. ``whatsapp.sandbox: true``); then it is a
+    warning. Development findings are printed by ``check``, logged at startup and listed by
+    ``GET /ready`` under ``warnings``.
+
+    Returns:
+        A list of :class:`core.config.ConfigFinding`.
     """
 
 

@@ -129,7 +129,7 @@ def validate_plugin_settings(pm: pluggy.PluginManager, config: Config) -> dict[s
                 raise ConfigError("unknown key (this plugin takes no settings)", f"plugins.{name}.{key}")
             settings[name] = None
         else:
-            settings[name] = convert_section(section, schema, f"plugins.{name}")
+            settings[name] = convert_section(section, schema, f"plugins.{name}", env_vars=config.env_vars)
     return settings
 
 

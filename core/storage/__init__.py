@@ -58,6 +58,7 @@ __all__ = [
     "StatusEvent",
     "Storage",
     "StorageError",
+    "database_url",
     "metadata",
 ]
 
@@ -111,7 +112,14 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     """Attempts made before this one."""
 
 
-def _async_url(url: str) -> sa.URL:
+def database_url(url: str) -> sa.URL:
+    """``storage.url`` as the async driver URL it will be opened with; nothing is created.
+
+    ``zaphub check`` and ``zaphub run`` both go through here, so check refuses what run would.
+
+    Raises:
+        ConfigError: not a URL, an unsupported database, or an in-memory SQLite database.
+    """
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
@@ -127,7 +135,6 @@ def _async_url(url: str) -> sa.URL:
                 "an in-memory SQLite database loses everything on restart: use a file, sqlite:///zaphub.db",
                 "storage.url",
             )
-        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         return parsed.set(drivername="sqlite+aiosqlite")
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+asyncpg")
@@ -183,8 +190,11 @@ class Storage:
 
     def __init__(self, config: StorageConfig) -> None:
         self.config = config
-        self.url = _async_url(config.url)
+        self.url = database_url(config.url)
         self.dialect = self.url.get_backend_name()
+        if self.dialect == "sqlite":
+            assert self.url.database is not None  # database_url refuses a SQLite URL without a file
+            Path(self.url.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
         if self.dialect == "postgresql":
             kwargs.update(pool_size=config.pool_size, max_overflow=config.pool_size, pool_pre_ping=True)

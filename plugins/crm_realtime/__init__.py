@@ -12,6 +12,7 @@ import msgspec
 
 from core import hookimpl
 from core.cli_types import Command
+from core.config import ConfigFinding
 from core.host import Host, ReadinessCheck
 from core.models import Contact, Conversation, Message, StatusChange
 from core.stash import StashKey
@@ -31,6 +32,12 @@ log = logging.getLogger("zaphub.crm_realtime")
 def config_schema() -> type[msgspec.Struct]:
     """``plugins.crm_realtime`` is validated against :class:`CrmRealtimeSettings`."""
     return CrmRealtimeSettings
+
+
+@hookimpl
+def check_settings(settings: CrmRealtimeSettings) -> list[ConfigFinding]:
+    """A published or short ``jwt_secret`` (an error for ``check``/``run`` without a sandbox)."""
+    return settings.findings()
 
 
 @hookimpl

@@ -19,7 +19,12 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-__all__ = ["HMAC_ALGORITHMS", "PUBLIC_KEY_ALGORITHMS", "CrmRealtimeSettings"]
+from core.config import ConfigFinding
+
+__all__ = ["DEV_JWT_SECRET", "HMAC_ALGORITHMS", "PUBLIC_KEY_ALGORITHMS", "CrmRealtimeSettings"]
+
+DEV_JWT_SECRET = "dev-jwt-secret"
+"""The bundled config.yaml's fallback ``jwt_secret``: public, so anyone can mint tokens with it."""
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 """Algorithms verified with ``jwt_secret``."""
@@ -151,6 +156,19 @@ class CrmRealtimeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
         if self.public_key is not None:
             inferred.append(_algorithm_for(self.public_key))
         return tuple(inferred)
+
+    def findings(self) -> list[ConfigFinding]:
+        """What is valid but unsafe outside a sandbox (the ``check_settings`` hook)."""
+        fix = "set CRM_JWT_SECRET to 32 random bytes or more (openssl rand -hex 32)"
+        if self.jwt_secret == DEV_JWT_SECRET:
+            message = (
+                f"is the published development default {DEV_JWT_SECRET!r}: anyone can mint tokens; {fix}"
+            )
+        elif self.short_secret:
+            message = f"is shorter than 32 bytes, so it can be guessed offline from any token; {fix}"
+        else:
+            return []
+        return [ConfigFinding(path="plugins.crm_realtime.jwt_secret", message=message)]
 
     @property
     def short_secret(self) -> bool:

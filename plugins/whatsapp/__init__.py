@@ -14,6 +14,7 @@ import msgspec
 
 from core import hookimpl
 from core.cli_types import Command
+from core.config import ConfigFinding
 from core.errors import ApiError, UpstreamError, ValidationFailed
 from core.host import Host, MediaStream, ReadinessCheck
 from core.models import Conversation, Message, OutgoingMessage
@@ -42,6 +43,12 @@ _SANDBOX_TOKEN = "sandbox-access-token"
 def config_schema() -> type[msgspec.Struct]:
     """``plugins.whatsapp`` is validated against :class:`WhatsAppSettings`."""
     return WhatsAppSettings
+
+
+@hookimpl
+def check_settings(settings: WhatsAppSettings) -> list[ConfigFinding]:
+    """The sandbox is on; published secrets or no access token (errors without the sandbox)."""
+    return settings.findings()
 
 
 @hookimpl

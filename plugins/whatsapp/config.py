@@ -6,10 +6,16 @@ import re
 
 import msgspec
 
-__all__ = ["SANDBOX_PHONE_NUMBER_ID", "WhatsAppSettings"]
+from core.config import ConfigFinding
+
+__all__ = ["DEV_APP_SECRET", "DEV_VERIFY_TOKEN", "SANDBOX_PHONE_NUMBER_ID", "WhatsAppSettings"]
 
 #: The business number the sandbox serves when none is configured.
 SANDBOX_PHONE_NUMBER_ID = "100000000000002"
+
+#: The bundled config.yaml's fallbacks: published, so anyone could sign webhooks with them.
+DEV_APP_SECRET = "dev-app-secret"
+DEV_VERIFY_TOKEN = "dev-verify-token"
 
 _VERSION = re.compile(r"^v\d+\.\d+$")
 
@@ -69,6 +75,48 @@ class WhatsAppSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
             raise ValueError(f"graph_api_version {self.graph_api_version!r} is not like 'v25.0'")
         if self.messages_per_second <= 0 or self.max_attempts < 1:
             raise ValueError("messages_per_second must be > 0 and max_attempts >= 1")
+
+    def findings(self) -> list[ConfigFinding]:
+        """The sandbox, and what is unsafe outside it (the ``check_settings`` hook)."""
+        found = []
+        if self.sandbox:
+            found.append(
+                ConfigFinding(
+                    path="plugins.whatsapp.sandbox",
+                    kind="development",
+                    message="on: sends go to the built-in Meta emulator, not to WhatsApp; set "
+                    "WHATSAPP_SANDBOX=false with real credentials for production",
+                )
+            )
+        published = {
+            "app_secret": (self.app_secret, DEV_APP_SECRET, "WHATSAPP_APP_SECRET", "your Meta app's secret"),
+            "verify_token": (self.verify_token, DEV_VERIFY_TOKEN, "WHATSAPP_VERIFY_TOKEN", "a random token"),
+        }
+        for key, (value, default, var, what) in published.items():
+            if value == default:
+                found.append(
+                    ConfigFinding(
+                        path=f"plugins.whatsapp.{key}",
+                        message=f"is the published development default {default!r}: set {var} to {what}",
+                    )
+                )
+        if not self.sandbox and not self.access_token:
+            found.append(
+                ConfigFinding(
+                    path="plugins.whatsapp.access_token",
+                    message="is empty, so nothing can be sent: set WHATSAPP_ACCESS_TOKEN to a system-user "
+                    "token (or WHATSAPP_SANDBOX=true to try zaphub without Meta)",
+                )
+            )
+        if self.insecure_skip_signature:
+            found.append(
+                ConfigFinding(
+                    path="plugins.whatsapp.insecure_skip_signature",
+                    message="is on: anyone who can reach the webhook can inject messages; remove it and "
+                    "set WHATSAPP_APP_SECRET",
+                )
+            )
+        return found
 
     def served_numbers(self) -> frozenset[str]:
         """Business numbers this host serves; empty means all."""

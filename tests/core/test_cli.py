@@ -63,9 +63,64 @@ def test_check_accepts_the_bundled_config(tmp_path: Path) -> None:
     for name in ("whatsapp", "crm_realtime", "autoreply"):
         assert f"  {name}: " in result.stdout
     assert "redis: off (single process)" in result.stdout
-    assert "warning: development defaults in use for" in result.stdout
-    assert "plugins.whatsapp.app_secret" in result.stdout
+    assert "development mode (not for production):\n  plugins.whatsapp.sandbox: on:" in result.stdout
+    assert "warning: plugins.whatsapp.app_secret: is the published development default" in result.stdout
     assert not (tmp_path / "z.db").exists()  # check validates; it does not create a database
+
+
+PRODUCTION = {
+    "WHATSAPP_SANDBOX": "false",
+    "WHATSAPP_ACCESS_TOKEN": "EAAG-system-user-token",
+    "WHATSAPP_APP_SECRET": "a" * 32,
+    "WHATSAPP_VERIFY_TOKEN": "verify-token-from-the-dashboard",
+    "CRM_JWT_SECRET": "b" * 48,
+}
+
+
+def test_check_and_run_refuse_development_secrets_with_the_sandbox_off(tmp_path: Path) -> None:
+    env = clean_env(WHATSAPP_SANDBOX="false", ZAPHUB_DATABASE_URL=f"sqlite:///{tmp_path / 'z.db'}")
+    for command in (["check"], ["run", "--port", "0"]):
+        result = zaphub(*command, cwd=REPO, env=env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        lines = result.stderr.splitlines()
+        assert lines[0] == (
+            "error: config.yaml has 4 problems (no plugin runs a sandbox, so this is production: "
+            "development secrets are refused):"
+        )
+        expected = {
+            "plugins.whatsapp.app_secret": "set WHATSAPP_APP_SECRET",
+            "plugins.whatsapp.verify_token": "set WHATSAPP_VERIFY_TOKEN",
+            "plugins.whatsapp.access_token": "set WHATSAPP_ACCESS_TOKEN",
+            "plugins.crm_realtime.jwt_secret": "set CRM_JWT_SECRET",
+        }
+        for path, fix in expected.items():
+            assert any(line.startswith(f"  {path}: ") and fix in line for line in lines), result.stderr
+        assert "listening" not in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "z.db").exists()
+
+
+def test_a_short_jwt_secret_and_an_empty_access_token_are_refused_in_production(tmp_path: Path) -> None:
+    env = clean_env(**{**PRODUCTION, "CRM_JWT_SECRET": "only-20-bytes-long!!", "WHATSAPP_ACCESS_TOKEN": ""})
+    result = zaphub("check", cwd=REPO, env=env)
+    assert result.returncode == 2
+    assert "config.yaml has 2 problems" in result.stderr
+    assert "plugins.crm_realtime.jwt_secret: is shorter than 32 bytes" in result.stderr
+    assert "plugins.whatsapp.access_token: is empty" in result.stderr
+    production = zaphub("check", cwd=REPO, env=clean_env(**PRODUCTION))
+    assert production.returncode == 0, production.stderr
+    assert "warning" not in production.stdout
+    assert "development mode" not in production.stdout
+
+
+def test_check_refuses_a_storage_url_run_would_refuse(tmp_path: Path) -> None:
+    path = config_file(tmp_path, {})
+    write_config(path, {"storage": {"url": "mysql://zaphub:hunter2@db/zaphub"}})
+    for command in (["check"], ["run", "--port", "0"]):
+        result = zaphub(*command, "--config", str(path), cwd=tmp_path)
+        assert result.returncode == 2, result.stdout
+        assert "storage.url: unsupported database 'mysql': use sqlite:/// or postgresql://" in result.stderr
+        assert "hunter2" not in result.stderr
 
 
 def test_check_names_a_misspelled_key(tmp_path: Path) -> None:

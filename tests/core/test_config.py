@@ -13,7 +13,7 @@ import yaml
 
 from core import hookimpl
 from core.app import create_app
-from core.config import Config, find_config_path, load_config, parse_config, redact
+from core.config import Config, convert_section, find_config_path, load_config, parse_config, redact
 from core.errors import ConfigError
 from core.plugins import build_plugin_manager, installed_plugins, validate_plugin_settings
 from tests.helpers import REPO, write_config
@@ -137,11 +137,44 @@ def test_a_number_where_text_is_expected_says_to_quote_it() -> None:
     )
 
 
-def test_wrong_choice_names_the_path() -> None:
+def test_wrong_choice_names_the_path_and_lists_the_valid_values() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"logging": {"level": "verbose"}})
     assert err.value.path == "logging.level"
-    assert "verbose" in str(err.value)
+    assert str(err.value) == "logging.level: 'verbose' is not one of: debug, error, info, warning"
+
+
+def test_choices_ignore_case() -> None:
+    config = parse_config(
+        {"logging": {"level": "INFO", "format": "Json"}, "storage": {"sqlite_synchronous": "normal"}}
+    )
+    assert (config.logging.level, config.logging.format) == ("info", "json")
+    assert config.storage.sqlite_synchronous == "NORMAL"
+
+
+def test_a_bad_value_from_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"server": {"port": "${ZAPHUB_PORT:-3000}"}}, env={"ZAPHUB_PORT": "abc"})
+    assert (
+        str(err.value) == "server.port: expected `int`, got `str` (from ZAPHUB_PORT='abc': fix that variable)"
+    )
+
+
+class Rule(msgspec.Struct, forbid_unknown_fields=True):
+    reply: str
+    keywords: list[str] = []
+
+
+class RulesSection(msgspec.Struct, forbid_unknown_fields=True):
+    rules: list[Rule] | None = None
+
+
+def test_an_unknown_key_inside_a_list_item_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as err:
+        convert_section(
+            {"rules": [{"reply": "a"}, {"keywords": ["x"], "replly": "b"}]}, RulesSection, "plugins.bot"
+        )
+    assert str(err.value) == "plugins.bot.rules[1].replly: unknown key (did you mean 'reply'?)"
 
 
 def test_plugins_must_be_a_mapping_and_each_section_a_mapping() -> None:
@@ -396,7 +429,7 @@ _HEADING = re.compile(r"^#+ `(?P<path>[a-z_.\[\]]+)`\s*$", re.MULTILINE)
 def _schema_keys(info: Any, path: str, out: dict[str, list[str]]) -> None:
     """Every Struct reachable from ``info``, by dotted path (``[]`` for list items), with its keys."""
     if isinstance(info, mi.StructType):
-        names = [f.name for f in info.fields if f.name not in ("source", "dev_defaults")]
+        names = [f.name for f in info.fields if f.name not in ("source", "dev_defaults", "env_vars")]
         if path:
             out[path] = names
         for field in info.fields:
