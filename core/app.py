@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -29,6 +30,7 @@ from core.host import Host, ReadinessCheck
 from core.metrics import CONTENT_TYPE_LATEST
 from core.plugins import build_plugin_manager, validate_plugin_settings
 from core.preflight import findings
+from core.server import body_timeout
 from core.stash import StashKey
 
 __all__ = ["REDIS", "create_app", "error_response"]
@@ -176,6 +178,7 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
             Exception: _internal_error,
         },
         request_max_body_size=config.server.max_body_bytes,
+        middleware=[DefineMiddleware(body_timeout, seconds=config.server.body_timeout_seconds)],
         openapi_config=OpenAPIConfig(
             title="zaphub",
             version=__version__,

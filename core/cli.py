@@ -79,6 +79,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from core.app import create_app
     from core.logs import setup_logging
+    from core.server import FD_RESERVE, connection_limit, raise_fd_limit, uvicorn_config
 
     config = load_config(args.config)
     preflight(config)  # refuses what check refuses, before anything listens
@@ -108,20 +109,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "no config file found (--config, $ZAPHUB_CONFIG or ./config.yaml): running with built-in "
             "defaults and no plugins enabled; start from the config.yaml shipped with zaphub"
         )
-    app = create_app(config)
-    uv = uvicorn.Config(
-        app,
-        host=server.host,
-        port=server.port,
-        log_config=None,
-        access_log=config.logging.access_log,
-        server_header=False,
-        timeout_graceful_shutdown=int(server.graceful_shutdown_seconds),
-        lifespan="on",
-        # Socket.IO events are a few hundred bytes: compressing each copy for each socket costs
-        # more CPU than the bandwidth it saves.
-        ws_per_message_deflate=False,
+    fds = raise_fd_limit()
+    limit = connection_limit(server, fds)
+    if limit > fds - FD_RESERVE:
+        log.warning(
+            "server.max_connections is %d but the file-descriptor limit is %d: past about %d connections "
+            "new ones (webhooks included) fail; raise the limit (ulimit -n, LimitNOFILE=) or lower "
+            "server.max_connections",
+            limit,
+            fds,
+            fds - FD_RESERVE,
+        )
+    log.info(
+        "HTTP limits: %d connections (file descriptors: %d), headers within %g s, bodies within %g s",
+        limit,
+        fds,
+        server.header_timeout_seconds,
+        server.body_timeout_seconds,
     )
+    app = create_app(config)
+    uv = uvicorn_config(app, server, fds=fds, access_log=config.logging.access_log)
     print(
         f"zaphub {__version__} listening on http://{server.host}:{server.port}", file=sys.stderr, flush=True
     )

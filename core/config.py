@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -59,6 +59,16 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How long in-flight requests may take to finish after SIGTERM."""
     public_url: str | None = None
     """The URL clients reach this host at (for media links); default ``http://host:port``."""
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """Open connections (HTTP and Socket.IO) served at once; requests beyond it are answered 503.
+    Default: the process's file-descriptor limit minus 128 kept for the database, Redis and files."""
+    header_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """A request's headers must arrive within this time of the connection (or of the previous
+    response), else the connection is closed: slow-header (slowloris) clients hold nothing."""
+    body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """A request's whole body must arrive within this time of its headers, else ``408``."""
+    keep_alive_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """An idle keep-alive connection is closed after this time."""
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -18,6 +18,9 @@ import httpx
 import uvicorn
 import yaml
 
+from core.config import ServerConfig
+from core.server import uvicorn_config
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -75,9 +78,10 @@ async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> AsyncIte
     ``server.port``) when the app must know its own URL before it starts, e.g. the in-process
     sandbox, which posts webhooks to ``host.public_url``.
     """
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    )
+    # A zaphub app gets the limits and timeouts of `zaphub run`; any other app the defaults.
+    running = getattr(getattr(app, "state", None), "host", None)
+    settings = running.config.server if running is not None else ServerConfig()
+    server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=port))
     task = asyncio.create_task(server.serve())
     await wait_for(lambda: server.started or task.done(), timeout=20, what="uvicorn to start")
     if task.done():

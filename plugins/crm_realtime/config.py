@@ -75,6 +75,10 @@ class CrmRealtimeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     """Engine.IO heartbeat interval; a client silent for interval + timeout is disconnected."""
     ping_timeout_seconds: Seconds = 20.0
     """Engine.IO heartbeat timeout."""
+    connect_timeout_seconds: Seconds = 10.0
+    """An Engine.IO connection that has no namespace connected within this time is closed (a
+    client whose connect was refused, after one second): it would hold a file descriptor while
+    answering pings."""
     event_queue_size: Annotated[int, msgspec.Meta(ge=100)] = 10_000
     """Events waiting to be emitted (per process). When full, new events are dropped and counted
     (``zaphub_crm_events_dropped_total``): clients resync over REST with ``after_id``."""

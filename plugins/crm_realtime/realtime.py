@@ -12,6 +12,12 @@ Rooms (per process; with Redis, emits reach the rooms of every process):
 "message:{m}"]``. python-socketio merges the members of the rooms of one emit into one set
 (``BaseManager.get_participants``), so a socket in several of them gets the event once.
 
+A client must connect ``/crm`` (the configured namespace): any other namespace, ``/``
+included, is refused with a ``connect_error`` naming the right one. An Engine.IO connection
+without a connected namespace holds a file descriptor for nothing, so it is closed: one second
+after a refused connect (the ``connect_error`` is delivered first), or ``connect_timeout_seconds``
+after it opened.
+
 Hooks only enqueue (``put_nowait``): one task emits in order. An emit writes each recipient's
 packet to that client's own Engine.IO queue and returns, so a slow or dead client delays nobody;
 it is dropped by the heartbeat (``ping_interval + ping_timeout``). If the queue itself overflows
@@ -55,6 +61,10 @@ log = logging.getLogger("zaphub.crm_realtime")
 ALL_ROOM = "scope:all"
 MAX_ID = 2**63 - 1
 """Ids are 64-bit in storage; anything larger cannot exist."""
+
+REFUSED_GRACE_SECONDS = 1.0
+"""How long a refused connection stays open (to receive ``connect_error`` or connect elsewhere)."""
+REAP_INTERVAL_SECONDS = 0.25
 
 EVENT_MESSAGE = "whatsapp:message"
 EVENT_SENT = "whatsapp:message_sent"
@@ -183,6 +193,9 @@ class Realtime:
             async_mode="asgi",  # aiohttp is installed too: without this the mount answers 500
             client_manager=self.manager,
             cors_allowed_origins=origins,
+            # Every namespace reaches a handler, so a wrong one is refused with a useful message
+            # (by default "/" is accepted without auth and others get "Unable to connect").
+            namespaces="*",
             transports=list(settings.transports),
             ping_interval=settings.ping_interval_seconds,
             ping_timeout=settings.ping_timeout_seconds,
@@ -190,6 +203,7 @@ class Realtime:
             engineio_logger=False,
         )
         self.sio.register_namespace(CrmNamespace(self))
+        self.sio.register_namespace(_OtherNamespace(self))
         self.asgi = socketio.ASGIApp(self.sio, socketio_path=None)
         self.agents: dict[str, Agent] = {}
         """Authenticated sockets of this process, by sid."""
@@ -197,7 +211,10 @@ class Realtime:
         self._background: set[asyncio.Task[Any]] = set()
         self._queue: asyncio.Queue[_Emit | None] = asyncio.Queue(settings.event_queue_size)
         self._task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._dropped_logged_at = 0.0
+        self._close_at: dict[str, float] = {}
+        """Engine.IO sessions without a connected namespace, by when they are closed."""
         registry = host.metrics.registry
         self.m_sockets = Gauge(
             "zaphub_crm_sockets", "CRM Socket.IO clients connected to this process.", registry=registry
@@ -215,12 +232,18 @@ class Realtime:
             registry=registry,
         )
         self.m_emit_errors = Counter("zaphub_crm_emit_errors", "Emits that raised.", registry=registry)
+        self.m_idle_closed = Counter(
+            "zaphub_crm_idle_connections_closed",
+            "Engine.IO connections closed for having no namespace connected (refused or never connected).",
+            registry=registry,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the emit loop (a host task)."""
+        """Start the emit loop and the reaper of idle connections (host tasks)."""
         self._task = self.host.spawn(self._run(), name="crm-realtime-emit")
+        self._reaper = self.host.spawn(self._reap(), name="crm-realtime-reaper")
 
     async def close(self, grace_seconds: float = 5.0) -> None:
         """Emit what is queued (bounded), stop Socket.IO and its Redis listener."""
@@ -231,6 +254,8 @@ class Realtime:
                 await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
             except TimeoutError:
                 self._task.cancel()
+        if self._reaper is not None:
+            self._reaper.cancel()
         for handle in self._expiry.values():
             handle.cancel()
         self._expiry.clear()
@@ -330,6 +355,7 @@ class Realtime:
         except AuthError as exc:
             self.m_refused.labels(reason=exc.code).inc()
             log.info("Socket.IO client refused: %s", exc.reason)
+            self.close_soon(sid, self.ns)
             raise socketio.exceptions.ConnectionRefusedError("unauthorized", {"reason": exc.reason}) from None
         self.agents[sid] = agent
         rooms = [ALL_ROOM] if agent.scope is None else [scope_room(n) for n in sorted(agent.scope)]
@@ -356,6 +382,69 @@ class Realtime:
         task = asyncio.create_task(self.sio.disconnect(sid, namespace=self.ns))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def refuse_namespace(self, namespace: str, sid: str) -> None:
+        """Refuse a connect to any namespace but ours, saying which one to use.
+
+        Raises:
+            socketio.exceptions.ConnectionRefusedError: always.
+        """
+        self.m_refused.labels(reason="namespace").inc()
+        self.close_soon(sid, namespace)
+        ns = self.ns
+        raise socketio.exceptions.ConnectionRefusedError(
+            f"unknown namespace {namespace[:40]}: connect to {ns}, "
+            f"e.g. io(url + {ns!r}, {{auth: {{token}}}})",
+            {"reason": "unknown namespace", "namespace": ns},
+        )
+
+    def close_soon(self, sid: str, namespace: str) -> None:
+        """Close a refused socket's Engine.IO connection in a second, unless it connects elsewhere.
+
+        The second lets the ``connect_error`` reach the client first, and lets a client that
+        connects several namespaces at once keep its connection.
+        """
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        if eio_sid is not None:
+            self._close_at[eio_sid] = time.monotonic() + REFUSED_GRACE_SECONDS
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_SECONDS)
+            try:
+                self._reap_once()
+            except Exception:  # never stop reaping over one odd session
+                log.exception("closing idle Socket.IO connections failed")
+
+    def _reap_once(self) -> None:
+        now = time.monotonic()
+        sessions = self.sio.eio.sockets
+        for eio_sid in [s for s in self._close_at if s not in sessions]:
+            del self._close_at[eio_sid]
+        namespaces = list(self.manager.get_namespaces())
+        for eio_sid in list(sessions):
+            if any(self.manager.sid_from_eio_sid(eio_sid, ns) is not None for ns in namespaces):
+                self._close_at.pop(eio_sid, None)
+                continue
+            deadline = self._close_at.setdefault(eio_sid, now + self.settings.connect_timeout_seconds)
+            if now >= deadline:
+                del self._close_at[eio_sid]
+                self.m_idle_closed.inc()
+                task = asyncio.create_task(self._close_transport(eio_sid))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _close_transport(self, eio_sid: str) -> None:
+        session = self.sio.eio.sockets.get(eio_sid)
+        with contextlib.suppress(TimeoutError):
+            # Waits until the queued packets (the connect_error, then CLOSE) are written; a
+            # polling client that never polls again would wait forever.
+            await asyncio.wait_for(self.sio.eio.disconnect(eio_sid), 5)
+        if session is not None and getattr(session, "upgraded", False):
+            # engineio's WebSocket writer only notices the close when it next wakes (a client
+            # that ignores CLOSE keeps the socket for a heartbeat): wake it so it closes now.
+            # Pinned by tests/plugins/crm_realtime/test_hardening.py (the raw-client tests).
+            session.queue.put_nowait(None)
 
     # -- rooms ---------------------------------------------------------------------------------
 
@@ -389,6 +478,18 @@ class Realtime:
             return {"ok": False, "error": "disconnected"}
         await self.sio.enter_room(sid, room, namespace=self.ns)
         return {"ok": True}
+
+
+class _OtherNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python-socketio is untyped
+    """Every namespace but ours (``"*"``): refuses the connect, naming the right namespace."""
+
+    def __init__(self, realtime: Realtime) -> None:
+        super().__init__("*")
+        self.rt = realtime
+
+    async def on_connect(self, namespace: str, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        """Refuse: ``connect_error`` with ``"unknown namespace /x: connect to /crm, …"``."""
+        self.rt.refuse_namespace(namespace, sid)
 
 
 class CrmNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python-socketio is untyped

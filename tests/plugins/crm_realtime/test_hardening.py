@@ -6,7 +6,9 @@ closed; one client flooding ``join_conversation`` is refused cheaply while other
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -14,9 +16,11 @@ from typing import Any
 
 import pytest
 import socketio
+import websockets
 
 from core.config import LoggingConfig
 from core.logs import setup_logging
+from plugins.crm_realtime import REALTIME
 from plugins.crm_realtime.auth import REFUSAL_CODES
 from tests.plugins.crm_realtime.harness import CrmClient, Zaphub, zaphub
 
@@ -64,3 +68,89 @@ async def test_attacker_chosen_algorithms_add_no_series_and_forge_no_log_line(
         assert forged + "0" in json.loads(refusals[0])["message"]  # exact, escaped by the JSON encoding
     else:
         assert "algorithm x\\nFORGED0 not accepted" in refusals[0]
+
+
+# -- refused and idle connections are closed ---------------------------------------------------
+
+
+class RawEngineIO:
+    """An Engine.IO client over a raw WebSocket that does only what it is told (an attacker)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def open(cls, url: str) -> RawEngineIO:
+        ws = await websockets.connect(
+            url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", open_timeout=BOUND
+        )
+        client = cls(ws)
+        assert (await client.recv()).startswith("0{")  # the Engine.IO handshake
+        return client
+
+    async def recv(self) -> str:
+        async with asyncio.timeout(BOUND):
+            return str(await self.ws.recv())
+
+    async def held_until_closed(self) -> list[str]:
+        """Answer pings and read until the server closes the connection (fails after ``BOUND``)."""
+        seen = []
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                packet = await self.recv()
+                seen.append(packet)
+                if packet == "2":
+                    await self.ws.send("3")
+        return seen
+
+
+BOUND = 10.0
+"""How long a test waits for the server to act (its own delays are well under it)."""
+
+
+async def test_a_refused_client_that_keeps_answering_pings_is_closed(tmp_path: Path) -> None:
+    # connect_timeout is long and pings frequent: only the refusal can be what closes it.
+    crm = {"connect_timeout_seconds": 60, "ping_interval_seconds": 0.2, "ping_timeout_seconds": 60}
+    async with zaphub(f"sqlite:///{tmp_path / 'z.db'}", crm=crm) as z:
+        clients = [await RawEngineIO.open(z.url) for _ in range(20)]
+        for client in clients:
+            await client.ws.send("40/crm,")  # connect without a token
+        for client in clients:
+            seen = [packet for packet in await client.held_until_closed() if packet != "2"]  # pings
+            assert seen[0].startswith('44/crm,{"message":"unauthorized"')  # connect_error came first
+            assert seen[1:] in ([], ["1"])  # then (Engine.IO's CLOSE and) the end of the connection
+        realtime = z.host.stash[REALTIME]
+        assert realtime.sio.eio.sockets == {}
+        metrics = (await z.http.get("/metrics")).text
+        assert "zaphub_crm_idle_connections_closed_total 20.0" in metrics
+        # A client with a token is not affected.
+        client = await z.connect()
+        assert (await client.call("join_conversation", {"conversationId": 1}))["ok"] is False
+
+
+async def test_a_connection_that_never_connects_a_namespace_is_closed(tmp_path: Path) -> None:
+    crm = {"connect_timeout_seconds": 0.5, "ping_interval_seconds": 0.2, "ping_timeout_seconds": 60}
+    async with zaphub(f"sqlite:///{tmp_path / 'z.db'}", crm=crm) as z:
+        idle = await RawEngineIO.open(z.url)
+        good = await z.connect()
+        seen = await idle.held_until_closed()
+        assert "2" in seen  # it did answer pings; the timeout closed it anyway
+        assert good.sio.connected  # a connected client stays
+
+
+@pytest.mark.parametrize("namespace", ["/", "/crmx"])
+async def test_the_wrong_namespace_is_refused_naming_the_right_one(z: Zaphub, namespace: str) -> None:
+    client = socketio.AsyncClient(reconnection=False)
+    errors: list[Any] = []
+    client.on("connect_error", errors.append, namespace=namespace)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(z.url, namespaces=[namespace], auth={"token": z.token()}, wait_timeout=5)
+    assert errors == [
+        {
+            "message": f"unknown namespace {namespace}: connect to /crm, "
+            "e.g. io(url + '/crm', {auth: {token}})",
+            "data": {"reason": "unknown namespace", "namespace": "/crm"},
+        }
+    ]
+    metrics = (await z.http.get("/metrics")).text
+    assert 'zaphub_crm_auth_refused_total{reason="namespace"} 1.0' in metrics
