@@ -1,4 +1,4 @@
-"""The ``crm_realtime`` plugin: Socket.IO ``/crm`` and the REST API that CRM clients call.
+"""The ``crm_realtime`` plugin: Socket.IO ``/crm``, the REST API that CRM clients call, the agent console.
 
 Hook implementations only; the work lives in the modules named in README.md.
 """
@@ -18,6 +18,7 @@ from core.models import Contact, Conversation, Message, StatusChange
 from core.stash import StashKey
 from plugins.crm_realtime.auth import TokenVerifier
 from plugins.crm_realtime.config import CrmRealtimeSettings
+from plugins.crm_realtime.console import console_router
 from plugins.crm_realtime.realtime import Realtime
 from plugins.crm_realtime.routes import REALTIME, api_router, socketio_mount
 
@@ -42,10 +43,13 @@ def check_settings(settings: CrmRealtimeSettings) -> list[ConfigFinding]:
 
 @hookimpl
 def register_routes(host: Host, settings: CrmRealtimeSettings) -> list[Any]:
-    """The ``/api`` router and the Socket.IO mount."""
+    """The ``/api`` router, the Socket.IO mount and, unless turned off, the agent console."""
     verifier = TokenVerifier(settings)
     host.stash[VERIFIER] = verifier
-    return [api_router(settings, verifier), socketio_mount(host)]
+    routes = [api_router(settings, verifier), socketio_mount(host)]
+    if settings.console.enabled:
+        routes.append(console_router(settings))
+    return routes
 
 
 @hookimpl

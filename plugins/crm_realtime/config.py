@@ -21,7 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from core.config import ConfigFinding
 
-__all__ = ["DEV_JWT_SECRET", "HMAC_ALGORITHMS", "PUBLIC_KEY_ALGORITHMS", "CrmRealtimeSettings"]
+__all__ = [
+    "DEV_JWT_SECRET",
+    "HMAC_ALGORITHMS",
+    "PUBLIC_KEY_ALGORITHMS",
+    "ConsoleSettings",
+    "ConsoleTemplate",
+    "CrmRealtimeSettings",
+]
 
 DEV_JWT_SECRET = "dev-jwt-secret"
 """The bundled config.yaml's fallback ``jwt_secret``: public, so anyone can mint tokens with it."""
@@ -36,6 +43,36 @@ PUBLIC_KEY_ALGORITHMS = frozenset(
 _EC_ALGORITHM = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ConsoleTemplate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """An approved WhatsApp template offered by the console's template picker.
+
+    Example::
+
+        {name: order_update, language: pt_BR, label: "Pedido a caminho",
+         body: "Olá {{1}}, seu pedido {{2}} saiu para entrega."}
+    """
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    """The template's name as approved at Meta."""
+    language: Annotated[str, msgspec.Meta(min_length=2, max_length=15)] = "en_US"
+    """Its language code (``pt_BR``, ``en_US``)."""
+    label: str | None = None
+    """What agents see in the picker; the name when unset."""
+    body: str | None = None
+    """The body text as approved, with ``{{1}}``, ``{{2}}``… placeholders: the picker previews it
+    and asks the agent for one value per placeholder (sent as body parameters)."""
+
+
+class ConsoleSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """The agent console at ``GET /console``."""
+
+    enabled: bool = True
+    """Serve the console page and its assets; ``false`` answers them ``404``."""
+    templates: list[ConsoleTemplate] = msgspec.field(default_factory=list)
+    """Templates the picker offers (outside the 24-hour window and to start a conversation).
+    Agents can always type another approved template's name and language."""
 
 
 class CrmRealtimeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, dict=True):
@@ -84,6 +121,8 @@ class CrmRealtimeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     (``zaphub_crm_events_dropped_total``): clients resync over REST with ``after_id``."""
     max_page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
     """Largest ``limit`` accepted by the REST list endpoints."""
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
+    """The agent console page (``GET /console``): ``{enabled: false}`` turns it off."""
 
     def __post_init__(self) -> None:
         if not self.namespace.startswith("/") or self.namespace == "/" or " " in self.namespace:

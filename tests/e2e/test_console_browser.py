@@ -1,0 +1,549 @@
+"""The agent console in a real browser: Debian's headless Chromium driven by Playwright.
+
+The stack is what a user runs: ``zaphub run`` (a subprocess) talking to ``zaphub sandbox`` (the Meta
+emulator, another subprocess) over real HTTP. The sandbox sends ``sent``, ``delivered`` and
+``read`` a second apart, so each tick is seen in the page. Customers write through signed
+webhooks, as Meta posts them. The page is served with its Content-Security-Policy enforced; any
+violation fails the test.
+
+Chromium is ``/usr/bin/chromium`` (``apt-get install chromium``; ``ZAPHUB_TEST_CHROMIUM`` names
+another). Playwright only drives it: no browser is downloaded. Without them the tests skip with
+the reason, except in CI (``CI=true``), where they fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from plugins.whatsapp import webhook_builders as wb
+from tests.conftest import IN_CI
+from tests.helpers import REPO, ZaphubProcess, free_port, write_config
+
+CHROMIUM = Path(os.environ.get("ZAPHUB_TEST_CHROMIUM", "/usr/bin/chromium"))
+SECRET = "console-e2e-app-secret-0123456789abcdef"
+JWT_SECRET = "console-e2e-jwt-secret-0123456789abcdef"
+PNID = wb.DEFAULT_PHONE_NUMBER_ID
+PRICE = "Nossa tabela de preços: https://exemplo.com.br/precos"
+STATUS_DELAYS = "1.0,2.0,3.0"
+WAIT_MS = 20_000
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+_CUSTOMERS = itertools.count(1)
+
+
+def customer() -> str:
+    """A fresh customer number per use: tests never share a conversation."""
+    return f"55219{os.getpid() % 1000:03d}{next(_CUSTOMERS):05d}"
+
+
+def _browser_problem() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing: apt-get install chromium (or set ZAPHUB_TEST_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed: pip install -e '.[test]'"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    problem = _browser_problem()
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(f"the console's browser tests are required in CI but {problem}")
+        pytest.skip(problem)
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Stack:
+    """``zaphub run`` + ``zaphub sandbox`` on free ports, and the calls Meta and a CRM make."""
+
+    def __init__(self, tmp: Path, **autoreply: Any) -> None:
+        self.tmp = tmp
+        self.sandbox_port = free_port()
+        self.sandbox_url = f"http://127.0.0.1:{self.sandbox_port}"
+        self.sandbox: subprocess.Popen[bytes] | None = None
+        config = {
+            "storage": {"url": f"sqlite:///{tmp / 'zaphub.db'}"},
+            "logging": {"level": "info"},
+            "plugins": {
+                "whatsapp": {
+                    "app_secret": SECRET,
+                    "verify_token": "console-e2e",
+                    "access_token": "sandbox-access-token",
+                    "phone_number_id": PNID,
+                    "graph_api_url": self.sandbox_url,
+                    "pair_burst": 1000,
+                },
+                "crm_realtime": {
+                    "jwt_secret": JWT_SECRET,
+                    "console": {
+                        "templates": [
+                            {
+                                "name": "order_update",
+                                "language": "pt_BR",
+                                "label": "Pedido a caminho",
+                                "body": "Olá {{1}}, seu pedido {{2}} saiu para entrega.",
+                            }
+                        ]
+                    },
+                },
+                "autoreply": {
+                    "cooldown_seconds": 0,
+                    "rules": [{"keywords": ["preço"], "reply": PRICE}],
+                    **autoreply,
+                },
+            },
+        }
+        self.config_path = write_config(tmp / "config.yaml", config)
+        self.zaphub = ZaphubProcess(self.config_path)
+        self.url = self.zaphub.url
+        self.http = httpx.Client(timeout=10)
+
+    def start(self) -> Stack:
+        log = open(self.tmp / "sandbox.log", "ab")  # noqa: SIM115  # closed with the process in stop()
+        self.sandbox = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "core.cli",
+                "sandbox",
+                "--port",
+                str(self.sandbox_port),
+                "--webhook-url",
+                self.url,
+                "--app-secret",
+                SECRET,
+                "--phone-number-id",
+                PNID,
+                "--status-delays",
+                STATUS_DELAYS,
+            ],
+            cwd=self.tmp,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self._sandbox_log = log
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self.http.get(f"{self.sandbox_url}/_sandbox/requests").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert self.sandbox.poll() is None, (self.tmp / "sandbox.log").read_text()
+            assert time.monotonic() < deadline, "the sandbox did not start"
+            time.sleep(0.05)
+        self.zaphub.start().wait_ready()
+        return self
+
+    def restart(self) -> None:
+        """Stop zaphub (SIGTERM) and start it again on the same port and database."""
+        self.zaphub.stop()
+        self.zaphub = ZaphubProcess(self.config_path, port=self.zaphub.port).start()
+        self.zaphub.wait_ready()
+
+    def stop(self) -> None:
+        self.zaphub.stop()
+        if self.sandbox is not None and self.sandbox.poll() is None:
+            self.sandbox.terminate()
+            self.sandbox.wait(10)
+        if hasattr(self, "_sandbox_log"):
+            self._sandbox_log.close()
+        self.http.close()
+
+    # -- Meta and the CRM ---------------------------------------------------------------------
+
+    def token(self, sub: str = "ana", secret: str = JWT_SECRET) -> str:
+        return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+
+    def inbound(self, text: str, *, from_: str, name: str = "João Silva", **opts: Any) -> str:
+        """A customer writes (a signed webhook, as Meta posts it); returns the wamid."""
+        message = wb.text(text, from_=from_, **opts)
+        body, headers = wb.signed(
+            wb.envelope(messages=[message], contacts=[wb.contact(from_, name)]), SECRET
+        )
+        response = self.http.post(f"{self.url}/meta-whatsapp/webhook", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        return str(message["id"])
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token('test-crm')}", **kwargs.pop("headers", {})}
+        return self.http.request(method, f"{self.url}/api/{path}", headers=headers, **kwargs)
+
+    def conversation_of(self, wa_id: str) -> dict[str, Any]:
+        found = [
+            c
+            for c in self.api("GET", "conversations?limit=200").json()["conversations"]
+            if c["contact"]["wa_id"] == wa_id
+        ]
+        assert found, f"no conversation with {wa_id}"
+        return found[0]  # type: ignore[no-any-return]
+
+    def messages(self, conversation_id: int) -> list[dict[str, Any]]:
+        return self.api("GET", f"conversations/{conversation_id}/messages?limit=200").json()[  # type: ignore[no-any-return]
+            "messages"
+        ]
+
+    def sends_to(self, wa_id: str) -> list[dict[str, Any]]:
+        """What Graph (the sandbox) was asked to send to one customer, oldest first."""
+        requests = self.http.get(f"{self.sandbox_url}/_sandbox/requests").json()
+        return [
+            r["json"]
+            for r in requests
+            if r["method"] == "POST"
+            and r["path"].endswith("/messages")
+            and (r["json"] or {}).get("to", "").lstrip("+") == wa_id
+        ]
+
+    def has_endpoint(self, path: str, method: str) -> bool:
+        paths = self.http.get(f"{self.url}/schema/openapi.json").json()["paths"]
+        return method in paths.get(path, {})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Stack]:
+    """One stack for the tests that do not restart it; each test uses customers of its own."""
+    running = Stack(tmp_path_factory.mktemp("console")).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+# Recorded in the page before its scripts run: every status each outbound message showed, in order,
+# and every Content-Security-Policy violation.
+RECORDER = """
+window.__statuses = {};
+window.__csp = [];
+document.addEventListener('securitypolicyviolation',
+  (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
+new MutationObserver(() => {
+  for (const el of document.querySelectorAll('[data-testid="message"][data-direction="outbound"]')) {
+    const seen = (window.__statuses[el.dataset.messageId] ||= []);
+    if (seen[seen.length - 1] !== el.dataset.status) seen.push(el.dataset.status);
+  }
+}).observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ['data-status']});
+"""
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    ctx.add_init_script(RECORDER)
+    pages: list[Any] = []
+    ctx.on("page", lambda page: pages.append(page))
+    try:
+        yield ctx
+        for page in pages:
+            if not page.is_closed():
+                assert page.evaluate("window.__csp") == [], "Content-Security-Policy violations"
+    finally:
+        ctx.close()
+
+
+def signed_in(context: Any, stack: Stack, sub: str = "ana") -> Any:
+    """A tab that opened the console with ``#token=…`` and is connected."""
+    from playwright.sync_api import expect
+
+    page = context.new_page()
+    page.goto(f"{stack.url}/console#token={stack.token(sub)}")
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "online")
+    return page
+
+
+def conversation(page: Any, conversation_id: int) -> Any:
+    return page.locator(f'[data-testid="conversation"][data-conversation-id="{conversation_id}"]')
+
+
+def message(page: Any, message_id: int) -> Any:
+    return page.locator(f'[data-testid="message"][data-message-id="{message_id}"]')
+
+
+def shown_messages(page: Any) -> list[tuple[int, str]]:
+    rows = page.locator('[data-testid="message"]').evaluate_all(
+        "els => els.map(e => [Number(e.dataset.messageId), e.dataset.status])"
+    )
+    return [(int(i), s) for i, s in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing in
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sign_in_refuses_bad_tokens_then_a_customer_message_appears_live(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    page = context.new_page()
+    page.goto(f"{stack.url}/console")
+    expect(page.get_by_test_id("token-input")).to_be_visible()
+
+    page.get_by_test_id("token-input").fill("not-a-token")
+    page.get_by_test_id("login").click()
+    expect(page.locator("#login-error")).to_contain_text("not a token")
+
+    page.get_by_test_id("token-input").fill(stack.token(secret="someone-elses-secret-0123456789abcdef"))
+    page.get_by_test_id("login").click()
+    expect(page.locator("#login-error")).to_contain_text("refused")
+    expect(page.locator("#login-error")).to_contain_text("bad signature")
+
+    page.get_by_test_id("token-input").fill(stack.token())
+    page.get_by_test_id("login").click()
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "online")
+
+    # Customer text is shown as text: markup in a name or a message never becomes elements.
+    wa_id = customer()
+    hostile = '<img src=x onerror="window.__pwned=1">'
+    stack.inbound(f"Olá! <b>Qual</b> o preço? {hostile}", from_=wa_id, name=f"Maria {hostile}")
+    conv = stack.conversation_of(wa_id)
+    item = conversation(page, conv["id"])
+    expect(item).to_be_visible()
+    expect(item).to_contain_text(f"Maria {hostile}")
+    expect(item.get_by_test_id("unread")).to_have_text("1")
+
+    item.click()
+    inbound = stack.messages(conv["id"])[0]
+    expect(message(page, inbound["id"])).to_contain_text(f"Olá! <b>Qual</b> o preço? {hostile}")
+    expect(message(page, inbound["id"])).to_have_attribute("data-direction", "inbound")
+    expect(item.get_by_test_id("unread")).to_have_count(0)
+    assert page.locator('img[src="x"], b').count() == 0
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_a_token_in_the_fragment_never_reaches_the_server_nor_the_history(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    token = stack.token("bruno")
+    page = context.new_page()
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    entries = page.evaluate("history.length")
+    page.goto(f"{stack.url}/console#token={token}")
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "online")
+
+    # One history entry for the console, and it has no token: replaceState removed it in place.
+    assert page.url == f"{stack.url}/console"
+    assert page.evaluate("history.length") == entries + 1
+    assert page.evaluate("sessionStorage.getItem('zaphub.console.token')") == token
+    assert page.evaluate("localStorage.getItem('zaphub.console.token')") is None
+    assert urls and not [u for u in urls if token in u]
+
+    page.reload()  # the tab keeps its session
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "online")
+    other = context.new_page()  # another tab does not inherit it
+    other.goto(f"{stack.url}/console")
+    expect(other.get_by_test_id("token-input")).to_be_visible()
+
+    page.locator("#menu-button").click()
+    page.get_by_test_id("logout").click()
+    expect(page.get_by_test_id("token-input")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('zaphub.console.token')") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Replying
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_reply_goes_to_whatsapp_and_its_ticks_move_sent_delivered_read(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    wa_id = customer()
+    stack.inbound("Bom dia, meu pedido 4821 ainda não chegou", from_=wa_id, name="Carla Dias")
+    conv = stack.conversation_of(wa_id)
+    page = signed_in(context, stack)
+    conversation(page, conv["id"]).click()
+
+    page.get_by_test_id("composer").fill("Oi Carla! Já verifiquei: sai hoje para entrega.")
+    page.get_by_test_id("composer").press("Enter")
+    outbound = page.locator('[data-testid="message"][data-direction="outbound"]')
+    expect(outbound).to_have_count(1)
+    expect(outbound).to_contain_text("Oi Carla! Já verifiquei: sai hoje para entrega.")
+    expect(page.get_by_test_id("composer")).to_have_value("")
+    expect(outbound).to_have_attribute("data-status", "read")
+
+    message_id = int(outbound.get_attribute("data-message-id"))
+    seen = page.evaluate("window.__statuses")[str(message_id)]
+    assert seen[-3:] == ["sent", "delivered", "read"], seen
+    assert set(seen[:-3]) <= {"queued", "accepted"}, seen
+    assert [s["text"]["body"] for s in stack.sends_to(wa_id)] == [
+        "Oi Carla! Já verifiquei: sai hoje para entrega."
+    ]
+    assert [m["id"] for m in stack.messages(conv["id"])] == [i for i, _ in shown_messages(page)]
+
+
+def test_two_tabs_stay_consistent(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    wa_id, other_id = customer(), customer()
+    stack.inbound("Oi, vocês entregam em Niterói?", from_=wa_id, name="Diego Souza")
+    stack.inbound("Qual o horário de sábado?", from_=other_id, name="Elisa Prado")
+    conv, other = stack.conversation_of(wa_id), stack.conversation_of(other_id)
+    first, second = signed_in(context, stack), signed_in(context, stack)
+    conversation(first, conv["id"]).click()
+    conversation(second, other["id"]).click()
+
+    # Seen in one tab of this agent: no longer unread in the other.
+    expect(conversation(second, conv["id"]).get_by_test_id("unread")).to_have_count(0)
+
+    first.get_by_test_id("composer").fill("Entregamos sim!")
+    first.get_by_test_id("send").click()
+    expect(first.locator('[data-testid="message"][data-direction="outbound"]')).to_have_count(1)
+    stack.inbound("Ótimo, obrigado", from_=wa_id, name="Diego Souza")
+    expect(conversation(second, conv["id"])).to_contain_text("Ótimo, obrigado")
+    expect(conversation(second, conv["id"]).get_by_test_id("unread")).to_have_count(0)
+
+    conversation(second, conv["id"]).click()
+    stored = stack.messages(conv["id"])
+    assert [m["direction"] for m in stored] == ["inbound", "outbound", "inbound"]
+    for page in (first, second):
+        for row in stored:
+            expect(message(page, row["id"])).to_have_count(1)
+        expect(message(page, stored[1]["id"])).to_have_attribute("data-status", "read")
+    assert (
+        shown_messages(first)
+        == shown_messages(second)
+        == [
+            (m["id"], "read" if m["direction"] == "outbound" else "received")
+            for m in stack.messages(conv["id"])
+        ]
+    )
+
+
+def test_a_closed_window_offers_the_template_picker(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    wa_id = customer()
+    two_days_ago = int(time.time()) - 2 * 86400
+    stack.inbound("Oi, tudo bem?", from_=wa_id, name="Fábio Lima", timestamp=two_days_ago)
+    conv = stack.conversation_of(wa_id)
+    assert conv["window_open"] is False
+    page = signed_in(context, stack)
+    conversation(page, conv["id"]).click()
+
+    expect(page.locator("#window-closed")).to_be_visible()
+    expect(page.get_by_test_id("composer")).to_be_hidden()
+    picker = page.locator("#template-form")
+    picker.get_by_test_id("template-select").select_option(label="Pedido a caminho")
+    picker.get_by_test_id("send-template").click()
+    expect(page.locator("#send-error")).to_contain_text("Fill in value 1")
+    picker.locator('[data-param="1"]').fill("Fábio")
+    picker.locator('[data-param="2"]').fill("4821")
+    expect(picker.get_by_test_id("template-preview")).to_have_text(
+        "Olá Fábio, seu pedido 4821 saiu para entrega."
+    )
+    picker.get_by_test_id("send-template").click()
+
+    outbound = page.locator('[data-testid="message"][data-direction="outbound"]')
+    expect(outbound).to_have_attribute("data-status", "read")
+    (sent,) = stack.sends_to(wa_id)
+    assert sent["type"] == "template"
+    assert sent["template"]["name"] == "order_update"
+    assert sent["template"]["components"] == [
+        {"type": "body", "parameters": [{"type": "text", "text": "Fábio"}, {"type": "text", "text": "4821"}]}
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconnection
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_server_restart_while_offline_loses_and_repeats_nothing(
+    tmp_path: Path, browser: Any, context: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    own = Stack(tmp_path).start()
+    try:
+        wa_id, other_id = customer(), customer()
+        own.inbound("Primeira mensagem", from_=wa_id, name="Gabi Rocha")
+        own.inbound("Outra conversa", from_=other_id, name="Hugo Melo")
+        conv, other = own.conversation_of(wa_id), own.conversation_of(other_id)
+        page = signed_in(context, own)
+        conversation(page, conv["id"]).click()
+        conversation(page, other["id"]).click()
+        conversation(page, conv["id"]).click()
+        expect(page.locator('[data-testid="message"]')).to_have_count(1)
+
+        # The browser loses the network and the server restarts; meanwhile the customer writes,
+        # a colleague replies from the CRM, and another customer writes.
+        context.set_offline(True)
+        own.restart()
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "offline")
+        for text in ("Segunda", "Terceira", "Quarta"):
+            own.inbound(text, from_=wa_id, name="Gabi Rocha")
+        reply = own.api(
+            "POST", f"conversations/{conv['id']}/messages", json={"type": "text", "body": "Respondido"}
+        )
+        assert reply.status_code == 202, reply.text
+        own.inbound("Ainda aí?", from_=other_id, name="Hugo Melo")
+        own.inbound("Alô?", from_=other_id, name="Hugo Melo")
+        context.set_offline(False)
+
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "online")
+        stored = own.messages(conv["id"])
+        assert len(stored) == 5
+        expect(page.locator('[data-testid="message"]')).to_have_count(5)
+        expect(message(page, reply.json()["messageId"])).to_have_attribute("data-status", "read")
+        assert [i for i, _ in shown_messages(page)] == [m["id"] for m in stored]
+        expect(conversation(page, other["id"]).get_by_test_id("unread")).to_have_text("2")
+        # And live events flow again on the new connection.
+        own.inbound("Quinta", from_=wa_id, name="Gabi Rocha")
+        expect(page.locator('[data-testid="message"]')).to_have_count(6)
+        assert [i for i, _ in shown_messages(page)] == [m["id"] for m in own.messages(conv["id"])]
+    finally:
+        own.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Phones
+# ---------------------------------------------------------------------------------------------
+
+
+def test_on_a_phone_the_list_and_the_thread_take_turns(browser: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    wa_id = customer()
+    stack.inbound("Oi pelo celular", from_=wa_id, name="Iara Nunes")
+    conv = stack.conversation_of(wa_id)
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        page = phone.new_page()
+        page.goto(f"{stack.url}/console#token={stack.token()}")
+        item = conversation(page, conv["id"])
+        expect(item).to_be_visible()
+        expect(page.locator("#thread")).to_be_hidden()
+        item.tap()
+        expect(page.get_by_test_id("composer")).to_be_visible()
+        expect(page.locator("#sidebar")).to_be_hidden()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page scrolls sideways ({width}px)"
+        page.locator("#back").tap()
+        expect(item).to_be_visible()
+        expect(page.locator("#thread")).to_be_hidden()
+    finally:
+        phone.close()
