@@ -109,9 +109,7 @@ class Demo:
 
     def webhook(self, message: dict[str, Any], wa_id: str, name: str) -> None:
         """Post a signed inbound webhook, as Meta does."""
-        body, headers = wb.signed(
-            wb.envelope(messages=[message], contacts=[wb.contact(wa_id, name)]), SECRET
-        )
+        body, headers = wb.signed(wb.envelope(messages=[message], contacts=[wb.contact(wa_id, name)]), SECRET)
         assert self.http.post("/meta-whatsapp/webhook", content=body, headers=headers).status_code == 200
 
     def upload(self, png: bytes) -> str:

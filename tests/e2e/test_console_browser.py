@@ -182,9 +182,7 @@ class Stack:
     def inbound(self, text: str, *, from_: str, name: str = "João Silva", **opts: Any) -> str:
         """A customer writes (a signed webhook, as Meta posts it); returns the wamid."""
         message = wb.text(text, from_=from_, **opts)
-        body, headers = wb.signed(
-            wb.envelope(messages=[message], contacts=[wb.contact(from_, name)]), SECRET
-        )
+        body, headers = wb.signed(wb.envelope(messages=[message], contacts=[wb.contact(from_, name)]), SECRET)
         response = self.http.post(f"{self.url}/meta-whatsapp/webhook", content=body, headers=headers)
         assert response.status_code == 200, response.text
         return str(message["id"])
