@@ -27,6 +27,7 @@ from core import __version__
 from core.config import Config, redact
 from core.errors import ApiError
 from core.host import Host, ReadinessCheck
+from core.logs import Throttle
 from core.metrics import CONTENT_TYPE_LATEST
 from core.plugins import build_plugin_manager, validate_plugin_settings
 from core.preflight import findings
@@ -83,11 +84,15 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
 
 
-def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(
-        HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error; the server log has the details"
-    )
+def _internal_error_handler(throttle: Throttle) -> Any:
+    def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        # The same failure on every request (a dependency down) is logged once a minute, not per request.
+        throttle.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(
+            HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error; the server log has the details"
+        )
+
+    return internal_error
 
 
 def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = None) -> Litestar:
@@ -175,7 +180,7 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
             ApiError: _api_error,
             ValidationException: _validation_error,
             HTTPException: _http_error,
-            Exception: _internal_error,
+            Exception: _internal_error_handler(Throttle(log)),
         },
         request_max_body_size=config.server.max_body_bytes,
         middleware=[DefineMiddleware(body_timeout, seconds=config.server.body_timeout_seconds)],

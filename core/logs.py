@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Hashable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +19,7 @@ import msgspec
 
 from core.config import LoggingConfig, redact_url
 
-__all__ = ["JsonFormatter", "escape", "setup_logging"]
+__all__ = ["JsonFormatter", "Throttle", "escape", "setup_logging"]
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 _encoder = msgspec.json.Encoder()
@@ -80,6 +82,73 @@ class _TextFormatter(logging.Formatter):
 def _indent(block: str) -> str:
     # A traceback ends with the exception's message, which may quote outside input.
     return "\n".join("  " + escape(part) for part in block.splitlines())
+
+
+class Throttle:
+    """Logs a repeated failure once per ``interval``, then how many repeats it left out.
+
+    A failure that happens on every request (the database gone, a client flooding an event) would
+    otherwise write thousands of identical tracebacks a second and fill the disk. Occurrences are
+    grouped by ``key`` (default: the message template, the exception's type and the line that
+    raised it, so two different bugs are both logged)::
+
+        throttle = Throttle(log)
+        throttle.error("joining %s failed", room, exc_info=exc)
+
+    Args:
+        logger: where the records go.
+        interval: seconds during which repeats of one key are only counted.
+        max_keys: keys remembered (the oldest is forgotten first).
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, max_keys: int = 256) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict[Hashable, list[float]] = {}  # key -> [logged at, repeats left out since]
+
+    def error(
+        self, msg: str, *args: object, exc_info: BaseException | None = None, key: Hashable = None
+    ) -> bool:
+        """Log at ERROR unless this key was logged less than ``interval`` ago; ``True`` if logged."""
+        return self.log(logging.ERROR, msg, *args, exc_info=exc_info, key=key)
+
+    def log(
+        self,
+        level: int,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+        key: Hashable = None,
+    ) -> bool:
+        """Log at ``level`` unless this key was logged less than ``interval`` ago; ``True`` if logged."""
+        if key is None:
+            key = (msg, *_origin(exc_info))
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval:
+            seen[1] += 1
+            return False
+        if seen is None and len(self._seen) >= self.max_keys:
+            del self._seen[next(iter(self._seen))]
+        self._seen.pop(key, None)
+        self._seen[key] = [now, 0]
+        if seen is not None and seen[1]:
+            msg += " (repeated %d more times in the last %.0f s, not logged)"
+            args = (*args, int(seen[1]), now - seen[0])
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+        return True
+
+
+def _origin(exc: BaseException | None) -> tuple[str, str, int]:
+    if exc is None:
+        return ("", "", 0)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return (type(exc).__qualname__, "", 0)
+    return (type(exc).__qualname__, tb.tb_frame.f_code.co_filename, tb.tb_lineno)
 
 
 class _RedactAccessLog(logging.Filter):

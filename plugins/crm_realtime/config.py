@@ -116,6 +116,14 @@ class CrmRealtimeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     """An Engine.IO connection that has no namespace connected within this time is closed (a
     client whose connect was refused, after one second): it would hold a file descriptor while
     answering pings."""
+    join_rate_per_second: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    """``join_conversation`` / ``join_message`` per second one agent (token ``sub``) may make in
+    this process, across its sockets; beyond it the ack is a ``rate limited`` error."""
+    join_burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+    """Joins an agent may make at once before ``join_rate_per_second`` applies (a console that
+    joins every open conversation on load)."""
+    max_joins_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 4
+    """Joins one socket may have waiting for their ack; more are refused at once."""
     event_queue_size: Annotated[int, msgspec.Meta(ge=100)] = 10_000
     """Events waiting to be emitted (per process). When full, new events are dropped and counted
     (``zaphub_crm_events_dropped_total``): clients resync over REST with ``after_id``."""

@@ -27,6 +27,7 @@ it is dropped by the heartbeat (``ping_interval + ping_timeout``). If the queue 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -37,6 +38,7 @@ import msgspec
 import socketio
 from prometheus_client import Counter, Gauge
 
+from core.logs import Throttle
 from core.models import Contact, Conversation, Message, StatusChange
 from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden_message
 from plugins.crm_realtime.config import CrmRealtimeSettings
@@ -215,6 +217,13 @@ class Realtime:
         self._dropped_logged_at = 0.0
         self._close_at: dict[str, float] = {}
         """Engine.IO sessions without a connected namespace, by when they are closed."""
+        self._joins_in_flight: collections.Counter[str] = collections.Counter()
+        self._join_budgets: dict[str, tuple[float, float]] = {}
+        """Per agent ``sub``: (joins available, when counted); see :meth:`_join_refusal`."""
+        self._agent_sockets: collections.Counter[str] = collections.Counter()
+        # Joins look rows up: bound them so that a flood leaves the pool to REST and webhooks.
+        self._lookups = asyncio.Semaphore(max(1, host.config.storage.pool_size // 2))
+        self._throttle = Throttle(log)
         registry = host.metrics.registry
         self.m_sockets = Gauge(
             "zaphub_crm_sockets", "CRM Socket.IO clients connected to this process.", registry=registry
@@ -232,6 +241,12 @@ class Realtime:
             registry=registry,
         )
         self.m_emit_errors = Counter("zaphub_crm_emit_errors", "Emits that raised.", registry=registry)
+        self.m_joins_refused = Counter(
+            "zaphub_crm_joins_refused",
+            "join_conversation/join_message refused before any lookup, by reason: rate, in_flight.",
+            ["reason"],
+            registry=registry,
+        )
         self.m_idle_closed = Counter(
             "zaphub_crm_idle_connections_closed",
             "Engine.IO connections closed for having no namespace connected (refused or never connected).",
@@ -329,13 +344,17 @@ class Realtime:
                 return
             try:
                 await self.sio.emit(item.event, item.data, to=item.rooms, namespace=self.ns)
-            except Exception:
+            except Exception as exc:
                 self.m_emit_errors.inc()
-                log.exception("emitting %s to %s failed", item.event, item.rooms)
+                self._throttle.error("emitting %s failed", item.event, exc_info=exc)
             else:
                 self.m_events.labels(event=item.event).inc()
             finally:
                 self._queue.task_done()
+
+    def log_failure(self, msg: str, *args: object, exc: BaseException) -> None:
+        """Log an unexpected failure, once a minute per kind (a flood must not flood the log)."""
+        self._throttle.error(msg, *args, exc_info=exc)
 
     async def drain(self) -> None:
         """Wait until every event queued so far has been emitted (tests, benchmarks)."""
@@ -358,6 +377,7 @@ class Realtime:
             self.close_soon(sid, self.ns)
             raise socketio.exceptions.ConnectionRefusedError("unauthorized", {"reason": exc.reason}) from None
         self.agents[sid] = agent
+        self._agent_sockets[agent.sub] += 1
         rooms = [ALL_ROOM] if agent.scope is None else [scope_room(n) for n in sorted(agent.scope)]
         for room in rooms:
             await self.sio.enter_room(sid, room, namespace=self.ns)
@@ -368,8 +388,14 @@ class Realtime:
 
     def disconnected(self, sid: str) -> None:
         """Forget a socket (its rooms are left by python-socketio)."""
-        if self.agents.pop(sid, None) is not None:
+        agent = self.agents.pop(sid, None)
+        if agent is not None:
             self.m_sockets.dec()
+            self._agent_sockets[agent.sub] -= 1
+            if self._agent_sockets[agent.sub] <= 0:
+                del self._agent_sockets[agent.sub]
+                self._join_budgets.pop(agent.sub, None)
+        self._joins_in_flight.pop(sid, None)
         handle = self._expiry.pop(sid, None)
         if handle is not None:
             handle.cancel()
@@ -448,6 +474,35 @@ class Realtime:
 
     # -- rooms ---------------------------------------------------------------------------------
 
+    def _join_refusal(self, sid: str, agent: Agent) -> str | None:
+        """Why this join is refused before any lookup (``None``: go ahead, one join is counted).
+
+        Each agent (token ``sub``) has ``join_burst`` joins, refilled at ``join_rate_per_second``
+        and shared by its sockets in this process; each socket has ``max_joins_in_flight``.
+        """
+        settings = self.settings
+        if self._joins_in_flight[sid] >= settings.max_joins_in_flight:
+            self.m_joins_refused.labels(reason="in_flight").inc()
+            return (
+                f"rate limited: {settings.max_joins_in_flight} joins of this socket are still "
+                "waiting for their ack; wait for them before joining more"
+            )
+        now = time.monotonic()
+        available, counted = self._join_budgets.get(agent.sub, (float(settings.join_burst), now))
+        available = min(
+            float(settings.join_burst), available + (now - counted) * settings.join_rate_per_second
+        )
+        if available < 1.0:
+            self._join_budgets[agent.sub] = (available, now)
+            self.m_joins_refused.labels(reason="rate").inc()
+            retry = (1.0 - available) / settings.join_rate_per_second
+            return (
+                f"rate limited: more than {settings.join_rate_per_second:g} joins per second for "
+                f"{agent.sub}; retry in {max(retry, 0.01):.2f} s"
+            )
+        self._join_budgets[agent.sub] = (available - 1.0, now)
+        return None
+
     async def join(self, sid: str, data: Any, kind: str, *, leave: bool = False) -> dict[str, Any]:
         """Handle ``join_``/``leave_conversation`` and ``join_``/``leave_message``; returns the ack."""
         agent = self.agents.get(sid)
@@ -463,12 +518,23 @@ class Realtime:
         if leave:
             await self.sio.leave_room(sid, room, namespace=self.ns)
             return {"ok": True}
+        refusal = self._join_refusal(sid, agent)
+        if refusal is not None:
+            return {"ok": False, "error": refusal}
         storage = self.host.storage
         found: Conversation | Message | None
-        if kind == "conversation":
-            found = await storage.get_conversation(ident)
-        else:
-            found = await storage.get_message(ident)
+        self._joins_in_flight[sid] += 1
+        try:
+            async with self._lookups:
+                if kind == "conversation":
+                    found = await storage.get_conversation(ident)
+                else:
+                    found = await storage.get_message(ident)
+        finally:
+            if self._joins_in_flight[sid] <= 1:  # a missing sid (disconnected meanwhile) reads 0
+                self._joins_in_flight.pop(sid, None)
+            else:
+                self._joins_in_flight[sid] -= 1
         if found is None:
             return {"ok": False, "error": f"{kind} {ident} does not exist"}
         if not agent.allows(found.phone_number_id):
@@ -511,8 +577,8 @@ class CrmNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python-soc
         # An exception in a handler would leave the client's ack callback waiting forever.
         try:
             return await self.rt.join(sid, data, kind, leave=leave)
-        except Exception:
-            log.exception("%s_%s failed for %s", "leave" if leave else "join", kind, sid)
+        except Exception as exc:
+            self.rt.log_failure("%s_%s failed", "leave" if leave else "join", kind, exc=exc)
             return {"ok": False, "error": "internal error; the server log has the details"}
 
     async def on_join_conversation(self, sid: str, data: Any = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from core.config import LoggingConfig
-from core.logs import JsonFormatter, setup_logging
+from core.logs import JsonFormatter, Throttle, setup_logging
 
 
 def test_json_lines_carry_level_logger_message_extras_and_the_exception() -> None:
@@ -72,3 +72,28 @@ def test_text_lines_escape_outside_values_and_indent_tracebacks(
     # The exception's own line break stays (a traceback is many lines), but indented like the rest.
     assert lines[-2:] == ["  ValueError: eve", "  2026-01-01 00:00:00,000 ERROR   zaphub: FORGED\\x1b[2J"]
     assert "\x1b" not in "".join(lines)
+
+
+def test_throttle_logs_a_repeated_failure_once_then_how_many_were_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    throttle = Throttle(logging.getLogger("zaphub.test"), interval=3600)
+
+    def fail(kind: str) -> BaseException:
+        try:
+            raise (ValueError if kind == "value" else KeyError)(kind)
+        except Exception as exc:
+            return exc
+
+    with caplog.at_level(logging.ERROR, logger="zaphub.test"):
+        logged = [throttle.error("join %s failed", i, exc_info=fail("value")) for i in range(1000)]
+        assert logged.count(True) == 1
+        assert throttle.error("join %s failed", "x", exc_info=fail("key"))  # another failure: logged
+        throttle.interval = 0  # the minute is over
+        assert throttle.error("join %s failed", 1000, exc_info=fail("value"))
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "join 0 failed"
+    assert caplog.records[0].exc_info is not None  # the first one keeps its traceback
+    assert messages[1] == "join x failed"
+    assert messages[2].startswith("join 1000 failed (repeated 999 more times in the last ")
+    assert len(messages) == 3

@@ -154,3 +154,40 @@ async def test_the_wrong_namespace_is_refused_naming_the_right_one(z: Zaphub, na
     ]
     metrics = (await z.http.get("/metrics")).text
     assert 'zaphub_crm_auth_refused_total{reason="namespace"} 1.0' in metrics
+
+
+# -- one token flooding joins ------------------------------------------------------------------
+
+
+async def test_a_token_flooding_joins_is_refused_cheaply_while_others_are_served(storage_url: str) -> None:
+    # Almost no refill: the flooder gets its burst of 10 joins and nothing more during the test.
+    crm = {"join_rate_per_second": 0.001, "join_burst": 10, "max_joins_in_flight": 4}
+    async with zaphub(storage_url, crm=crm) as z:
+        await z.inbound("Olá!")
+        listing = (await z.http.get("/api/conversations", headers=z.auth())).json()
+        conversation_id = listing["conversations"][0]["id"]
+        flood_token = z.token(sub="flooder")
+        flooders = [await z.connect(flood_token) for _ in range(8)]
+
+        async def flood(client: CrmClient) -> list[Any]:
+            join = {"conversationId": conversation_id}
+            return await asyncio.gather(*(client.call("join_conversation", join) for _ in range(50)))
+
+        flooding = asyncio.gather(*(flood(c) for c in flooders))
+        # Meanwhile another agent's REST call and Meta's webhook are served.
+        other = z.token(sub="ana")
+        response = await z.http.get(f"/api/conversations/{conversation_id}/messages", headers=z.auth(other))
+        assert response.status_code == 200
+        await z.inbound("still here?")  # asserts the webhook's 200
+        acks = [ack for acks in await flooding for ack in acks]
+        accepted = [ack for ack in acks if ack["ok"]]
+        refused = [ack["error"] for ack in acks if not ack["ok"]]
+        assert 1 <= len(accepted) <= 10
+        assert len(refused) == 400 - len(accepted)
+        assert all(error.startswith("rate limited: ") for error in refused)
+        assert any("more than 0.001 joins per second for flooder; retry in" in e for e in refused)
+        # Another agent has its own budget.
+        ana = await z.connect(other)
+        assert await ana.call("join_conversation", {"conversationId": conversation_id}) == {"ok": True}
+        metrics = (await z.http.get("/metrics")).text
+        assert 'zaphub_crm_joins_refused_total{reason="rate"}' in metrics
