@@ -23,6 +23,11 @@ from core.server import uvicorn_config
 
 REPO = Path(__file__).resolve().parent.parent
 
+SANDBOX_TOKEN = "test-sandbox-token"
+"""The sandbox control token test configs set (``plugins.whatsapp.sandbox_token``)."""
+SANDBOX_HEADERS = {"X-Sandbox-Token": SANDBOX_TOKEN}
+"""Headers a test client sends to use the sandbox controls (``/_sandbox/graph/_sandbox/…``)."""
+
 
 def pg_admin_url() -> str:
     return os.environ.get("ZAPHUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -5,6 +5,8 @@ Hook implementations only; the work lives in the modules named in README.md.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,7 +38,18 @@ SANDBOX: StashKey[Sandbox] = StashKey("whatsapp.sandbox")
 
 #: Where the in-process sandbox is mounted (``whatsapp.sandbox: true``).
 SANDBOX_PREFIX = "/_sandbox/graph"
-_SANDBOX_TOKEN = "sandbox-access-token"
+
+
+def _sandbox_graph_token(settings: WhatsAppSettings) -> str:
+    """The Graph token of the in-process sandbox when no access token is set.
+
+    Derived from the app secret rather than published, so strangers cannot call the emulator's
+    Graph endpoints on the public port; the same for every process sharing the config.
+    """
+    if settings.access_token:
+        return settings.access_token
+    digest = hmac.new(settings.app_secret.encode(), b"zaphub sandbox graph token", hashlib.sha256)
+    return "sandbox-" + digest.hexdigest()
 
 
 @hookimpl
@@ -60,9 +73,12 @@ def register_routes(host: Host, settings: WhatsAppSettings) -> list[Any]:
             SandboxOptions(
                 app_secret=settings.app_secret,
                 webhook_url=host.public_url + WEBHOOK_PATH,
-                access_token=settings.access_token or _SANDBOX_TOKEN,
+                access_token=_sandbox_graph_token(settings),
                 phone_number_id=settings.phone_number_id or SANDBOX_PHONE_NUMBER_ID,
                 prefix=SANDBOX_PREFIX,
+                controls_enabled=bool(settings.sandbox_token),
+                control_token=settings.sandbox_token,
+                control_loopback_only=not settings.sandbox_remote_control,
             )
         )
         host.stash[SANDBOX] = sandbox
@@ -99,13 +115,18 @@ async def on_startup(host: Host, settings: WhatsAppSettings) -> None:
         sandbox.options.webhook_url = host.public_url + WEBHOOK_PATH
         await sandbox.start()
         log.warning(
-            "SANDBOX MODE: sends go to the built-in Meta emulator at %s%s, not to WhatsApp; set "
+            "SANDBOX MODE: sends go to the built-in Meta emulator at %s%s, not to WhatsApp; %s; set "
             "WHATSAPP_SANDBOX=false (plugins.whatsapp.sandbox) with real credentials for production",
             host.public_url,
             SANDBOX_PREFIX,
+            settings.sandbox_controls(),
         )
     base_url = host.public_url + SANDBOX_PREFIX if settings.sandbox else settings.graph_api_url
-    token = settings.access_token or (_SANDBOX_TOKEN if settings.sandbox else "missing-access-token")
+    token = (
+        _sandbox_graph_token(settings)
+        if settings.sandbox
+        else settings.access_token or "missing-access-token"
+    )
     client = GraphClient(
         base_url=base_url,
         version=settings.graph_api_version,

@@ -45,6 +45,13 @@ class WhatsAppSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     """Pinned Graph API version; upgrade deliberately."""
     sandbox: bool = False
     """Use the built-in Meta emulator on this same port instead of Meta (no account needed)."""
+    sandbox_token: str = ""
+    """Token the sandbox's test controls (``/_sandbox/graph/_sandbox/…``: deliver a webhook, read the
+    recorded sends, inject faults) require in the ``X-Sandbox-Token`` header
+    (``WHATSAPP_SANDBOX_TOKEN``). Empty: the controls are off (403)."""
+    sandbox_remote_control: bool = False
+    """Let clients on other machines, or relayed by a proxy, use the sandbox controls (with the
+    token). Off: only clients connecting from this machine directly."""
     webhook_max_bytes: int = msgspec.field(default=4 * 1024 * 1024)
     """Largest webhook body accepted (413 above); Meta sends at most 3 MB."""
     messages_per_second: float = 80.0
@@ -84,8 +91,9 @@ class WhatsAppSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
                 ConfigFinding(
                     path="plugins.whatsapp.sandbox",
                     kind="development",
-                    message="on: sends go to the built-in Meta emulator, not to WhatsApp; set "
-                    "WHATSAPP_SANDBOX=false with real credentials for production",
+                    message="on: sends go to the built-in Meta emulator, not to WhatsApp; "
+                    f"{self.sandbox_controls()}; set WHATSAPP_SANDBOX=false with real credentials for "
+                    "production",
                 )
             )
         published = {
@@ -117,6 +125,13 @@ class WhatsAppSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
                 )
             )
         return found
+
+    def sandbox_controls(self) -> str:
+        """Who may use the sandbox's test controls, in words (for check, /ready and the log)."""
+        if not self.sandbox_token:
+            return "its test controls are off (set WHATSAPP_SANDBOX_TOKEN to use them)"
+        who = "any client" if self.sandbox_remote_control else "clients on this machine"
+        return f"its test controls answer {who} sending the X-Sandbox-Token header"
 
     def served_numbers(self) -> frozenset[str]:
         """Business numbers this host serves; empty means all."""

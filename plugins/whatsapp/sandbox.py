@@ -28,7 +28,10 @@ Conventions for demos and tests (they do not exist at Meta):
   ``doc…``/``stk…`` bytes derived from the id with a video/audio/PDF/WebP type, anything else
   ``application/octet-stream``. Uploaded media are served as uploaded.
 
-Test and fault controls under ``{prefix}/_sandbox/`` (no token needed):
+Test and fault controls under ``{prefix}/_sandbox/``. They can make the host ingest a webhook signed
+with the real app secret and read every recorded send, so :class:`SandboxOptions` can turn them
+off, require a token (``X-Sandbox-Token``) and answer only clients on this machine; inside zaphub
+all three are the default (see ``plugins.whatsapp.sandbox_token``). Standalone, no token is needed:
 
 - ``GET|DELETE requests``: the recorded Graph requests (method, path, query, headers without
   ``Authorization``, JSON body or a summary of the form), oldest first, the last 1,000 kept.
@@ -55,6 +58,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -67,11 +72,18 @@ from typing import Any, Final, NamedTuple
 import httpx
 import msgspec
 from litestar import Litestar, Request, Response, Router, delete, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
-from litestar.types import Receive, Scope, Send
+from litestar.types import Guard, Receive, Scope, Send
 
 from plugins.whatsapp import webhook_builders as wb
 
@@ -110,6 +122,10 @@ class SandboxOptions(msgspec.Struct, kw_only=True):
         prefix: Path prefix when mounted inside another app, e.g. ``"/_sandbox/graph"``.
         delivery_attempts: Tries per webhook before giving up (the first one included).
         delivery_backoff: Seconds before the first retry; doubled for each further retry.
+        controls_enabled: Whether the ``/_sandbox/`` controls answer at all (else 403).
+        control_token: When set, the controls need it in the ``X-Sandbox-Token`` header (else 401).
+        control_loopback_only: Refuse (403) controls from a non-loopback peer or relayed by a
+            proxy (a request carrying ``Forwarded``, ``X-Forwarded-For`` or ``X-Real-IP``).
     """
 
     app_secret: str
@@ -122,6 +138,9 @@ class SandboxOptions(msgspec.Struct, kw_only=True):
     prefix: str = ""
     delivery_attempts: int = 5
     delivery_backoff: float = 0.5
+    controls_enabled: bool = True
+    control_token: str | None = None
+    control_loopback_only: bool = False
 
 
 class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -700,6 +719,29 @@ class Sandbox:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # who may use the controls
+
+    def _control_guard(self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        options = self.options
+        if not options.controls_enabled:
+            raise PermissionDeniedException(
+                detail="the sandbox controls are off: set WHATSAPP_SANDBOX_TOKEN (plugins.whatsapp."
+                "sandbox_token) and send it in the X-Sandbox-Token header"
+            )
+        if options.control_loopback_only and not _is_local(connection):
+            raise PermissionDeniedException(
+                detail="the sandbox controls answer only clients on this machine, not through a proxy "
+                "(plugins.whatsapp.sandbox_remote_control: true allows others)"
+            )
+        token = options.control_token
+        if token is not None:
+            given = connection.headers.get("x-sandbox-token", "")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                raise NotAuthorizedException(
+                    detail=f"{'wrong' if given else 'missing'} X-Sandbox-Token header: send the sandbox "
+                    "token (WHATSAPP_SANDBOX_TOKEN)"
+                )
+
     # helpers of the Graph endpoints
 
     def _record(self, request: AnyRequest, body: Any, form: Any = None) -> None:
@@ -966,6 +1008,7 @@ class Sandbox:
 
     def _build_router(self) -> Router:
         sandbox = self
+        controls: list[Guard] = [self._control_guard]
 
         @post("/{version:str}/{phone_number_id:str}/messages", status_code=200)
         async def send_message(
@@ -1015,21 +1058,21 @@ class Sandbox:
                 raise HTTPException(status_code=404, detail=f"media {media_id!r} not found")
             return Response(media.data, media_type=media.mime_type)
 
-        @get("/_sandbox/requests")
+        @get("/_sandbox/requests", guards=controls)
         async def list_requests() -> list[dict[str, Any]]:
             return list(sandbox._requests)
 
-        @delete("/_sandbox/requests", status_code=200)
+        @delete("/_sandbox/requests", status_code=200, guards=controls)
         async def clear_requests() -> dict[str, int]:
             cleared = len(sandbox._requests)
             sandbox._requests.clear()
             return {"cleared": cleared}
 
-        @get("/_sandbox/faults")
+        @get("/_sandbox/faults", guards=controls)
         async def list_faults() -> list[Fault]:
             return list(sandbox._faults)
 
-        @post("/_sandbox/faults", status_code=200)
+        @post("/_sandbox/faults", status_code=200, guards=controls)
         async def add_faults(request: AnyRequest) -> list[Fault]:
             try:
                 faults = _FAULTS_DECODER.decode(await request.body())
@@ -1038,23 +1081,23 @@ class Sandbox:
             sandbox._faults.extend(faults if isinstance(faults, list) else [faults])
             return list(sandbox._faults)
 
-        @delete("/_sandbox/faults", status_code=200)
+        @delete("/_sandbox/faults", status_code=200, guards=controls)
         async def clear_faults() -> dict[str, int]:
             cleared = len(sandbox._faults)
             sandbox._faults.clear()
             return {"cleared": cleared}
 
-        @get("/_sandbox/deliveries")
+        @get("/_sandbox/deliveries", guards=controls)
         async def list_deliveries() -> list[dict[str, Any]]:
             return list(sandbox._deliveries)
 
-        @delete("/_sandbox/deliveries", status_code=200)
+        @delete("/_sandbox/deliveries", status_code=200, guards=controls)
         async def clear_deliveries() -> dict[str, int]:
             cleared = len(sandbox._deliveries)
             sandbox._deliveries.clear()
             return {"cleared": cleared}
 
-        @post("/_sandbox/inbound", status_code=200)
+        @post("/_sandbox/inbound", status_code=200, guards=controls)
         async def inbound(request: AnyRequest) -> dict[str, Any]:
             try:
                 spec = _INBOUND_DECODER.decode(await request.body())
@@ -1078,7 +1121,7 @@ class Sandbox:
             result = await sandbox.deliver(payload, what={"kind": "inbound", "wamid": msg["id"]})
             return {"wamid": msg["id"], "message": msg, "delivery": result}
 
-        @post("/_sandbox/statuses", status_code=200)
+        @post("/_sandbox/statuses", status_code=200, guards=controls)
         async def statuses(request: AnyRequest) -> dict[str, Any]:
             try:
                 specs = _STATUSES_DECODER.decode(await request.body())
@@ -1136,6 +1179,20 @@ class Sandbox:
                 detail="webhook_url is not set: start the sandbox with --webhook-url "
                 "http://127.0.0.1:3000/meta-whatsapp/webhook",
             )
+
+
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+def _is_local(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """The peer is this machine and no proxy relayed the request (a local proxy hides the client)."""
+    if any(name in connection.headers for name in _FORWARDING_HEADERS):
+        return False
+    host = connection.client.host if connection.client is not None else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def create_sandbox_app(options: SandboxOptions, *, http_client: httpx.AsyncClient | None = None) -> Litestar:

@@ -35,7 +35,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from plugins.autoreply.config import DAY_NAMES
 from plugins.whatsapp import webhook_builders as wb
-from tests.helpers import REPO, ZaphubProcess, wait_for, write_config, zaphub_process
+from tests.helpers import (
+    REPO,
+    SANDBOX_HEADERS,
+    SANDBOX_TOKEN,
+    ZaphubProcess,
+    wait_for,
+    write_config,
+    zaphub_process,
+)
 
 SECRET = "e2e-autoreply-app-secret-0123456789abcdef"
 JWT_SECRET = "e2e-autoreply-jwt-secret-0123456789abcdef"
@@ -71,7 +79,12 @@ def closed_now() -> dict[str, Any]:
 def integrator_config(tmp: Path, **extra_plugins: dict[str, Any]) -> dict[str, Any]:
     """What an integrator writes: three rules, business hours (closed right now), a greeting."""
     plugins: dict[str, Any] = {
-        "whatsapp": {"sandbox": True, "app_secret": SECRET, "verify_token": "e2e-verify-token"},
+        "whatsapp": {
+            "sandbox": True,
+            "sandbox_token": SANDBOX_TOKEN,
+            "app_secret": SECRET,
+            "verify_token": "e2e-verify-token",
+        },
         "autoreply": {
             "cooldown_seconds": 600,
             "handoff_seconds": 1800,
@@ -180,7 +193,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZaphubProcess]:
 
 @pytest.fixture
 async def client(server: ZaphubProcess) -> AsyncIterator[Client]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, headers=SANDBOX_HEADERS) as http:
         yield Client(server.url, http)
 
 
@@ -449,7 +462,7 @@ async def test_an_installed_bot_plugin_answers_and_defers_to_the_rules(
     assert checked.returncode == 0, checked.stderr
     assert "orders_bot: config_schema, reply_for_message" in checked.stdout
     with zaphub_process(config, env={"PYTHONPATH": str(orders_bot_site)}) as proc:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=10, headers=SANDBOX_HEADERS) as http:
             client = Client(proc.url, http)
             joao, maria, lia = "5511972000001", "5511972000002", "5511972000003"
             await client.message(wb.text("Cadê o pedido 1234?", from_=joao), name="João Silva")

@@ -23,6 +23,7 @@ def test_bundled_config_serves_ops_endpoints_and_stops_gracefully(tmp_path: Path
         assert (health.status_code, health.json()) == (200, {"status": "ok"})
         ready = httpx.get(f"{server.url}/ready", timeout=5).json()
         assert ready["status"] == "ready"
+        assert any(w.startswith("plugins.whatsapp.sandbox: on: ") for w in ready["warnings"])
         assert ready["checks"]["storage"] == "ok"
         assert "redis" not in ready["checks"]  # not configured: fan-out stays in this process
         metrics = httpx.get(f"{server.url}/metrics", timeout=5)
@@ -33,6 +34,8 @@ def test_bundled_config_serves_ops_endpoints_and_stops_gracefully(tmp_path: Path
     assert code == 0, log
     assert f"listening on http://127.0.0.1:{server.port}" in log
     assert "USING DEVELOPMENT DEFAULTS for plugins.whatsapp.verify_token, plugins.whatsapp.app_secret" in log
+    assert "SANDBOX MODE: sends go to the built-in Meta emulator" in log
+    assert "its test controls are off (set WHATSAPP_SANDBOX_TOKEN to use them)" in log
     assert "Application shutdown complete" in log
     assert "Traceback" not in log
     assert (tmp_path / "zaphub.db").exists()

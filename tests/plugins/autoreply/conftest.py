@@ -23,7 +23,7 @@ from core.config import parse_config
 from core.host import Host
 from core.models import Message, StatusChange
 from plugins.whatsapp import webhook_builders as wb
-from tests.helpers import free_port, serve, wait_for
+from tests.helpers import SANDBOX_HEADERS, SANDBOX_TOKEN, free_port, serve, wait_for
 
 SECRET = "autoreply-test-app-secret-0123456789abcdef"
 SANDBOX = "/_sandbox/graph"
@@ -147,7 +147,12 @@ def app_config(port: int, db: Path, autoreply: Mapping[str, Any], extra: Mapping
         "storage": {"url": f"sqlite:///{db}"},
         "logging": {"level": "warning"},
         "plugins": {
-            "whatsapp": {"sandbox": True, "app_secret": SECRET, "verify_token": "autoreply-test-verify"},
+            "whatsapp": {
+                "sandbox": True,
+                "sandbox_token": SANDBOX_TOKEN,
+                "app_secret": SECRET,
+                "verify_token": "autoreply-test-verify",
+            },
             "autoreply": dict(autoreply),
             "probe": {},
             **{name: {} for name in extra},
@@ -174,7 +179,9 @@ async def start_app(tmp_path: Path) -> AsyncIterator[StartApp]:
             own = contextlib.AsyncExitStack()
             stack.push_async_callback(own.aclose)
             url = await own.enter_async_context(serve(app, port=port))
-            client = await own.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
+            client = await own.enter_async_context(
+                httpx.AsyncClient(base_url=url, timeout=10, headers=SANDBOX_HEADERS)
+            )
             return Zaphub(app, url, probe, client, own)
 
         yield start

@@ -26,7 +26,7 @@ from core.host import Host
 from plugins.crm_realtime.auth import issue_token
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.whatsapp import webhook_builders as wb
-from tests.helpers import REPO, free_port, serve
+from tests.helpers import REPO, SANDBOX_HEADERS, SANDBOX_TOKEN, free_port, serve
 
 JWT_SECRET = "crm-test-jwt-secret-0123456789abcdef"
 APP_SECRET = "crm-test-app-secret-0123456789abcdef"
@@ -47,6 +47,7 @@ def crm_config(
         "plugins": {
             "whatsapp": {
                 "sandbox": True,
+                "sandbox_token": SANDBOX_TOKEN,
                 "app_secret": APP_SECRET,
                 "verify_token": "verify-me",
                 "phone_number_ids": [PNID, OTHER_PNID],
@@ -202,7 +203,10 @@ async def zaphub(
         data["plugins"].update({name: {} for name in extra_plugins})
     app = create_app(parse_config(data), extra_plugins=extra_plugins)
     settings = msgspec.convert(data["plugins"]["crm_realtime"], CrmRealtimeSettings)
-    async with serve(app, port=port) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with (
+        serve(app, port=port) as url,
+        httpx.AsyncClient(base_url=url, timeout=10, headers=SANDBOX_HEADERS) as http,
+    ):
         z = Zaphub(url, app.state.host, http, settings)
         try:
             yield z

@@ -20,7 +20,7 @@ from core.errors import ValidationFailed, WindowClosedError
 from core.models import Message, StatusChange, utcnow
 from core.storage.schema import conversations, outbox
 from plugins.whatsapp import webhook_builders as wb
-from tests.helpers import free_port, serve, wait_for
+from tests.helpers import SANDBOX_HEADERS, SANDBOX_TOKEN, free_port, serve, wait_for
 
 SECRET = "outbox-test-secret-0123456789abcd"
 CUSTOMER = "5511966665555"
@@ -48,7 +48,7 @@ class Harness:
         self.url = url
         self.host = host
         self.events = events
-        self.http = httpx.AsyncClient(base_url=url, timeout=30)
+        self.http = httpx.AsyncClient(base_url=url, timeout=30, headers=SANDBOX_HEADERS)
 
     async def graph_requests(self) -> list[dict[str, Any]]:
         r = await self.http.get("/_sandbox/graph/_sandbox/requests")
@@ -91,6 +91,7 @@ def config_for(storage_url: str, port: int, **whatsapp: Any) -> Any:
                     "verify_token": "vt",
                     "app_secret": SECRET,
                     "sandbox": True,
+                    "sandbox_token": SANDBOX_TOKEN,
                     "request_timeout_seconds": 2,
                     **whatsapp,
                 },
