@@ -1,0 +1,264 @@
+"""Inbound webhooks into the database: contacts, conversations, messages and statuses in one batch.
+
+A whole batch of webhooks is one transaction (:meth:`IngestMixin.ingest`). Unique keys in the
+database, not in-memory caches, make repeated webhooks harmless across processes and restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.config import StorageConfig
+from core.models import Contact, Conversation, InboundMessage, InboundStatus, utcnow
+from core.storage.engine import StorageError
+from core.storage.results import IngestResult, MessageEvent, StatusEvent
+from core.storage.rows import Row, contact_from_row, conversation_from_row, message_from_row
+from core.storage.schema import UTCDateTime, contacts, conversations, messages, statuses
+from core.storage.statuses import StatusMixin
+
+__all__ = ["IngestMixin"]
+
+_KNOWN_MAX = 100_000
+
+
+class IngestMixin(StatusMixin):
+    """Stores inbound batches; remembers committed contacts and conversations to skip upserts."""
+
+    def __init__(self, config: StorageConfig) -> None:
+        super().__init__(config)
+        # Rows this process has seen committed; an optimisation only, never a source of truth.
+        self._known_contacts: dict[str, Contact] = {}
+        self._known_conversations: dict[tuple[str, int], None] = {}
+
+    async def ingest(
+        self, inbound: Sequence[InboundMessage], inbound_statuses: Sequence[InboundStatus]
+    ) -> IngestResult:
+        """Store a batch of inbound messages and statuses in one transaction.
+
+        Repeated messages (same business number + wamid) and statuses (same wamid + status) are
+        absorbed by unique keys; stale statuses change nothing; statuses for unknown wamids are
+        kept and applied when the message appears. Returns what is new, for hooks.
+        """
+        now = utcnow()
+        result = IngestResult()
+        # Deduplicate inside the batch first: ON CONFLICT DO UPDATE may not touch a row twice.
+        unique_msgs: dict[tuple[str, str], InboundMessage] = {}
+        for msg in inbound:
+            key = (msg.phone_number_id, msg.wamid)
+            if key in unique_msgs:
+                result.duplicate_messages += 1
+            else:
+                unique_msgs[key] = msg
+        learned: tuple[list[Contact], list[tuple[str, int]]] = ([], [])
+        try:
+            async with self.write() as conn:
+                if unique_msgs:
+                    learned = await self._ingest_messages(conn, list(unique_msgs.values()), now, result)
+                if inbound_statuses:
+                    await self._ingest_statuses(conn, inbound_statuses, now, result)
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            raise StorageError(f"storing a webhook batch failed: {exc.__class__.__name__}: {exc}") from exc
+        # Only committed rows may enter the caches (a rolled-back id would not exist).
+        for contact in learned[0]:
+            self._known_contacts[contact.wa_id] = contact
+        self._known_conversations.update(dict.fromkeys(learned[1]))
+        while len(self._known_contacts) > _KNOWN_MAX:
+            del self._known_contacts[next(iter(self._known_contacts))]
+        while len(self._known_conversations) > _KNOWN_MAX:
+            del self._known_conversations[next(iter(self._known_conversations))]
+        return result
+
+    async def _ingest_messages(
+        self, conn: AsyncConnection, batch: list[InboundMessage], now: datetime, result: IngestResult
+    ) -> tuple[list[Contact], list[tuple[str, int]]]:
+        # Contacts: the latest non-empty profile name in the batch wins. Contacts and
+        # conversations are never deleted, so ones this process already stored (with the same
+        # name) need no upsert: warm traffic costs three statements per batch, not six.
+        names: dict[str, str | None] = {}
+        for msg in batch:
+            names[msg.wa_id] = msg.profile_name or names.get(msg.wa_id)
+        contact_by_wa: dict[str, Contact] = {}
+        unknown: list[str] = []
+        for wa_id, name in names.items():
+            known = self._known_contacts.get(wa_id)
+            if known is not None and (name is None or name == known.name):
+                contact_by_wa[wa_id] = known
+            else:
+                unknown.append(wa_id)
+        new_contacts: list[Contact] = []
+        if unknown:
+            unknown.sort()  # stable lock order across concurrent transactions (no deadlocks)
+            ins = self.insert(contacts)
+            await conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=[contacts.c.wa_id],
+                    set_={"name": ins.excluded.name, "updated_at": ins.excluded.updated_at},
+                    where=sa.and_(
+                        ins.excluded.name.is_not(None), ins.excluded.name.is_distinct_from(contacts.c.name)
+                    ),
+                ),
+                [{"wa_id": w, "name": names[w], "created_at": now, "updated_at": now} for w in unknown],
+            )
+            found = (await conn.execute(sa.select(contacts).where(contacts.c.wa_id.in_(unknown)))).all()
+            new_contacts = [contact_from_row(r) for r in found]
+            contact_by_wa.update((c.wa_id, c) for c in new_contacts)
+
+        pairs = sorted({(m.phone_number_id, contact_by_wa[m.wa_id].id) for m in batch})
+        missing = [p for p in pairs if p not in self._known_conversations]
+        if missing:
+            await conn.execute(
+                self.insert(conversations).on_conflict_do_nothing(
+                    index_elements=[conversations.c.phone_number_id, conversations.c.contact_id]
+                ),
+                [{"phone_number_id": p, "contact_id": c, "created_at": now} for p, c in missing],
+            )
+        conv_rows = {
+            (r.phone_number_id, r.contact_id): conversation_from_row(r)
+            for r in await conn.execute(
+                sa.select(conversations).where(
+                    sa.tuple_(conversations.c.phone_number_id, conversations.c.contact_id).in_(pairs)
+                )
+            )
+        }
+
+        rows: list[dict[str, Any]] = []
+        for msg in batch:
+            rows.append(
+                {
+                    "conversation_id": conv_rows[(msg.phone_number_id, contact_by_wa[msg.wa_id].id)].id,
+                    "phone_number_id": msg.phone_number_id,
+                    "wamid": msg.wamid,
+                    "direction": "inbound",
+                    "type": msg.type,
+                    "body": msg.body,
+                    "status": "received",
+                    "status_rank": 0,
+                    "automated": False,
+                    "source": None,
+                    "delivered_at": msg.timestamp,
+                    "received_at": now,
+                    "media_id": msg.media_id,
+                    "media_mime_type": msg.media_mime_type,
+                    "context_wamid": msg.context_wamid,
+                    "content": None,
+                    "raw": msg.raw,
+                    "error_code": None,
+                    "error_title": None,
+                }
+            )
+        inserted = await conn.execute(
+            self.insert(messages)
+            .on_conflict_do_nothing(index_elements=[messages.c.phone_number_id, messages.c.wamid])
+            .returning(messages.c.id, messages.c.phone_number_id, messages.c.wamid),
+            rows,
+        )
+        new_ids = {(r.phone_number_id, r.wamid): r.id for r in inserted}
+        result.duplicate_messages += len(batch) - len(new_ids)
+        if not new_ids:
+            return new_contacts, missing
+
+        # Advance the conversations in one statement. The CASEs never move a timestamp backwards,
+        # whatever order concurrent transactions commit in (a backlog replayed by Meta included).
+        latest: dict[int, tuple[datetime, int]] = {}
+        for row in rows:
+            mid = new_ids.get((row["phone_number_id"], row["wamid"]))
+            if mid is None:
+                continue
+            cid = row["conversation_id"]
+            ts = row["delivered_at"]
+            if cid not in latest or (ts, mid) > latest[cid]:
+                latest[cid] = (ts, mid)
+        ts_param = sa.bindparam("ts", type_=UTCDateTime())
+        mid_param: sa.BindParameter[int] = sa.bindparam("mid")
+        newer_inbound = sa.or_(
+            conversations.c.last_inbound_at.is_(None), conversations.c.last_inbound_at < ts_param
+        )
+        newer_message = sa.or_(
+            conversations.c.last_message_at.is_(None), conversations.c.last_message_at <= ts_param
+        )
+        await conn.execute(
+            conversations.update()
+            .where(conversations.c.id == sa.bindparam("cid"))
+            .values(
+                last_inbound_at=sa.case((newer_inbound, ts_param), else_=conversations.c.last_inbound_at),
+                last_message_at=sa.case((newer_message, ts_param), else_=conversations.c.last_message_at),
+                last_message_id=sa.case((newer_message, mid_param), else_=conversations.c.last_message_id),
+            ),
+            [{"cid": cid, "ts": ts, "mid": mid} for cid, (ts, mid) in sorted(latest.items())],
+        )
+        # The same rule applied to the rows read above gives what the hooks see, without a re-read.
+        conv_by_id: dict[int, Conversation] = {}
+        for conv in conv_rows.values():
+            if conv.id not in latest:
+                continue
+            ts, mid = latest[conv.id]
+            newer = conv.last_message_at is None or conv.last_message_at <= ts
+            conv_by_id[conv.id] = msgspec.structs.replace(
+                conv,
+                last_inbound_at=max(conv.last_inbound_at, ts) if conv.last_inbound_at else ts,
+                last_message_at=ts if newer else conv.last_message_at,
+                last_message_id=mid if newer else conv.last_message_id,
+            )
+        contact_by_id = {c.id: c for c in contact_by_wa.values()}
+        for row in rows:
+            mid = new_ids.get((row["phone_number_id"], row["wamid"]))
+            if mid is None:
+                continue
+            conv = conv_by_id[row["conversation_id"]]
+            message = message_from_row(Row({**row, "id": mid}))
+            result.new_messages.append(MessageEvent(message, conv, contact_by_id[conv.contact_id]))
+        return new_contacts, missing
+
+    async def _ingest_statuses(
+        self, conn: AsyncConnection, batch: Sequence[InboundStatus], now: datetime, result: IngestResult
+    ) -> None:
+        unique: dict[tuple[str, str, str], InboundStatus] = {}
+        for st in batch:
+            key = (st.phone_number_id, st.wamid, st.status)
+            if key in unique:
+                result.duplicate_statuses += 1
+            else:
+                unique[key] = st
+        inserted = await conn.execute(
+            self.insert(statuses)
+            .on_conflict_do_nothing(
+                index_elements=[statuses.c.phone_number_id, statuses.c.wamid, statuses.c.status]
+            )
+            .returning(statuses.c.id, statuses.c.phone_number_id, statuses.c.wamid, statuses.c.status),
+            [
+                {
+                    "phone_number_id": st.phone_number_id,
+                    "wamid": st.wamid,
+                    "status": st.status,
+                    "timestamp": st.timestamp,
+                    "error_code": st.error_code,
+                    "error_title": st.error_title,
+                    "raw": st.raw,
+                    "received_at": now,
+                }
+                for st in unique.values()
+            ],
+        )
+        new_rows = {(r.phone_number_id, r.wamid, r.status): r.id for r in inserted}
+        result.duplicate_statuses += len(unique) - len(new_rows)
+        # Apply in arrival order; the rank check makes the outcome order-independent.
+        for key, st in unique.items():
+            status_id = new_rows.get(key)
+            if status_id is None:
+                continue
+            outcome = await self._apply_status(conn, status_id, st)
+            if outcome == "pending":
+                linked = await self._link_by_callback(conn, st, now)
+                outcome = await self._apply_status(conn, status_id, st) if linked else "pending"
+            if isinstance(outcome, StatusEvent):
+                result.status_changes.append(outcome)
+            elif outcome == "stale":
+                result.stale_statuses += 1
+            else:
+                result.pending_statuses += 1

@@ -1,0 +1,47 @@
+"""What storage hands back: new messages, status changes, a batch's outcome, claimed sends."""
+
+from __future__ import annotations
+
+import msgspec
+
+from core.models import Contact, Conversation, Message, StatusChange
+
+__all__ = ["IngestResult", "MessageEvent", "OutboxItem", "StatusEvent"]
+
+
+class MessageEvent(msgspec.Struct, frozen=True):
+    """A newly stored message with its conversation and contact, for hooks."""
+
+    message: Message
+    conversation: Conversation
+    contact: Contact
+
+
+class StatusEvent(msgspec.Struct, frozen=True):
+    """A status that moved a message forward, for hooks."""
+
+    message: Message
+    conversation: Conversation
+    change: StatusChange
+
+
+class IngestResult(msgspec.Struct, kw_only=True):
+    """What one :meth:`Storage.ingest` call changed."""
+
+    new_messages: list[MessageEvent] = msgspec.field(default_factory=list)
+    status_changes: list[StatusEvent] = msgspec.field(default_factory=list)
+    duplicate_messages: int = 0
+    duplicate_statuses: int = 0
+    stale_statuses: int = 0
+    pending_statuses: int = 0
+    """Statuses kept for a message not known yet; applied when it appears."""
+
+
+class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A claimed send: the outbox row and its message."""
+
+    id: int
+    message: Message
+    recipient: str
+    attempts: int
+    """Attempts made before this one."""

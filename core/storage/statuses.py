@@ -1,0 +1,127 @@
+"""The status machine: move a message forward, park statuses that came early, link by callback data.
+
+Statuses only move a message forward (``STATUS_RANK``); a stale one is kept in the history only.
+A status for a wamid not known yet is parked and applied when the message gets that wamid.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.models import STATUS_RANK, InboundStatus, Message, StatusChange, utcnow
+from core.storage.engine import StorageEngine
+from core.storage.results import StatusEvent
+from core.storage.rows import conversation_from_row, message_from_row
+from core.storage.schema import conversations, messages, outbox, statuses
+
+__all__ = ["CALLBACK_PREFIX", "StatusMixin"]
+
+log = logging.getLogger("zaphub.storage")
+
+#: Prefix of ``biz_opaque_callback_data`` on our sends: Meta echoes it in status webhooks, which
+#: lets a status link a message whose Graph answer never arrived (a timeout after sending).
+CALLBACK_PREFIX = "zaphub:"
+
+
+class StatusMixin(StorageEngine):
+    """Applies statuses to messages inside the caller's transaction."""
+
+    async def _apply_status(
+        self, conn: AsyncConnection, status_id: int, st: InboundStatus
+    ) -> StatusEvent | str:
+        """Move a message forward to ``st`` if it outranks its status; mark the status row."""
+        rank = STATUS_RANK.get(st.status)
+        target = sa.and_(
+            messages.c.phone_number_id == st.phone_number_id,
+            messages.c.wamid == st.wamid,
+            messages.c.direction == "outbound",
+        )
+        if rank is None:  # a status Meta invented after this release: keep it in the history only
+            row = (await conn.execute(sa.select(messages.c.id).where(target))).first()
+            if row is None:
+                return "pending"
+            await conn.execute(statuses.update().where(statuses.c.id == status_id).values(message_id=row.id))
+            return "stale"
+        updated = (
+            await conn.execute(
+                messages.update()
+                .where(target, messages.c.status_rank < rank)
+                .values(
+                    status=st.status,
+                    status_rank=rank,
+                    error_code=st.error_code if st.status == "failed" else messages.c.error_code,
+                    error_title=st.error_title if st.status == "failed" else messages.c.error_title,
+                )
+                .returning(*messages.c)
+            )
+        ).first()
+        if updated is None:
+            row = (await conn.execute(sa.select(messages.c.id).where(target))).first()
+            if row is None:
+                return "pending"
+            await conn.execute(statuses.update().where(statuses.c.id == status_id).values(message_id=row.id))
+            return "stale"
+        await conn.execute(statuses.update().where(statuses.c.id == status_id).values(message_id=updated.id))
+        if st.status == "failed":
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.message_id == updated.id, outbox.c.state == "pending")
+                .values(state="failed", last_error=st.error_title, updated_at=utcnow())
+            )
+        message = message_from_row(updated)
+        change = StatusChange(
+            message_id=message.id,
+            status=st.status,
+            timestamp=st.timestamp,
+            error_code=st.error_code if st.status == "failed" else None,
+            error_title=st.error_title if st.status == "failed" else None,
+        )
+        return await self._status_event(conn, message, change)
+
+    async def _status_event(
+        self, conn: AsyncConnection, message: Message, change: StatusChange
+    ) -> StatusEvent:
+        """The event hooks see for ``change``: the moved message with its conversation as stored now."""
+        conv = conversation_from_row(
+            (
+                await conn.execute(
+                    sa.select(conversations).where(conversations.c.id == message.conversation_id)
+                )
+            ).one()
+        )
+        return StatusEvent(message, conv, change)
+
+    async def _link_by_callback(self, conn: AsyncConnection, st: InboundStatus, now: datetime) -> bool:
+        """Learn a wamid from a status echoing our callback data (its Graph answer was lost)."""
+        data = (st.raw or {}).get("biz_opaque_callback_data")
+        if not isinstance(data, str) or not data.startswith(CALLBACK_PREFIX):
+            return False
+        try:
+            message_id = int(data[len(CALLBACK_PREFIX) :])
+        except ValueError:
+            return False
+        linked = (
+            await conn.execute(
+                messages.update()
+                .where(
+                    messages.c.id == message_id,
+                    messages.c.wamid.is_(None),
+                    messages.c.phone_number_id == st.phone_number_id,
+                )
+                .values(wamid=st.wamid, delivered_at=now)
+                .returning(messages.c.id)
+            )
+        ).first()
+        if linked is None:
+            return False
+        await conn.execute(
+            outbox.update()
+            .where(outbox.c.message_id == message_id, outbox.c.state == "pending")
+            .values(state="done", updated_at=now, last_error="linked by status webhook")
+        )
+        log.info("message %s linked to %s by a status webhook after an ambiguous send", message_id, st.wamid)
+        return True
