@@ -1,31 +1,24 @@
-"""Turning stored changes into hook calls: the group-commit ingest and the event dispatcher.
+"""Turning stored changes into hook calls: the event dispatcher.
 
-Inbound webhooks arrive concurrently. :class:`IngestBatcher` gathers whatever is waiting while
-the previous transaction runs and stores it in one transaction (group commit), so throughput
-grows with load instead of queueing behind one fsync per webhook. Each caller's ``submit`` returns
-only after its data is committed: that is when the webhook may answer ``200``.
-
-:class:`EventDispatcher` then calls the ``on_*`` hooks in commit order from a single task, so a
+:class:`EventDispatcher` calls the ``on_*`` hooks in commit order from a single task, so a
 conversation's events reach plugins in order. Hooks run after the answer, never inside it.
 Across a crash, storage is exactly-once but hooks are at-most-once: a client that reconnects
-resyncs over REST (``after_id``).
+resyncs over REST (``after_id``). Inbound batches reach it from the group-commit writer,
+:class:`core.ingest.IngestBatcher`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from core.models import InboundMessage, InboundStatus, utcnow
-from core.storage import IngestResult, StatusEvent
+from core.storage import StatusEvent
 
 if TYPE_CHECKING:
     from core.host import Host
 
-__all__ = ["EventDispatcher", "IngestBatcher"]
+__all__ = ["EventDispatcher"]
 
 log = logging.getLogger("zaphub.events")
 
@@ -80,122 +73,3 @@ class EventDispatcher:
         """Wait until everything queued so far has been dispatched (tests, shutdown)."""
         while not self._queue.empty():
             await asyncio.sleep(0.005)
-
-
-class _Submission:
-    __slots__ = ("future", "messages", "statuses")
-
-    def __init__(
-        self,
-        messages: Sequence[InboundMessage],
-        statuses: Sequence[InboundStatus],
-        future: asyncio.Future[None],
-    ) -> None:
-        self.messages = messages
-        self.statuses = statuses
-        self.future = future
-
-
-class IngestBatcher:
-    """Group commit of inbound batches; see the module docstring."""
-
-    def __init__(self, host: Host, *, max_webhooks: int = 200) -> None:
-        self.host = host
-        self.max_webhooks = max_webhooks
-        self._pending: list[_Submission] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def start(self) -> None:
-        """Start the writer task."""
-        self._task = asyncio.create_task(self._run(), name="zaphub-ingest")
-
-    async def stop(self) -> None:
-        """Store what was submitted, then stop."""
-        self._closed = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-
-    async def submit(self, messages: Sequence[InboundMessage], statuses: Sequence[InboundStatus]) -> None:
-        """Store messages and statuses durably; returns once committed.
-
-        Raises:
-            StorageError: the database failed; nothing of this submission was stored.
-        """
-        if not messages and not statuses:
-            return
-        if self._closed:
-            raise RuntimeError("the host is shutting down")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Submission(messages, statuses, future))
-        self._wake.set()
-        await future
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending[: self.max_webhooks], self._pending[self.max_webhooks :]
-                try:
-                    await self._store(batch)
-                except Exception as exc:  # never leave a webhook waiting on a dead writer
-                    log.exception("ingest writer failed")
-                    for sub in batch:
-                        if not sub.future.done():
-                            sub.future.set_exception(exc)
-            if self._closed and not self._pending:
-                return
-
-    async def _store(self, batch: list[_Submission]) -> None:
-        started = time.perf_counter()
-        try:
-            result = await self.host.storage.ingest(
-                [m for s in batch for m in s.messages], [st for s in batch for st in s.statuses]
-            )
-        except Exception as exc:
-            if len(batch) == 1:
-                log.error("storing a webhook failed", exc_info=exc)
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
-                return
-            # One bad submission must not fail its neighbours: store them one by one.
-            for sub in batch:
-                await self._store([sub])
-            return
-        metrics = self.host.metrics
-        metrics.ingest_seconds.observe(time.perf_counter() - started)
-        metrics.ingest_batch.observe(len(batch))
-        for sub in batch:
-            if not sub.future.done():
-                sub.future.set_result(None)
-        try:
-            await self._publish(result)
-        except Exception:  # stored and acknowledged; a publishing bug must not stop the writer
-            log.exception("publishing events of a stored batch failed")
-
-    async def _publish(self, result: IngestResult) -> None:
-        metrics = self.host.metrics
-        now = utcnow()
-        if result.duplicate_messages:
-            metrics.duplicates.labels(kind="message").inc(result.duplicate_messages)
-        if result.duplicate_statuses:
-            metrics.duplicates.labels(kind="status").inc(result.duplicate_statuses)
-        if result.stale_statuses:
-            metrics.statuses.labels(outcome="stale").inc(result.stale_statuses)
-        if result.pending_statuses:
-            metrics.statuses.labels(outcome="pending").inc(result.pending_statuses)
-        events = self.host.events
-        for ev in result.new_messages:
-            metrics.count_inbound(ev.message.type)
-            if ev.message.delivered_at is not None:
-                metrics.processing_lag.observe(max(0.0, (now - ev.message.delivered_at).total_seconds()))
-            await events.publish(
-                "on_message_received", message=ev.message, conversation=ev.conversation, contact=ev.contact
-            )
-        for st in result.status_changes:
-            metrics.statuses.labels(outcome="applied").inc()
-            await events.publish_status(st)

@@ -16,7 +16,8 @@ import msgspec
 import pluggy
 
 from core.config import Config
-from core.events import EventDispatcher, IngestBatcher
+from core.events import EventDispatcher
+from core.ingest import IngestBatcher
 from core.metrics import Metrics
 from core.plugins import HookRunner
 from core.sending import SendService

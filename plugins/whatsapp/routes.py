@@ -3,7 +3,7 @@
 The POST path is the hot path (Meta sends about three status webhooks per message sent, plus
 every inbound message). It checks ``X-Hub-Signature-256`` over the raw bytes (constant-time),
 decodes the body once, drops numbers this host does not serve, and answers ``200`` only after the
-batch is committed (group commit in :class:`core.events.IngestBatcher`). Hooks fire after the
+batch is committed (group commit in :class:`core.ingest.IngestBatcher`). Hooks fire after the
 answer.
 
 It is a raw ASGI handler mounted through Litestar (``@asgi``) rather than a regular route: the
