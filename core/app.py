@@ -24,7 +24,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from core import __version__
-from core.config import Config, redact
+from core.config import Config, redact, redact_url
 from core.errors import ApiError
 from core.host import Host, ReadinessCheck
 from core.logs import Throttle
@@ -160,7 +160,14 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
                 config.source,
             )
         if config.redis.url:
-            host.stash[REDIS] = aioredis.from_url(config.redis.url)
+            host.stash[REDIS] = aioredis.from_url(config.redis.url, socket_connect_timeout=2)
+            await _warn_unless_redis_answers(host.stash[REDIS], config.redis.url)
+        elif config.storage.url.startswith("postgresql"):
+            log.warning(
+                "storage is PostgreSQL but redis.url is not set: with several processes (zaphub run "
+                "--workers, or several hosts) a Socket.IO client only receives the events of the process "
+                "it is connected to; set redis.url (ZAPHUB_REDIS_URL) unless this is the only process"
+            )
         log.info("storage: %s; plugins: %s", host.storage.describe(), ", ".join(config.plugins) or "none")
         log.debug("config: %s", redact(config))
         await host.start()
@@ -219,6 +226,19 @@ def _storage_check(host: Host) -> Any:
         return None
 
     return check
+
+
+async def _warn_unless_redis_answers(client: aioredis.Redis, url: str) -> None:
+    try:
+        await asyncio.wait_for(client.ping(), 3)
+    except Exception as exc:
+        # Not fatal: webhooks and REST work without Redis, and the relay recovers when it is back.
+        log.error(
+            "REDIS UNREACHABLE at %s (%s): Socket.IO events are not relayed between processes until it "
+            "answers, and /ready answers 503; start Redis or correct redis.url (ZAPHUB_REDIS_URL)",
+            redact_url(url),
+            f"{type(exc).__name__}: {exc}"[:200],
+        )
 
 
 def _redis_check(host: Host) -> Any:

@@ -54,13 +54,26 @@ def register_routes(host: Host, settings: CrmRealtimeSettings) -> list[Any]:
 
 @hookimpl
 def register_readiness_checks(host: Host) -> list[ReadinessCheck]:
-    """``/ready`` fails while the Socket.IO emit loop is down or its queue overflows."""
+    """``/ready`` fails while the Socket.IO emit loop is down or its queue overflows.
+
+    With ``redis.url``, check ``relay`` fails while the Redis relay cannot publish or listen.
+    """
 
     async def realtime() -> str | None:
         running = host.stash.get(REALTIME)
         return running.problem() if running is not None else "the Socket.IO server is not started"
 
-    return [("crm_realtime", realtime)]
+    checks: list[ReadinessCheck] = [("crm_realtime", realtime)]
+    if host.config.redis.url:
+
+        async def relay() -> str | None:
+            running = host.stash.get(REALTIME)
+            if running is None or running.relay is None:
+                return "the Socket.IO server is not started"
+            return running.relay.problem()
+
+        checks.append(("relay", relay))
+    return checks
 
 
 @hookimpl

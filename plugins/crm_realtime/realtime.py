@@ -38,11 +38,13 @@ import msgspec
 import socketio
 from prometheus_client import Counter, Gauge
 
+from core.config import redact_url
 from core.logs import Throttle
 from core.models import Contact, Conversation, Message, StatusChange
 from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden_message
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.crm_realtime.models import message_event, message_sent_event, message_status_event
+from plugins.crm_realtime.relay import ListenerLog, RelayHealth
 
 if TYPE_CHECKING:
     from core.host import Host
@@ -67,6 +69,8 @@ MAX_ID = 2**63 - 1
 REFUSED_GRACE_SECONDS = 1.0
 """How long a refused connection stays open (to receive ``connect_error`` or connect elsewhere)."""
 REAP_INTERVAL_SECONDS = 0.25
+RELAY_PROBE_SECONDS = 1.0
+RELAY_CONNECT_TIMEOUT_SECONDS = 2.0
 
 EVENT_MESSAGE = "whatsapp:message"
 EVENT_SENT = "whatsapp:message_sent"
@@ -161,7 +165,46 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
 
 
 class _RedisDirectEmit(socketio.AsyncRedisManager, _DirectEmit):  # type: ignore[misc]  # untyped library
-    """The Redis manager, delivering its local share (its own emits and relayed ones) directly."""
+    """The Redis manager, delivering its local share (its own emits and relayed ones) directly.
+
+    It reports to :class:`RelayHealth` instead of logging: ``_publish`` and ``_listen`` are
+    python-socketio internals (pinned below 6; ``tests/plugins/crm_realtime/test_relay.py``
+    fails loudly if they change).
+    """
+
+    health: RelayHealth
+
+    async def _publish(self, data: Any) -> None:
+        # One attempt, its outcome recorded. The library's version retries once and logs two
+        # errors per emit; redis-py reconnects by itself on the next publish.
+        try:
+            if self.redis is None:
+                self._redis_connect()
+            await self.redis.publish(self.channel, self.json.dumps(data))
+        except Exception as exc:
+            self.health.failed("publish", _cause(exc))
+        else:
+            self.health.worked("publish")
+
+    async def _listen(self) -> Any:
+        async for data in super()._listen():
+            self.health.worked("listen")  # our own publishes come back too
+            yield data
+
+    async def probe(self) -> None:
+        """Publish a no-op on the channel: its echo tells the listener is back (see ``_listen``)."""
+        try:
+            if self.redis is None:
+                self._redis_connect()
+            await self.redis.publish(self.channel, self.json.dumps({"method": "zaphub:probe"}))
+        except Exception as exc:  # still down; the outage is already known and counted
+            log.debug("Redis relay probe failed: %s", _cause(exc))
+        else:
+            self.health.worked("publish")
+
+
+def _cause(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 class _Emit(msgspec.Struct, frozen=True, array_like=True):
@@ -185,9 +228,21 @@ class Realtime:
         self.verifier = verifier
         self.ns = settings.namespace
         redis = host.config.redis
-        self.manager: socketio.AsyncManager = (
-            _RedisDirectEmit(redis.url, channel=redis.channel) if redis.url else _DirectEmit()
-        )
+        self.relay: RelayHealth | None = None
+        self.manager: socketio.AsyncManager
+        if redis.url:
+            self.relay = RelayHealth(host.metrics.registry, redact_url(redis.url))
+            relay_manager = _RedisDirectEmit(
+                redis.url,
+                channel=redis.channel,
+                logger=ListenerLog(self.relay),
+                # A Redis host that drops packets must not stall the emit loop for minutes.
+                redis_options={"socket_connect_timeout": RELAY_CONNECT_TIMEOUT_SECONDS},
+            )
+            relay_manager.health = self.relay
+            self.manager = relay_manager
+        else:
+            self.manager = _DirectEmit()
         origins: Any = settings.cors_allowed_origins
         if origins is not None and "*" in origins:
             origins = "*"
@@ -214,6 +269,7 @@ class Realtime:
         self._queue: asyncio.Queue[_Emit | None] = asyncio.Queue(settings.event_queue_size)
         self._task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._dropped_logged_at = 0.0
         self._close_at: dict[str, float] = {}
         """Engine.IO sessions without a connected namespace, by when they are closed."""
@@ -259,6 +315,8 @@ class Realtime:
         """Start the emit loop and the reaper of idle connections (host tasks)."""
         self._task = self.host.spawn(self._run(), name="crm-realtime-emit")
         self._reaper = self.host.spawn(self._reap(), name="crm-realtime-reaper")
+        if isinstance(self.manager, _RedisDirectEmit):
+            self._prober = self.host.spawn(self._probe_relay(self.manager), name="crm-realtime-relay-probe")
 
     async def close(self, grace_seconds: float = 5.0) -> None:
         """Emit what is queued (bounded), stop Socket.IO and its Redis listener."""
@@ -269,8 +327,9 @@ class Realtime:
                 await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
             except TimeoutError:
                 self._task.cancel()
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in (self._reaper, self._prober):
+            if task is not None:
+                task.cancel()
         for handle in self._expiry.values():
             handle.cancel()
         self._expiry.clear()
@@ -433,6 +492,14 @@ class Realtime:
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         if eio_sid is not None:
             self._close_at[eio_sid] = time.monotonic() + REFUSED_GRACE_SECONDS
+
+    async def _probe_relay(self, manager: _RedisDirectEmit) -> None:
+        # While the relay is down, try it every second: without events to publish nothing else
+        # would notice that Redis is back.
+        while True:
+            await asyncio.sleep(RELAY_PROBE_SECONDS)
+            if not manager.health.up:
+                await manager.probe()
 
     async def _reap(self) -> None:
         while True:
