@@ -5,17 +5,24 @@ Socket.IO events (docs/events.md) keep the seed's names exactly: camelCase at th
 beyond the seed's (``type``, ``wamid``, ``phoneNumberId``…) are additions the contract allows.
 REST bodies use snake_case, except the send answer, which the contract spells in camelCase.
 
+The send bodies' constrained fields (text length, caption, file name, media link) are the types
+of :mod:`plugins.whatsapp.send_rules`, the one home of Meta's send rules: the REST contract is a
+WhatsApp send, so this plugin depends on that public module (which imports nothing but msgspec)
+rather than repeating its limits. The whole content is checked again by the transport's
+``on_before_send``, whatever sent it.
+
 Each event is built once from the stored objects and turned into builtins once; Socket.IO then
 encodes one packet for all its recipients.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
 from core.models import Contact, Conversation, Message, StatusChange, iso_z
+from plugins.whatsapp import send_rules
 
 __all__ = [
     "ApiContact",
@@ -298,9 +305,6 @@ class SendAccepted(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     status: Literal["queued"]
 
 
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
-
-
 class _Send(
     msgspec.Struct,
     frozen=True,
@@ -316,44 +320,44 @@ class _Send(
 class TextSend(_Send, frozen=True, kw_only=True, tag="text"):
     """``{"type": "text", "body": "Olá!"}`` (inside the 24-hour window)."""
 
-    body: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    body: send_rules.TextBody
     preview_url: bool | None = None
 
 
 class TemplateSend(_Send, frozen=True, kw_only=True, tag="template"):
     """An approved template (the only type allowed outside the 24-hour window)."""
 
-    name: NonEmpty
-    language: str | dict[str, Any]
+    name: send_rules.TemplateName
+    language: send_rules.NonBlank | dict[str, Any]
     """``"pt_BR"`` or ``{"code": "pt_BR"}``."""
     components: list[dict[str, Any]] | None = None
     """Meta's template components (header, body, button parameters)."""
 
 
 class _MediaSend(_Send, frozen=True, kw_only=True):
-    link: str | None = None
+    link: send_rules.MediaLink | None = None
     """A public http(s) URL Meta downloads the media from."""
-    media_id: str | None = None
+    media_id: send_rules.MediaId | None = None
     """An id from Graph's media upload. Exactly one of ``link`` and ``media_id``."""
 
 
 class ImageSend(_MediaSend, frozen=True, kw_only=True, tag="image"):
     """An image with an optional caption."""
 
-    caption: str | None = None
+    caption: send_rules.Caption | None = None
 
 
 class VideoSend(_MediaSend, frozen=True, kw_only=True, tag="video"):
     """A video with an optional caption."""
 
-    caption: str | None = None
+    caption: send_rules.Caption | None = None
 
 
 class DocumentSend(_MediaSend, frozen=True, kw_only=True, tag="document"):
     """A document with an optional caption and file name."""
 
-    caption: str | None = None
-    filename: str | None = None
+    caption: send_rules.Caption | None = None
+    filename: send_rules.Filename | None = None
 
 
 class AudioSend(_MediaSend, frozen=True, kw_only=True, tag="audio"):

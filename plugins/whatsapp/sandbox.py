@@ -7,7 +7,9 @@ zaphub's own app (``whatsapp.sandbox: true``) and run :meth:`Sandbox.lifespan` w
 
 Graph endpoints (``{v}`` is any ``vNN.N``; paths start with ``SandboxOptions.prefix``):
 
-- ``POST /{v}/{phone_number_id}/messages``: validated like Meta (400 + ``(#100) …`` envelope),
+- ``POST /{v}/{phone_number_id}/messages``: checked against the send rules zaphub itself applies
+  (:mod:`plugins.whatsapp.send_rules`, stricter than Graph where Meta documents nothing: unknown
+  fields are refused), and refused like Meta does (400 + ``(#100) …`` envelope);
   answers ``{"messaging_product", "contacts", "messages": [{"id": "wamid…"}]}`` and then POSTs
   ``sent``, ``delivered``, ``read`` status webhooks, each its own signed request, at
   ``status_delays``. Mark-as-read bodies answer ``{"success": true}``.
@@ -85,6 +87,7 @@ from litestar.params import FromPath
 from litestar.response.base import ASGIResponse
 from litestar.types import Guard, Receive, Scope, Send
 
+from plugins.whatsapp import send_rules
 from plugins.whatsapp import webhook_builders as wb
 
 __all__ = [
@@ -240,33 +243,8 @@ def _unknown_object(object_id: str, method: str) -> GraphError:
 # --- validation of send bodies ------------------------------------------------------------------
 
 _VERSION = re.compile(r"v\d+\.\d+")
-_MEDIA_TYPES: Final = ("image", "video", "audio", "document", "sticker")
-_SEND_TYPES: Final = (
-    "audio",
-    "contacts",
-    "document",
-    "image",
-    "interactive",
-    "location",
-    "reaction",
-    "sticker",
-    "template",
-    "text",
-    "video",
-)
-_INTERACTIVE_TYPES: Final = (
-    "button",
-    "call_permission_request",
-    "carousel",
-    "catalog_message",
-    "cta_url",
-    "flow",
-    "list",
-    "location_request_message",
-    "product",
-    "product_list",
-    "voice_call",
-)
+_MEDIA_TYPES: Final = tuple(sorted(send_rules.MEDIA_TYPES))
+_SEND_TYPES: Final = tuple(sorted(send_rules.CONTENT_TYPES))
 
 
 def _object(parent: Mapping[str, Any], key: str, path: str) -> dict[str, Any]:
@@ -295,78 +273,67 @@ def _string(
     return value
 
 
-def _list(parent: Mapping[str, Any], key: str, path: str, *, min_len: int, max_len: int) -> list[Any]:
-    value = parent.get(key)
-    if value is None:
-        raise _invalid(f"The parameter {path} is required.")
-    if not isinstance(value, list):
-        raise _invalid(f"Param {path} must be an array.")
-    if not min_len <= len(value) <= max_len:
-        raise _invalid(f"Param {path} must have between {min_len} and {max_len} elements.")
-    return value
+_META_TYPES: Final = {
+    "string": "a string",
+    "object": "a JSON object",
+    "array": "an array",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "a boolean",
+}
 
 
-def _validate_media(kind: str, obj: Mapping[str, Any]) -> None:
-    media_id = _string(obj, "id", f"{kind}['id']", required=False)
-    link = _string(obj, "link", f"{kind}['link']", required=False)
-    if not media_id and not link:
-        raise _invalid(f"Param {kind} must contain either id or link.")
-    if media_id and link:
-        raise _invalid(f"Param {kind} must contain either id or link, not both.")
-    if link and not link.startswith(("http://", "https://")):
-        raise _invalid(f"Param {kind}['link'] must be a valid http(s) URL.")
-    if "caption" in obj:
-        if kind in ("audio", "sticker"):
-            raise _invalid(f"Param {kind}['caption'] is not allowed for {kind} messages.")
-        _string(obj, "caption", f"{kind}['caption']", required=False, max_len=1024)
-    if "filename" in obj:
-        if kind != "document":
-            raise _invalid(f"Param {kind}['filename'] is only allowed for document messages.")
-        _string(obj, "filename", f"{kind}['filename']", required=False, max_len=240)
+def _meta_message(root: str, violation: send_rules.RuleViolation) -> str:
+    """Word a broken send rule as Graph does: ``Param text['body'] must be at most 4096 …``."""
+
+    def param(path: tuple[str | int, ...]) -> str:
+        parts = [root] if root else []
+        for part in path:
+            if isinstance(part, int):
+                parts.append(f"[{part}]")
+            elif parts:
+                parts.append(f"['{part}']")
+            else:
+                parts.append(part)
+        return "".join(parts)
+
+    where = param(violation.path)
+    match violation.problem:
+        case "required":
+            return f"The parameter {where} is required."
+        case "too_long":
+            return f"Param {where} must be at most {violation.limit} characters long."
+        case "too_many":
+            return f"Param {where} must have at most {violation.limit} elements."
+        case "too_few":
+            return f"Param {where} must have at least {violation.limit} elements."
+        case "unknown_field":
+            return f"Param {where} is not a valid parameter."
+        case "wrong_type":
+            expected = violation.expected or "string"
+            return f"Param {where} must be {_META_TYPES.get(expected, expected)}."
+        case "out_of_range":
+            low, high = violation.bounds or (0.0, 0.0)
+            return f"Param {where} must be between {low:g} and {high:g}."
+        case _:
+            return f"Param {where} {violation.text}."
 
 
-def _validate_interactive(obj: Mapping[str, Any]) -> None:
-    kind = _string(obj, "type", "interactive['type']")
-    if kind not in _INTERACTIVE_TYPES:
-        raise _invalid(f"Param interactive['type'] must be one of {{{', '.join(_INTERACTIVE_TYPES)}}}.")
-    if "footer" in obj:
-        _string(_object(obj, "footer", "interactive['footer']"), "text", "footer['text']", max_len=60)
-    if kind not in ("button", "list"):
-        return  # the other kinds are accepted as sent; zaphub does not build them
-    body = _object(obj, "body", "interactive['body']")
-    _string(body, "text", "interactive['body']['text']", max_len=1024 if kind == "button" else 4096)
-    action = _object(obj, "action", "interactive['action']")
-    if kind == "button":
-        buttons = _list(action, "buttons", "interactive['action']['buttons']", min_len=1, max_len=3)
-        titles: set[str] = set()
-        for i, item in enumerate(buttons):
-            path = f"interactive['action']['buttons'][{i}]"
-            if not isinstance(item, dict) or item.get("type") != "reply":
-                raise _invalid(f"Param {path}['type'] must be 'reply'.")
-            reply = _object(item, "reply", f"{path}['reply']")
-            _string(reply, "id", f"{path}['reply']['id']", max_len=256)
-            title = _string(reply, "title", f"{path}['reply']['title']", max_len=20)
-            if title in titles:
-                raise _invalid("Button titles must be unique.")
-            titles.add(title or "")
-        return
-    _string(action, "button", "interactive['action']['button']", max_len=20)
-    sections = _list(action, "sections", "interactive['action']['sections']", min_len=1, max_len=10)
-    rows = 0
-    for i, section in enumerate(sections):
-        path = f"interactive['action']['sections'][{i}]"
-        if not isinstance(section, dict):
-            raise _invalid(f"Param {path} must be a JSON object.")
-        _string(section, "title", f"{path}['title']", required=len(sections) > 1, max_len=24)
-        for j, row in enumerate(_list(section, "rows", f"{path}['rows']", min_len=1, max_len=10)):
-            if not isinstance(row, dict):
-                raise _invalid(f"Param {path}['rows'][{j}] must be a JSON object.")
-            _string(row, "id", f"{path}['rows'][{j}]['id']", max_len=200)
-            _string(row, "title", f"{path}['rows'][{j}]['title']", max_len=24)
-            _string(row, "description", f"{path}['rows'][{j}]['description']", required=False, max_len=72)
-            rows += 1
-    if rows > 10:
-        raise _invalid("Param interactive['action']['sections'] must have at most 10 rows in total.")
+def _validate_content(kind: str, body: Mapping[str, Any]) -> None:
+    """Check the type's object against zaphub's send rules, the ones zaphub itself applies."""
+    if kind == "contacts":
+        content: Any = {"contacts": body.get("contacts")}
+        root = ""  # Graph's value is the list itself: contacts[0]['name']
+    else:
+        content, root = _object(body, kind, kind), kind
+    if kind == "interactive" and content.get("type") not in send_rules.INTERACTIVE_KINDS:
+        raise _invalid(
+            f"Param interactive['type'] must be one of {{{', '.join(send_rules.INTERACTIVE_KINDS)}}}."
+        )
+    try:
+        send_rules.check_content(kind, content)
+    except send_rules.RuleViolation as violation:
+        raise _invalid(_meta_message(root, violation)) from None
 
 
 def _validate_send(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -389,43 +356,14 @@ def _validate_send(body: Mapping[str, Any]) -> tuple[str, str]:
         raise _invalid(f'Param type must be one of {{{allowed}}} - got "{kind}".')
     if "context" in body:
         _string(_object(body, "context", "context"), "message_id", "context['message_id']")
-    _string(body, "biz_opaque_callback_data", "biz_opaque_callback_data", required=False, max_len=512)
-    if kind == "contacts":
-        cards = _list(body, "contacts", "contacts", min_len=1, max_len=257)
-        for i, card in enumerate(cards):
-            if not isinstance(card, dict):
-                raise _invalid(f"Param contacts[{i}] must be a JSON object.")
-            name = _object(card, "name", f"contacts[{i}]['name']")
-            _string(name, "formatted_name", f"contacts[{i}]['name']['formatted_name']")
-        return to, kind
-    obj = _object(body, kind, kind)
-    if kind == "text":
-        _string(obj, "body", "text['body']", max_len=4096)
-        if "preview_url" in obj and not isinstance(obj["preview_url"], bool):
-            raise _invalid("Param text['preview_url'] must be a boolean.")
-    elif kind == "template":
-        _string(obj, "name", "template['name']", max_len=512)
-        _string(_object(obj, "language", "template['language']"), "code", "template['language']['code']")
-        components = obj.get("components", [])
-        if not isinstance(components, list) or not all(
-            isinstance(c, dict) and isinstance(c.get("type"), str) for c in components
-        ):
-            raise _invalid("Param template['components'] must be an array of objects with a type.")
-    elif kind in _MEDIA_TYPES:
-        _validate_media(kind, obj)
-    elif kind == "interactive":
-        _validate_interactive(obj)
-    elif kind == "reaction":
-        _string(obj, "message_id", "reaction['message_id']")
-        if not isinstance(obj.get("emoji"), str):
-            raise _invalid("The parameter reaction['emoji'] is required.")
-    elif kind == "location":
-        for key, limit in (("latitude", 90), ("longitude", 180)):
-            value = obj.get(key)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _invalid(f"The parameter location['{key}'] is required and must be a number.")
-            if not -limit <= value <= limit:
-                raise _invalid(f"Param location['{key}'] must be between -{limit} and {limit}.")
+    _string(
+        body,
+        "biz_opaque_callback_data",
+        "biz_opaque_callback_data",
+        required=False,
+        max_len=send_rules.CALLBACK_DATA_MAX,
+    )
+    _validate_content(kind, body)
     return to, kind
 
 

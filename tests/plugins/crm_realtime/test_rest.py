@@ -202,6 +202,21 @@ async def test_send_validates_the_body_and_the_window(z: Zaphub) -> None:
     for body in bad_bodies:
         response = await z.http.post(url, json=body, headers=z.auth())
         error_of(response, 400, "validation_error")
+    # A refused send names the field and Meta's limit (plugins/whatsapp/send_rules.py).
+    for body, field, limit in [
+        ({"type": "text", "body": "x" * 4097}, "body", "4096"),
+        ({"type": "image", "media_id": "1", "caption": "x" * 1025}, "caption", "1024"),
+        ({"type": "document", "media_id": "1", "filename": "f" * 252 + ".pdf"}, "filename", "255"),
+    ]:
+        message = error_of(await z.http.post(url, json=body, headers=z.auth()), 400, "validation_error")
+        assert field in message
+        assert limit in message
+    for body, expected in [
+        ({"type": "text", "body": "   "}, "text.body is required"),
+        ({"type": "image", "link": "ftp://example.com/a.jpg"}, "image.link must be a public http(s) URL"),
+    ]:
+        response = await z.http.post(url, json=body, headers=z.auth())
+        assert error_of(response, 400, "validation_error") == expected
     response = await z.http.post(
         url, content=b"{not json", headers={**z.auth(), "Content-Type": "application/json"}
     )
@@ -405,6 +420,12 @@ async def test_openapi_describes_the_api(z: Zaphub) -> None:
         "video",
     ]
     assert all("type" in v["required"] for v in variants)
+    # The schema shows Meta's send limits, from the same rules the transport applies.
+    by_type = {v["properties"]["type"]["const"]: v["properties"] for v in variants}
+
+    assert by_type["text"]["body"]["maxLength"] == 4096
+    assert by_type["image"]["caption"]["maxLength"] == 1024
+    assert by_type["document"]["filename"]["maxLength"] == 255
     for code, response in send["responses"].items():  # errors are the host's envelope, not Litestar's
         if code != "202":
             assert response["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody"), code

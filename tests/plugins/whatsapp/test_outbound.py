@@ -308,9 +308,17 @@ def test_unknown_interactive_kinds_pass_through() -> None:
             "text does not take preview: allowed fields are body, preview_url",
         ),
         ("text", {"body": "oi", "preview_url": "yes"}, "text.preview_url must be true or false"),
-        ("audio", {"media_id": "1", "caption": "ouça"}, "audio does not take a caption"),
-        ("sticker", {"media_id": "1", "caption": "oi"}, "sticker does not take a caption"),
-        ("image", {"media_id": "1", "filename": "a.jpg"}, "image does not take a filename"),
+        (
+            "audio",
+            {"media_id": "1", "caption": "ouça"},
+            "audio does not take caption: allowed fields are link, media_id",
+        ),
+        ("sticker", {"media_id": "1", "caption": "oi"}, "sticker does not take caption"),
+        (
+            "image",
+            {"media_id": "1", "filename": "a.jpg"},
+            "image does not take filename: allowed fields are caption, link, media_id",
+        ),
         ("image", {}, "image needs exactly one of link or media_id"),
         (
             "image",
@@ -319,7 +327,7 @@ def test_unknown_interactive_kinds_pass_through() -> None:
         ),
         ("image", {"link": "ftp://x.example/a.jpg"}, "image.link must be a public http(s) URL"),
         ("image", {"media_id": "1", "caption": "x" * 1025}, "image.caption is longer than 1024 characters"),
-        ("template", {"name": "t"}, "template.language.code is required"),
+        ("template", {"name": "t"}, "template.language is required (for example pt_BR)"),
         ("template", {"name": "t", "language": {}}, "template.language.code is required"),
         ("template", {"language": "pt_BR"}, "template.name is required"),
         (
@@ -331,7 +339,7 @@ def test_unknown_interactive_kinds_pass_through() -> None:
         (
             "interactive",
             {**BUTTONS, "action": {"buttons": [{"id": str(i), "title": f"B{i}"} for i in range(4)]}},
-            "interactive button: at most 3 buttons",
+            "interactive.action.buttons takes at most 3 items",
         ),
         (
             "interactive",
@@ -341,9 +349,9 @@ def test_unknown_interactive_kinds_pass_through() -> None:
         (
             "interactive",
             {**BUTTONS, "action": {"buttons": [{"id": "1", "title": "x" * 21}]}},
-            "interactive.action.buttons[0].title is longer than 20 characters",
+            "interactive.action.buttons[0].reply.title is longer than 20 characters",
         ),
-        ("interactive", {**BUTTONS, "body": None}, "interactive.body.text is required"),
+        ("interactive", {**BUTTONS, "body": None}, "interactive.body is required"),
         (
             "interactive",
             {
@@ -356,18 +364,73 @@ def test_unknown_interactive_kinds_pass_through() -> None:
                     ],
                 },
             },
-            "interactive list: at most 10 rows in total",
+            "interactive.action.sections have 11 rows; at most 10 rows in total",
         ),
         (
             "interactive",
             {**LIST, "action": {"button": "Opções", "sections": [{"rows": []}]}},
-            "sections[0].rows needs at least one row",
+            "interactive.action.sections[0].rows needs at least 1 item",
         ),
         ("reaction", {"emoji": "👍"}, "reaction.message_id is required"),
         ("location", {"latitude": 91, "longitude": 0}, "location.latitude must be between -90 and 90"),
         ("location", {"latitude": 1}, "location.longitude is required"),
         ("contacts", {"contacts": [{"name": {}}]}, "contacts.contacts[0].name.formatted_name is required"),
         ("voice", {"media_id": "1"}, "type 'voice' cannot be sent: use one of"),
+        (
+            "document",
+            {"media_id": "1", "filename": "a" * 252 + ".pdf"},
+            "document.filename is longer than 255 characters",
+        ),
+        (
+            "interactive",
+            {**BUTTONS, "action": {"buttons": [{"id": "1", "title": "Sim"}, {"id": "1", "title": "Não"}]}},
+            "interactive.action.buttons[1].reply.id repeats '1'; ids must be unique",
+        ),
+        (
+            "interactive",
+            {
+                **LIST,
+                "action": {
+                    "button": "Opções",
+                    "sections": [
+                        {"title": "A", "rows": [{"id": "x", "title": "Um"}]},
+                        {"rows": [{"id": "y", "title": "Dois"}]},
+                    ],
+                },
+            },
+            "interactive.action.sections[1].title is required when the list has more than one section",
+        ),
+        (
+            "interactive",
+            {
+                **LIST,
+                "action": {
+                    "button": "Opções",
+                    "sections": [
+                        {"title": "A", "rows": [{"id": "x", "title": "Um"}]},
+                        {"title": "B", "rows": [{"id": "x", "title": "Dois"}]},
+                    ],
+                },
+            },
+            "interactive.action.sections[1].rows[0].id repeats 'x'; row ids must be unique",
+        ),
+        (
+            "interactive",
+            {**LIST, "header": {"type": "image", "image": {"media_id": "1"}}},
+            "interactive.header.type must be one of text",
+        ),
+        (
+            "interactive",
+            {**BUTTONS, "header": {"type": "image", "image": {"media_id": "1", "caption": "x"}}},
+            "interactive.header.image does not take caption",
+        ),
+        (
+            "interactive",
+            {**BUTTONS, "footer": {"text": "x" * 61}},
+            "interactive.footer.text is longer than 60",
+        ),
+        ("location", {"latitude": "sul", "longitude": 0}, "location.latitude must be a number"),
+        ("reaction", {"message_id": "wamid.X"}, 'reaction.emoji is required (use "" to remove a reaction)'),
     ],
 )
 def test_validation_messages_name_the_field(type_: str, content: dict[str, Any], message: str) -> None:
@@ -376,6 +439,17 @@ def test_validation_messages_name_the_field(type_: str, content: dict[str, Any],
     assert message in str(info.value)
     assert info.value.status_code == 400
     assert info.value.code == "validation_error"
+
+
+def test_empty_optional_texts_are_left_out_and_media_headers_take_media_id() -> None:
+    assert validate_content("image", {"media_id": "1", "caption": ""}) == {"id": "1"}
+    assert validate_content("location", {"latitude": "-23.5", "longitude": -46.6, "name": ""}) == {
+        "latitude": -23.5,
+        "longitude": -46.6,
+    }
+    header = {"type": "document", "document": {"media_id": 42, "filename": "tabela.pdf"}}
+    checked = validate_content("interactive", {**BUTTONS, "header": header})
+    assert checked["header"] == {"type": "document", "document": {"id": "42", "filename": "tabela.pdf"}}
 
 
 def test_content_must_be_an_object() -> None:

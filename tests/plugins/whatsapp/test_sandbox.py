@@ -14,6 +14,8 @@ import httpx
 import pytest
 from litestar import Litestar, Request, Response, get, post
 
+from core.errors import ValidationFailed
+from plugins.whatsapp.outbound import validate_content
 from plugins.whatsapp.sandbox import Sandbox, SandboxOptions, create_sandbox_app
 from tests.helpers import serve
 
@@ -148,7 +150,7 @@ async def test_send_answers_like_meta_then_delivers_signed_statuses_in_order(
         ),
         (
             {"messaging_product": "whatsapp", "to": "+55119", "type": "image", "image": {"caption": "x"}},
-            "either id or link",
+            "exactly one of id or link",
         ),
         (
             {
@@ -191,6 +193,59 @@ async def test_invalid_send_gets_metas_error_envelope(
     assert error["error_data"]["messaging_product"] == "whatsapp"
     assert needle in error["error_data"]["details"]
     assert error["fbtrace_id"].startswith("A")
+
+
+def _buttons(count: int, title: str = "B") -> dict[str, Any]:
+    buttons = [{"type": "reply", "reply": {"id": str(i), "title": f"{title}{i}"}} for i in range(count)]
+    return {"type": "button", "body": {"text": "Escolha"}, "action": {"buttons": buttons}}
+
+
+def _list(rows: int) -> dict[str, Any]:
+    sections = [{"title": "S", "rows": [{"id": f"r{i}", "title": "Linha"} for i in range(rows)]}]
+    return {"type": "list", "body": {"text": "Escolha"}, "action": {"button": "Opções", "sections": sections}}
+
+
+# (type, Graph's object, whether Meta's rules accept it): both sides of each limit.
+RULE_CASES: list[tuple[str, dict[str, Any], bool]] = [
+    ("text", {"body": "x" * 4096}, True),
+    ("text", {"body": "x" * 4097}, False),
+    ("image", {"id": "1", "caption": "x" * 1024}, True),
+    ("image", {"id": "1", "caption": "x" * 1025}, False),
+    ("document", {"id": "1", "filename": "f" * 251 + ".pdf"}, True),  # the sandbox used to stop at 240
+    ("document", {"id": "1", "filename": "f" * 252 + ".pdf"}, False),
+    ("audio", {"id": "1", "caption": "x"}, False),
+    ("interactive", _buttons(3), True),
+    ("interactive", _buttons(4), False),
+    ("interactive", _buttons(1, title="x" * 19), True),
+    ("interactive", _buttons(1, title="x" * 20), False),
+    ("interactive", _list(10), True),
+    ("interactive", _list(11), False),
+    ("location", {"latitude": -90, "longitude": 180}, True),
+    ("location", {"latitude": -90.5, "longitude": 0}, False),
+]
+
+
+@pytest.mark.parametrize(("kind", "content", "accepted"), RULE_CASES)
+async def test_sandbox_and_zaphub_apply_the_same_send_rules(
+    graph: httpx.AsyncClient, kind: str, content: dict[str, Any], accepted: bool
+) -> None:
+    answer = await graph.post(
+        MESSAGES, json={"messaging_product": "whatsapp", "to": "+5511988887777", "type": kind, kind: content}
+    )
+    try:
+        validate_content(kind, content)
+        zaphub_accepts = True
+    except ValidationFailed:
+        zaphub_accepts = False
+
+    assert (answer.status_code == 200, zaphub_accepts) == (accepted, accepted), answer.text
+
+
+async def test_unknown_interactive_kind_is_refused_like_meta(graph: httpx.AsyncClient) -> None:
+    body = _text() | {"type": "interactive", "interactive": {"type": "poll", "action": {}}}
+    answer = await graph.post(MESSAGES, json=body)
+    assert answer.status_code == 400
+    assert "Param interactive['type'] must be one of {button, " in answer.json()["error"]["message"]
 
 
 async def test_rejected_sends_deliver_no_webhooks(
