@@ -52,8 +52,8 @@ CONTENT_SECURITY_POLICY = "; ".join(
         # Media arrive as blobs fetched with the bearer token.
         "img-src 'self' blob: data:",
         "media-src 'self' blob:",
-        # 'self' covers ws:/wss: to this host in CSP Level 3 browsers; named for older ones.
-        "connect-src 'self' ws: wss:",
+        # 'self' covers ws:/wss: to this same host (CSP Level 3): no other host is reachable.
+        "connect-src 'self'",
         "manifest-src 'self'",
         "base-uri 'none'",
         "form-action 'none'",

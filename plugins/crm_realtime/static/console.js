@@ -313,9 +313,10 @@
     const thread = S.threads.get(conv.id);
     let top = conv.last_message ? conv.last_message.id : 0;
     if (thread) for (const id of thread.messages.keys()) top = Math.max(top, id);
-    if ((S.seen[conv.id] || 0) >= top && !conv.unread) return;
+    if ((S.seen[conv.id] || 0) >= top && !conv.unreadIds.size) return;
     S.seen[conv.id] = Math.max(S.seen[conv.id] || 0, top);
-    conv.unread = 0;
+    conv.unreadIds.clear();
+    if (conv.serverUnread) conv.unread = 0;
     try {
       // Other tabs of this agent hear it through the storage event.
       const stored = JSON.parse(localStorage.getItem(seenKey()) || '{}') || {};
@@ -408,6 +409,9 @@
       mode: c.mode,
       unread: Number.isInteger(c.unread_count) ? c.unread_count : undefined,
       serverUnread: Number.isInteger(c.unread_count),
+      // Ids of inbound messages this agent has not seen: a set, so a message counted by a REST
+      // recount and again by a live or replayed event counts once.
+      unreadIds: new Set(),
     };
   }
 
@@ -448,8 +452,7 @@
   }
 
   function countUnread(conv) {
-    if (conv.serverUnread) return conv.unread || 0;
-    return conv.unread || 0;
+    return conv.serverUnread ? conv.unread || 0 : conv.unreadIds.size;
   }
 
   // ---------------------------------------------------------------------------------------
@@ -460,10 +463,7 @@
     const params = new URLSearchParams({ limit: String(PAGE) });
     if (!reset && S.nextBefore) params.set('before', S.nextBefore);
     const page = await api(`conversations?${params}`);
-    for (const c of page.conversations) {
-      const conv = upsertConv(c);
-      if (conv.unread === undefined) conv.unread = 0;
-    }
+    for (const c of page.conversations) upsertConv(c);
     S.nextBefore = page.next_before;
     scheduleRender();
     countUnseen(page.conversations.map((c) => c.id));
@@ -479,8 +479,10 @@
       for (let conv = todo.shift(); conv; conv = todo.shift()) {
         try {
           const page = await api(`conversations/${conv.id}/messages?after_id=${S.seen[conv.id] || 0}&limit=100`);
-          const count = page.messages.filter((m) => (m.direction || (m.sender_type === 'contact' ? 'inbound' : 'outbound')) === 'inbound').length;
-          if (conv.id !== S.openId) conv.unread = Math.max(conv.unread || 0, count);
+          const seen = S.seen[conv.id] || 0;
+          if (conv.id !== S.openId) {
+            for (const m of page.messages) if (m.sender_type === 'contact' && m.id > seen) conv.unreadIds.add(m.id);
+          }
           scheduleRender();
         } catch { /* counts are a convenience */ }
       }
@@ -545,7 +547,6 @@
     if (S.convs.has(convId)) return S.convs.get(convId);
     if (fallback) upsertConv(fallback);
     const conv = await refreshConversation(convId);
-    if (conv && conv.unread === undefined) conv.unread = 0;
     return conv || S.convs.get(convId);
   }
 
@@ -631,7 +632,7 @@
           markSeen(conv);
           markRead(conv);
         } else if (!conv.serverUnread) {
-          conv.unread = (conv.unread || 0) + 1;
+          conv.unreadIds.add(msg.id);
         }
       }
       scheduleRender();
@@ -1441,7 +1442,7 @@
         try {
           const page = await api(`conversations?${new URLSearchParams({ q, limit: '50' })}`);
           if (S.query.trim() !== q) return;
-          for (const c of page.conversations) { const conv = upsertConv(c); if (conv.unread === undefined) conv.unread = 0; }
+          for (const c of page.conversations) upsertConv(c);
           S.searchResults = new Set(page.conversations.map((c) => c.id));
           scheduleRender();
         } catch (err) {
@@ -1526,7 +1527,7 @@
           if (!conv || conv.serverUnread) continue;
           if (top > (S.seen[id] || 0)) {
             S.seen[id] = top;
-            if (!conv.last_message || conv.last_message.id <= top) conv.unread = 0;
+            for (const id of conv.unreadIds) if (id <= top) conv.unreadIds.delete(id);
           }
         }
         scheduleRender();
