@@ -517,6 +517,49 @@ def test_a_server_restart_while_offline_loses_and_repeats_nothing(
         own.stop()
 
 
+def test_a_dropped_connection_catches_up_and_shows_each_message_once(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    wa_id = customer()
+    stack.inbound("Antes da queda", from_=wa_id, name="Júlia Reis")
+    conv = stack.conversation_of(wa_id)
+    page = signed_in(context, stack)
+    conversation(page, conv["id"]).click()
+    expect(page.locator('[data-testid="message"]')).to_have_count(1)
+
+    context.set_offline(True)  # the socket drops; the server keeps running
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "offline")
+    for text in ("Durante 1", "Durante 2"):
+        stack.inbound(text, from_=wa_id, name="Júlia Reis")
+    context.set_offline(False)
+
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "online")
+    expect(page.locator('[data-testid="message"]')).to_have_count(3)
+    stack.inbound("Depois", from_=wa_id, name="Júlia Reis")
+    expect(page.locator('[data-testid="message"]')).to_have_count(4)
+    assert [i for i, _ in shown_messages(page)] == [m["id"] for m in stack.messages(conv["id"])]
+
+
+def test_search_finds_conversations_by_name_or_phone(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    wa_id, other_id = customer(), customer()
+    stack.inbound("Oi", from_=wa_id, name="Lívia Sá")
+    stack.inbound("Oi", from_=other_id, name="Otávio Brandão")
+    conv, other = stack.conversation_of(wa_id), stack.conversation_of(other_id)
+    page = signed_in(context, stack)
+    expect(conversation(page, other["id"])).to_be_visible()
+
+    page.get_by_test_id("search").fill("livia")  # accents and case do not matter
+    expect(conversation(page, conv["id"])).to_be_visible()
+    expect(conversation(page, other["id"])).to_have_count(0)
+    page.get_by_test_id("search").fill(other_id[-6:])
+    expect(conversation(page, other["id"])).to_be_visible()
+    expect(conversation(page, conv["id"])).to_have_count(0)
+    page.get_by_test_id("search").fill("")
+    expect(conversation(page, conv["id"])).to_be_visible()
+
+
 # ---------------------------------------------------------------------------------------------
 # Phones
 # ---------------------------------------------------------------------------------------------
