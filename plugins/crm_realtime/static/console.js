@@ -1028,11 +1028,14 @@
     if (open && Number.isFinite(conv.last_inbound_at)) {
       const left = Math.max(0, conv.last_inbound_at + DAY - Date.now());
       const hours = Math.floor(left / 3600e3);
-      sub.push(hours >= 1 ? `24 h window: ${hours} h left` : `24 h window: ${Math.max(1, Math.round(left / 60e3))} min left`);
+      sub.push(hours >= 1 ? `${hours} h left to reply` : `${Math.max(1, Math.round(left / 60e3))} min left to reply`);
     } else if (!open) {
-      sub.push('24 h window closed: templates only');
+      sub.push('window closed: templates only');
     }
     $('thread-sub').textContent = sub.join(' · ');
+    $('thread-sub').title = open
+      ? "WhatsApp's 24-hour window: free-form replies are allowed until it closes"
+      : 'The customer has not written for 24 hours: only approved templates can be sent';
 
     const modeBadge = $('thread-mode');
     const toggle = $('mode-toggle');
