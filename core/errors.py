@@ -10,7 +10,7 @@ ZaphubError
 │   ├── UnauthorizedError      401 unauthorized
 │   ├── ForbiddenError         403 forbidden
 │   ├── ConflictError          409 conflict
-│   └── WindowClosedError      422 window_closed (free-form outside the 24-hour window)
+│   └── WindowClosedError      422 window_closed (a send policy refused the type for now)
 ├── SendVetoed         a plugin's ``on_before_send`` refused the message (422 send_vetoed)
 └── UpstreamError      Meta / Graph failed: HTTP status, Meta code/subcode/fbtrace_id, retryable?
 ```
@@ -113,7 +113,7 @@ class ConflictError(ApiError):
 
 
 class WindowClosedError(ApiError):
-    """A free-form message outside the 24-hour customer service window."""
+    """A send policy refused the message's type for now (WhatsApp: free-form after 24 hours)."""
 
     status_code = 422
     code = "window_closed"

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from core.config import Config, ConfigFinding
     from core.host import Host, MediaStream, ReadinessCheck
     from core.models import Contact, Conversation, Message, OutgoingMessage, Reply, StatusChange, Veto
+    from core.sending import SendPolicy
 
 PROJECT = "zaphub"
 
@@ -170,6 +171,20 @@ def on_before_send(
     seeing the message as the previous one left it. Return ``None`` to pass it on unchanged, a
     changed :class:`~core.models.OutgoingMessage` to replace it, or :class:`~core.models.Veto`
     to refuse it (the sender gets ``422 send_vetoed`` with the reason). May be async.
+    """
+
+
+@hookspec
+def register_send_policies(host: Host, settings: Any) -> Sequence[SendPolicy] | None:
+    """Contribute rules about what may be sent to a conversation now (a transport's window).
+
+    Called once while the app is built (sync only). Every send consults every policy after
+    ``on_before_send``: ``policy.refuse(outgoing, conversation)`` returns the ``ApiError`` the
+    sender gets, or ``None``; ``policy.window_open(conversation)`` says whether any type may go now
+    (REST's ``window_open``). The ``whatsapp`` plugin registers WhatsApp's 24-hour window.
+
+    Returns:
+        A list of :class:`core.sending.SendPolicy`.
     """
 
 

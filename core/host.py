@@ -54,8 +54,6 @@ class Host:
         self.sender = SendService(self)
         self.events = EventDispatcher(self)
         self.ingest = IngestBatcher(self)
-        self.outbox_wakeup = asyncio.Event()
-        """Set when a send is queued, so the transport's worker wakes without polling."""
         self.readiness_checks: list[ReadinessCheck] = []
         self.public_url = config.server.public_url or f"http://{config.server.host}:{config.server.port}"
         """Base URL clients reach this host at (media links); updated once the port is known."""

@@ -83,16 +83,6 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     last_message_id: int | None = None
     """The newest message (by time), for conversation lists."""
 
-    def window_open(self, now: datetime | None = None) -> bool:
-        """Whether free-form messages are allowed: the contact wrote within the last 24 hours."""
-        if self.last_inbound_at is None:
-            return False
-        now = now or utcnow()
-        last = self.last_inbound_at
-        if last.tzinfo is None:
-            last = last.replace(tzinfo=UTC)
-        return (now - last).total_seconds() < 24 * 3600
-
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
     """A stored message, inbound (from a contact) or outbound (ours)."""
@@ -168,6 +158,10 @@ class InboundStatus(msgspec.Struct, frozen=True, kw_only=True):
     error_code: int | None = None
     error_title: str | None = None
     raw: dict[str, Any] | None = None
+    message_id: int | None = None
+    """zaphub's id of the message, when the transport carried it with the send and got it back
+    (WhatsApp: in ``biz_opaque_callback_data``). It links a status to a send whose answer was
+    lost (a timeout after the request left), so that send is not repeated."""
 
 
 class OutgoingMessage(msgspec.Struct, frozen=True, kw_only=True):

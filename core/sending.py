@@ -1,30 +1,43 @@
 """The one send service: REST, autoreply and plugins all send through it.
 
 ``send`` runs ``on_before_send`` (plugins inspect, change or veto; the transport validates the
-content there), enforces WhatsApp's 24-hour customer-service window, and stores the message with
-its outbox row in one transaction. It returns once the send is durable; a transport plugin's
-worker delivers it (``host.outbox_wakeup`` tells the worker there is work).
+content there), asks every :class:`SendPolicy` a transport registered whether the message may go
+now (WhatsApp's is its 24-hour customer-service window), and stores the message with its outbox
+row in one transaction. It returns once the send is durable; a transport plugin's worker delivers
+it, woken by the listeners registered with :meth:`SendService.on_queued`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from core.errors import NotFoundError, WindowClosedError
-from core.models import Message, OutgoingMessage, iso_z
+from core.errors import ApiError, NotFoundError
+from core.models import Conversation, Message, OutgoingMessage
 
 if TYPE_CHECKING:
     from core.host import Host
 
-__all__ = ["TEMPLATE_TYPES", "SendService"]
-
-#: Types WhatsApp allows outside the 24-hour window (approved templates only).
-TEMPLATE_TYPES = frozenset({"template"})
+__all__ = ["SendPolicy", "SendService"]
 
 _encoder = msgspec.json.Encoder(order="sorted")
+
+
+class SendPolicy(Protocol):
+    """A transport's rule about what may be sent to a conversation now.
+
+    Registered with the ``register_send_policies`` hook; the ``whatsapp`` plugin's is the 24-hour
+    customer-service window (``plugins/whatsapp/window.py``).
+    """
+
+    def refuse(self, outgoing: OutgoingMessage, conversation: Conversation) -> ApiError | None:
+        """The error the sender gets when ``outgoing`` may not be queued now, else ``None``."""
+
+    def window_open(self, conversation: Conversation) -> bool:
+        """Whether a message of any type may be sent to ``conversation`` now."""
 
 
 class SendService:
@@ -32,6 +45,21 @@ class SendService:
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        self.policies: list[SendPolicy] = []
+        """Collected from ``register_send_policies`` when the app is built."""
+        self._queued_listeners: list[Callable[[], None]] = []
+
+    def on_queued(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each newly queued message, so a worker wakes without polling.
+
+        The listener runs inside :meth:`send`: it must be quick and must not raise (setting an
+        ``asyncio.Event`` is the intended use). Other processes' sends are not announced here.
+        """
+        self._queued_listeners.append(listener)
+
+    def window_open(self, conversation: Conversation) -> bool:
+        """Whether every registered policy lets a message of any type go to ``conversation`` now."""
+        return all(policy.window_open(conversation) for policy in self.policies)
 
     async def send(
         self,
@@ -63,7 +91,8 @@ class SendService:
 
         Raises:
             NotFoundError: no such conversation.
-            WindowClosedError: a free-form message more than 24 hours after the contact last wrote.
+            ApiError: a policy refused it, e.g. ``WindowClosedError`` (WhatsApp: a free-form
+                message more than 24 hours after the contact last wrote).
             SendVetoed: a plugin refused it.
             ValidationFailed: the content is not valid for its type.
         """
@@ -84,13 +113,10 @@ class SendService:
             context_wamid=context_wamid,
         )
         outgoing = await self.host.hooks.before_send(outgoing, host=self.host, conversation=conversation)
-        if outgoing.type not in TEMPLATE_TYPES and not conversation.window_open():
-            last = iso_z(conversation.last_inbound_at) or "never"
-            raise WindowClosedError(
-                f"conversation {conversation_id}: the contact last wrote at {last}, more than 24 hours ago; "
-                'outside that window WhatsApp only delivers approved templates: send {"type": "template", '
-                '"name": …, "language": …}'
-            )
+        for policy in self.policies:
+            refusal = policy.refuse(outgoing, conversation)
+            if refusal is not None:
+                raise refusal
         idempotency = None
         if idempotency_key:
             digest = hashlib.sha256(
@@ -102,5 +128,6 @@ class SendService:
         )
         if created:
             self.host.metrics.outbound.labels(outcome="queued").inc()
-            self.host.outbox_wakeup.set()
+            for listener in self._queued_listeners:
+                listener()
         return message, created

@@ -25,10 +25,8 @@ from core.storage.reads import ReadsMixin
 from core.storage.results import IngestResult, MessageEvent, OutboxItem, StatusEvent
 from core.storage.schema import metadata
 from core.storage.state import PluginStateMixin
-from core.storage.statuses import CALLBACK_PREFIX
 
 __all__ = [
-    "CALLBACK_PREFIX",
     "IngestResult",
     "MessageEvent",
     "OutboxItem",

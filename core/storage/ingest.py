@@ -254,7 +254,7 @@ class IngestMixin(StatusMixin):
                 continue
             outcome = await self._apply_status(conn, status_id, st)
             if outcome == "pending":
-                linked = await self._link_by_callback(conn, st, now)
+                linked = await self._link_by_message_id(conn, st, now)
                 outcome = await self._apply_status(conn, status_id, st) if linked else "pending"
             if isinstance(outcome, StatusEvent):
                 result.status_changes.append(outcome)

@@ -1,4 +1,4 @@
-"""The status machine: move a message forward, park statuses that came early, link by callback data.
+"""The status machine: move a message forward, park statuses that came early, link by message id.
 
 Statuses only move a message forward (``STATUS_RANK``); a stale one is kept in the history only.
 A status for a wamid not known yet is parked and applied when the message gets that wamid.
@@ -18,13 +18,9 @@ from core.storage.results import StatusEvent
 from core.storage.rows import conversation_from_row, message_from_row
 from core.storage.schema import conversations, messages, outbox, statuses
 
-__all__ = ["CALLBACK_PREFIX", "StatusMixin"]
+__all__ = ["StatusMixin"]
 
 log = logging.getLogger("zaphub.storage")
-
-#: Prefix of ``biz_opaque_callback_data`` on our sends: Meta echoes it in status webhooks, which
-#: lets a status link a message whose Graph answer never arrived (a timeout after sending).
-CALLBACK_PREFIX = "zaphub:"
 
 
 class StatusMixin(StorageEngine):
@@ -95,14 +91,10 @@ class StatusMixin(StorageEngine):
         )
         return StatusEvent(message, conv, change)
 
-    async def _link_by_callback(self, conn: AsyncConnection, st: InboundStatus, now: datetime) -> bool:
-        """Learn a wamid from a status echoing our callback data (its Graph answer was lost)."""
-        data = (st.raw or {}).get("biz_opaque_callback_data")
-        if not isinstance(data, str) or not data.startswith(CALLBACK_PREFIX):
-            return False
-        try:
-            message_id = int(data[len(CALLBACK_PREFIX) :])
-        except ValueError:
+    async def _link_by_message_id(self, conn: AsyncConnection, st: InboundStatus, now: datetime) -> bool:
+        """Learn a wamid from a status that names our message (the send's own answer was lost)."""
+        message_id = st.message_id
+        if message_id is None:
             return False
         linked = (
             await conn.execute(

@@ -439,9 +439,18 @@ def api_message_detail(message: Message, history: list[dict[str, Any]], public_u
 
 
 def api_conversation(
-    conversation: Conversation, contact: Contact, last_message: Message | None, public_url: str
+    conversation: Conversation,
+    contact: Contact,
+    last_message: Message | None,
+    public_url: str,
+    *,
+    window_open: bool,
 ) -> ApiConversation:
-    """A conversation with its contact and last message."""
+    """A conversation with its contact and last message.
+
+    ``window_open`` is the send service's answer (``host.sender.window_open``): the transport
+    knows its window (WhatsApp: 24 hours after the contact last wrote).
+    """
     return ApiConversation(
         id=conversation.id,
         phone_number_id=conversation.phone_number_id,
@@ -450,5 +459,5 @@ def api_conversation(
         created_at=iso_z(conversation.created_at),
         last_message_at=iso_z(conversation.last_message_at),
         last_inbound_at=iso_z(conversation.last_inbound_at),
-        window_open=conversation.window_open(),
+        window_open=window_open,
     )

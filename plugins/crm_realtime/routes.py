@@ -278,7 +278,11 @@ async def with_details(host: Host, items: list[Conversation]) -> list[ApiConvers
         message_id = last_ids.get(c.id)
         out.append(
             api_conversation(
-                c, contacts[c.contact_id], last.get(message_id) if message_id else None, host.public_url
+                c,
+                contacts[c.contact_id],
+                last.get(message_id) if message_id else None,
+                host.public_url,
+                window_open=host.sender.window_open(c),
             )
         )
     return out

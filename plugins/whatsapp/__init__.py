@@ -20,12 +20,14 @@ from core.config import ConfigFinding
 from core.errors import ApiError, UpstreamError, ValidationFailed
 from core.host import Host, MediaStream, ReadinessCheck
 from core.models import Conversation, Message, OutgoingMessage
+from core.sending import SendPolicy
 from core.stash import StashKey
 from plugins.whatsapp.client import GraphClient
 from plugins.whatsapp.config import SANDBOX_PHONE_NUMBER_ID, WhatsAppSettings
 from plugins.whatsapp.outbound import OUTBOUND_TYPES, body_for, validate_content
 from plugins.whatsapp.routes import WEBHOOK_PATH, webhook_routes
 from plugins.whatsapp.sandbox import Sandbox, SandboxOptions
+from plugins.whatsapp.window import ServiceWindow
 from plugins.whatsapp.worker import OutboxWorker
 
 __all__ = ["GRAPH", "SANDBOX", "SANDBOX_PREFIX", "WORKER"]
@@ -97,6 +99,12 @@ def register_readiness_checks(host: Host, settings: WhatsAppSettings) -> list[Re
         return worker.auth_problem if worker is not None else "outbox worker not running"
 
     return [("whatsapp", graph)]
+
+
+@hookimpl
+def register_send_policies() -> list[SendPolicy]:
+    """WhatsApp's 24-hour customer-service window: outside it, templates only."""
+    return [ServiceWindow()]
 
 
 @hookimpl

@@ -25,6 +25,7 @@ from core.errors import ZaphubError
 from core.models import InboundMessage, InboundStatus
 
 __all__ = [
+    "CALLBACK_PREFIX",
     "WHATSAPP_OBJECT",
     "Audio",
     "Button",
@@ -56,12 +57,33 @@ __all__ = [
     "WireError",
     "WireMessage",
     "WireStatus",
+    "callback_data",
+    "message_id_from_callback",
     "parse_webhook",
     "to_inbound_message",
     "to_inbound_status",
 ]
 
 WHATSAPP_OBJECT: Final = "whatsapp_business_account"
+
+#: Prefix of ``biz_opaque_callback_data`` on zaphub's sends (``"zaphub:<message id>"``). Meta
+#: echoes it in status webhooks, which lets a status link a message whose Graph answer never
+#: arrived (a timeout after sending); other values (another app's, a campaign tag) are ignored.
+CALLBACK_PREFIX: Final = "zaphub:"
+
+
+def callback_data(message_id: int) -> str:
+    """The ``biz_opaque_callback_data`` the outbox worker puts on the send of ``message_id``."""
+    return f"{CALLBACK_PREFIX}{message_id}"
+
+
+def message_id_from_callback(data: str | None) -> int | None:
+    """The message id in a status's ``biz_opaque_callback_data``, or ``None`` when not zaphub's."""
+    if data is None or not data.startswith(CALLBACK_PREFIX):
+        return None
+    digits = data[len(CALLBACK_PREFIX) :]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
 
 _T = TypeVar("_T")
 
@@ -668,4 +690,5 @@ def to_inbound_status(st: WireStatus, raw: dict[str, Any], phone_number_id: str)
         error_code=err.code if err is not None else None,
         error_title=(err.title or err.message) if err is not None else None,
         raw=raw,
+        message_id=message_id_from_callback(st.biz_opaque_callback_data),
     )

@@ -24,9 +24,10 @@ import logging
 
 from core.errors import UpstreamError
 from core.host import Host
-from core.storage import CALLBACK_PREFIX, OutboxItem
+from core.storage import OutboxItem
 from plugins.whatsapp.client import GraphClient, backoff_delay, is_auth_error
 from plugins.whatsapp.config import WhatsAppSettings
+from plugins.whatsapp.models import callback_data
 from plugins.whatsapp.outbound import build_send_body
 from plugins.whatsapp.pacing import Pacer
 
@@ -61,11 +62,13 @@ class OutboxWorker:
         self.auth_problem: str | None = None
         """Set while Graph rejects the access token (``/ready`` reports it)."""
         self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        host.sender.on_queued(self.wake)
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Deliver until :meth:`stop`; database hiccups are logged and retried."""
-        wakeup = self.host.outbox_wakeup
+        wakeup = self._wakeup
         while not self._stopping.is_set():
             try:
                 items = await self.host.storage.claim_outbox(
@@ -86,10 +89,14 @@ class OutboxWorker:
             finally:
                 self._inflight.difference_update(tasks)
 
+    def wake(self) -> None:
+        """Look for due sends now instead of at the next poll (called when a send is queued)."""
+        self._wakeup.set()
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; let sends already on the wire finish (their outcome is recorded)."""
         self._stopping.set()
-        self.host.outbox_wakeup.set()
+        self._wakeup.set()
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=timeout)
 
@@ -105,7 +112,7 @@ class OutboxWorker:
             type_=message.type,
             content=message.content or {},
             context_wamid=message.context_wamid,
-            biz_opaque_callback_data=f"{CALLBACK_PREFIX}{message.id}",
+            biz_opaque_callback_data=callback_data(message.id),
         )
         try:
             result = await self.client.send(message.phone_number_id, body)

@@ -19,7 +19,7 @@ import core.plugins
 from core import hookimpl
 from core.app import create_app
 from core.config import parse_config
-from core.errors import ConfigError, PluginError, SendVetoed, ValidationFailed
+from core.errors import ApiError, ConfigError, PluginError, SendVetoed, ValidationFailed
 from core.host import MediaStream
 from core.metrics import Metrics
 from core.models import Conversation, InboundMessage, Message, OutgoingMessage, Reply, Veto
@@ -480,3 +480,72 @@ async def test_a_failing_hook_leaves_other_plugins_and_the_host_running(tmp_path
         metrics = (await client.get("/metrics")).text
         assert 'zaphub_hook_errors_total{hook="on_message_received",plugin="broken"} 1.0' in metrics
         assert (await client.get("/health")).status_code == 200
+
+
+class TemplatesOnly:
+    """A send policy: nothing but templates, and a window that is never open."""
+
+    def refuse(self, outgoing: OutgoingMessage, conversation: Conversation) -> ApiError | None:
+        if outgoing.type == "template":
+            return None
+        return ApiError(
+            f"conversation {conversation.id} takes templates only", code="closed", status_code=422
+        )
+
+    def window_open(self, conversation: Conversation) -> bool:
+        return False
+
+
+class PolicyPlugin:
+    @hookimpl
+    def register_send_policies(self) -> list[Any]:
+        return [TemplatesOnly()]
+
+
+async def _one_conversation(host: Any) -> int:
+    inbound = InboundMessage(
+        phone_number_id="100",
+        wamid="wamid.POLICY1",
+        wa_id="5511999999999",
+        profile_name=None,
+        type="text",
+        body="Olá!",
+        timestamp=datetime.now(UTC),
+        raw={"id": "wamid.POLICY1"},
+    )
+    await host.ingest.submit([inbound], [])  # returns once committed
+    conversations = await host.storage.list_conversations(limit=1)
+    return int(conversations[0].id)
+
+
+async def test_hook_register_send_policies(tmp_path: Path) -> None:
+    config = parse_config({"storage": {"url": f"sqlite:///{tmp_path / 'z.db'}"}, "plugins": {"policy": {}}})
+    app = create_app(config, extra_plugins={"policy": PolicyPlugin()})
+    host = app.state.host
+    woken: list[str] = []
+    host.sender.on_queued(lambda: woken.append("queued"))
+    async with serve(app):
+        conversation_id = await _one_conversation(host)
+        conversation = await host.storage.get_conversation(conversation_id)
+
+        with pytest.raises(ApiError, match="templates only") as refused:
+            await host.sender.send(conversation_id, "text", {"body": "oi"})
+        assert (refused.value.status_code, refused.value.code) == (422, "closed")
+        assert woken == []  # nothing was queued
+        assert host.sender.window_open(conversation) is False
+
+        await host.sender.send(conversation_id, "template", {"name": "retomada"}, idempotency_key="k1")
+        await host.sender.send(conversation_id, "template", {"name": "retomada"}, idempotency_key="k1")
+        assert woken == ["queued"]  # once: the repeat was not queued again
+
+
+async def test_without_a_transport_policy_every_type_may_be_sent(tmp_path: Path) -> None:
+    config = parse_config({"storage": {"url": f"sqlite:///{tmp_path / 'z.db'}"}, "plugins": {"quiet": {}}})
+    app = create_app(config, extra_plugins={"quiet": QuietPlugin()})
+    host = app.state.host
+    async with serve(app):
+        conversation_id = await _one_conversation(host)
+        conversation = await host.storage.get_conversation(conversation_id)
+        assert host.sender.window_open(conversation) is True
+        message, created = await host.sender.send(conversation_id, "text", {"body": "oi"})
+        assert created and message.status == "queued"

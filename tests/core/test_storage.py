@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from core.config import StorageConfig
 from core.errors import ConflictError
 from core.models import Conversation, InboundMessage, InboundStatus, Message, OutgoingMessage
-from core.storage import CALLBACK_PREFIX, Storage, StorageError
+from core.storage import Storage, StorageError
 from tests.helpers import wait_for
 
 PNID = "100000000000002"
@@ -266,14 +266,12 @@ async def test_a_status_before_its_message_is_kept_and_applied_when_graph_answer
     assert await storage.claim_outbox() == []  # done: never sent twice
 
 
-async def test_callback_data_links_a_status_to_a_send_whose_answer_was_lost(storage: Storage) -> None:
+async def test_a_status_naming_our_message_links_a_send_whose_answer_was_lost(storage: Storage) -> None:
     conv = await conversation(storage)
     message = await queue(storage, conv)
     (item,) = await storage.claim_outbox()
-    # Graph timed out after receiving the send; Meta's status echoes our callback data.
-    result = await storage.ingest(
-        [], [status("wamid.LOST", "sent", raw={"biz_opaque_callback_data": f"{CALLBACK_PREFIX}{message.id}"})]
-    )
+    # The transport timed out after the send left; the status it got back names our message.
+    result = await storage.ingest([], [status("wamid.LOST", "sent", message_id=message.id)])
     (change,) = result.status_changes
     assert (change.message.id, change.message.wamid, change.change.status) == (
         message.id,
@@ -282,10 +280,11 @@ async def test_callback_data_links_a_status_to_a_send_whose_answer_was_lost(stor
     )
     assert await storage.outbox_sent(item.id, "wamid.LOST") == (None, [])  # already settled by the status
     assert (await storage.outbox_counts()).get("pending", 0) == 0
-    stranger = await storage.ingest(
-        [], [status("wamid.OTHER", "sent", raw={"biz_opaque_callback_data": "someone-else:1"})]
-    )
+    stranger = await storage.ingest([], [status("wamid.OTHER", "sent")])
     assert stranger.pending_statuses == 1
+    # A message that already has its wamid is never re-linked to another one.
+    again = await storage.ingest([], [status("wamid.THIRD", "sent", message_id=message.id)])
+    assert again.pending_statuses == 1
 
 
 # -- outbound ------------------------------------------------------------------------------------

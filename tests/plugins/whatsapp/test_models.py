@@ -129,6 +129,17 @@ def test_statuses_translate() -> None:
     assert f.error_title == "This message was not delivered to maintain healthy ecosystem engagement."
 
 
+@pytest.mark.parametrize(
+    ("callback_data", "message_id"),
+    [("zaphub:42", 42), (None, None), ("campanha-42", None), ("zaphub:", None), ("zaphub:4x", None)],
+)
+def test_a_status_echoing_our_callback_data_names_our_message(
+    callback_data: str | None, message_id: int | None
+) -> None:
+    status = p.status("wamid.OUT1", "sent", biz_opaque_callback_data=callback_data)
+    assert _parse(statuses=[status]).statuses[0].message_id == message_id
+
+
 def test_unknown_status_value_is_kept() -> None:
     assert _parse(statuses=[p.status("wamid.X", "deleted")]).statuses[0].status == "deleted"
 

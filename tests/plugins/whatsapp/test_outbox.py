@@ -19,6 +19,7 @@ from core.config import parse_config
 from core.errors import ValidationFailed, WindowClosedError
 from core.models import Message, StatusChange, utcnow
 from core.storage.schema import conversations, outbox
+from plugins.whatsapp import WORKER
 from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import SANDBOX_HEADERS, SANDBOX_TOKEN, free_port, serve, wait_for
 
@@ -328,6 +329,6 @@ async def test_sends_pending_at_shutdown_are_delivered_after_restart(
         # A fresh sandbox (no faults): the new worker finds the rows once their backoff passes.
         async with h2.host.storage.write() as conn:
             await conn.execute(outbox.update().values(next_attempt_at=utcnow()))
-        h2.host.outbox_wakeup.set()
+        h2.host.stash[WORKER].wake()
         await wait_for(lambda: len(h2.events.sent) == 3, timeout=20, what="pending sends after restart")
         assert sorted(m.id for m in h2.events.sent) == queued
