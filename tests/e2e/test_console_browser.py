@@ -216,9 +216,31 @@ class Stack:
             and (r["json"] or {}).get("to", "").lstrip("+") == wa_id
         ]
 
+    def webhook(self, message: dict[str, Any], *, name: str = "João Silva") -> None:
+        """Any message object (an edit, a revoke, a reaction), signed as Meta posts it."""
+        body, headers = wb.signed(
+            wb.envelope(messages=[message], contacts=[wb.contact(message["from"], name)]), SECRET
+        )
+        response = self.http.post(f"{self.url}/meta-whatsapp/webhook", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+
+    def openapi(self) -> dict[str, Any]:
+        return self.http.get(f"{self.url}/schema/openapi.json").json()  # type: ignore[no-any-return]
+
     def has_endpoint(self, path: str, method: str) -> bool:
-        paths = self.http.get(f"{self.url}/schema/openapi.json").json()["paths"]
-        return method in paths.get(path, {})
+        return method in self.openapi()["paths"].get(path, {})
+
+    def has_message_lifecycle(self) -> bool:
+        """Whether REST messages carry edits, deletions and reactions (issue 11 item 1)."""
+        schemas = self.openapi().get("components", {}).get("schemas", {})
+        fields = {name for schema in schemas.values() for name in schema.get("properties", {})}
+        return {"reactions", "edited_at", "deleted_at"} <= fields
+
+
+def needs(available: bool, what: str) -> None:
+    """Skip a test of a backend feature this server does not have yet (the console hides its control)."""
+    if not available:
+        pytest.skip(f"the server has no {what} yet")
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +292,14 @@ def signed_in(context: Any, stack: Stack, sub: str = "ana") -> Any:
     page.goto(f"{stack.url}/console#token={stack.token(sub)}")
     expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "online")
     return page
+
+
+def wait_until(predicate: Any, what: str, timeout: float = WAIT_MS / 1000) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
 
 
 def conversation(page: Any, conversation_id: int) -> Any:
@@ -463,6 +493,97 @@ def test_a_closed_window_offers_the_template_picker(context: Any, stack: Stack) 
     assert sent["template"]["components"] == [
         {"type": "body", "parameters": [{"type": "text", "text": "Fábio"}, {"type": "text", "text": "4821"}]}
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Handoff, lifecycle, new conversations (controls appear when the server has the endpoints)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_taking_over_keeps_the_bot_silent_and_handing_back_lets_it_answer(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    needs(
+        stack.has_endpoint("/api/conversations/{conversation_id}", "patch"), "PATCH /api/conversations/{id}"
+    )
+    wa_id, barrier = customer(), customer()
+    stack.inbound("Oi", from_=wa_id, name="Nina Alves")
+    conv = stack.conversation_of(wa_id)
+    page = signed_in(context, stack)
+    conversation(page, conv["id"]).click()
+    toggle = page.get_by_test_id("mode-toggle")
+    expect(toggle).to_have_attribute("data-mode", "bot")
+
+    toggle.click()
+    expect(toggle).to_have_attribute("data-mode", "human")
+    assert stack.api("GET", f"conversations/{conv['id']}").json()["mode"] == "human"
+    stack.inbound("Qual o preço?", from_=wa_id, name="Nina Alves")
+    # Events reach autoreply in commit order: once a later customer got the rule's reply, the
+    # first one's message has been handled, and the bot stayed silent.
+    stack.inbound("Qual o preço?", from_=barrier, name="Barreira")
+    wait_until(lambda: stack.sends_to(barrier), "the auto-reply to the barrier customer")
+    assert stack.sends_to(wa_id) == []
+    expect(page.locator('[data-testid="message"]')).to_have_count(2)
+
+    toggle.click()
+    expect(toggle).to_have_attribute("data-mode", "bot")
+    stack.inbound("E o preço?", from_=wa_id, name="Nina Alves")
+    automated = page.locator('[data-testid="message"][data-direction="outbound"]')
+    expect(automated).to_contain_text(PRICE)
+    expect(automated).to_have_attribute("data-status", "read")
+
+
+def test_edits_deletions_and_reactions_land_on_their_messages_live(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    needs(stack.has_message_lifecycle(), "message lifecycle (edits, deletions, reactions on messages)")
+    wa_id = customer()
+    typo = stack.inbound("Quero 2 caixas", from_=wa_id, name="Olga Faria")
+    other = stack.inbound("Pode entregar amanhã?", from_=wa_id, name="Olga Faria")
+    conv = stack.conversation_of(wa_id)
+    first, second = (m["id"] for m in stack.messages(conv["id"]))
+    page = signed_in(context, stack)
+    conversation(page, conv["id"]).click()
+    expect(message(page, second)).to_be_visible()
+
+    edit = {"original_message_id": typo, "message": {"type": "text", "text": {"body": "Quero 3 caixas"}}}
+    stack.webhook(wb.message("edit", edit, from_=wa_id), name="Olga Faria")
+    expect(message(page, first).get_by_test_id("message-body")).to_contain_text("Quero 3 caixas")
+    expect(message(page, first)).to_have_attribute("data-edited", "true")
+    expect(message(page, first).get_by_test_id("edited")).to_be_visible()
+
+    stack.webhook(wb.reaction(other, "❤️", from_=wa_id), name="Olga Faria")
+    expect(message(page, second).get_by_test_id("reactions")).to_have_text("❤️")
+    stack.webhook(wb.message("revoke", {"original_message_id": other}, from_=wa_id), name="Olga Faria")
+    expect(message(page, second)).to_have_attribute("data-deleted", "true")
+    expect(message(page, second)).not_to_contain_text("Pode entregar amanhã?")
+    # Nothing became a message of its own.
+    expect(page.locator('[data-testid="message"]')).to_have_count(2)
+    assert [m["id"] for m in stack.messages(conv["id"])] == [first, second]
+
+
+def test_starting_a_conversation_with_a_template(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    needs(stack.has_endpoint("/api/messages", "post"), "POST /api/messages")
+    wa_id = customer()
+    page = signed_in(context, stack)
+    page.get_by_test_id("new-conversation").click()
+    page.get_by_test_id("new-to").fill(f"+{wa_id}")
+    dialog = page.locator("#new-dialog")
+    dialog.get_by_test_id("template-select").select_option(label="Pedido a caminho")
+    dialog.locator('[data-param="1"]').fill("Paula")
+    dialog.locator('[data-param="2"]').fill("77")
+    page.get_by_test_id("new-send").click()
+
+    outbound = page.locator('[data-testid="message"][data-direction="outbound"]')
+    expect(outbound).to_have_count(1)
+    expect(outbound).to_have_attribute("data-status", "read")
+    conv = stack.conversation_of(wa_id)
+    expect(conversation(page, conv["id"])).to_have_attribute("aria-current", "true")
+    (sent,) = stack.sends_to(wa_id)
+    assert sent["template"]["name"] == "order_update"
+    assert sent["template"]["components"][0]["parameters"][0]["text"] == "Paula"
 
 
 # ---------------------------------------------------------------------------------------------
