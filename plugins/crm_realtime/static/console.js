@@ -490,12 +490,21 @@
     await Promise.all([worker(), worker(), worker()]);
   }
 
-  /** Fetch a thread from the start (first open) or after its last known id (resync). */
-  async function loadThread(convId) {
+  /**
+   * Fetch a thread: everything on first open, then what came after its last known id; `full`
+   * (after a reconnection) fetches it all again, because statuses, edits and reactions of
+   * messages we already had may have changed while we were away.
+   */
+  async function loadThread(convId, { full = false } = {}) {
     const t = thread(convId);
-    if (t.loading) return t.loading;
+    if (t.loading) {
+      if (!full) return t.loading;
+      await t.loading.catch(() => {});
+    }
     t.loading = (async () => {
-      let after = t.loaded ? t.lastId : 0;
+      const everything = full || t.stale;
+      t.stale = false;
+      let after = t.loaded && !everything ? t.lastId : 0;
       for (;;) {
         const page = await api(`conversations/${convId}/messages?after_id=${after}&limit=200`);
         let changed = false;
@@ -519,10 +528,12 @@
     try {
       // Page 1 again; unread counts of conversations that moved are recounted from what this
       // agent saw (countUnseen); a thread loaded earlier catches up (after its last id) when opened.
+      // Threads cached from earlier visits may have missed changes: fetched again when reopened.
+      for (const t of S.threads.values()) t.stale = true;
       await loadConversations({ reset: true });
       if (S.openId !== null) {
         await refreshConversation(S.openId);
-        await loadThread(S.openId);
+        await loadThread(S.openId, { full: true });
         const conv = S.convs.get(S.openId);
         if (conv && isViewing(conv.id)) { markSeen(conv); markRead(conv); }
       }
@@ -588,12 +599,15 @@
     });
     S.socket = socket;
 
-    socket.on('connect', () => {
+    socket.on('connect', async () => {
       setConnection('online', 'Connected');
-      const again = S.connectedOnce;
       S.connectedOnce = true;
-      if (S.openId !== null) joinOpen();
-      if (again) resync();
+      // In the room first, then REST: whatever happened before this connection (while it was
+      // down, or before the first page load was answered) comes from REST, everything after
+      // it live. Both are merged by id, so an overlap shows once.
+      await joinOpen();
+      await S.initialLoad;
+      resync();
     });
     socket.on('disconnect', (reason) => {
       setConnection('offline', 'Offline, reconnecting…');
@@ -704,14 +718,18 @@
     }).catch(() => {});
   }
 
+  /** Join the open conversation's room; resolves once the server answered (or gave up). */
   function joinOpen() {
     const convId = S.openId;
-    if (!S.socket || !S.socket.connected || convId === null) return;
+    if (!S.socket || !S.socket.connected || convId === null) return Promise.resolve();
     const payload = S.lastEventId === null ? { conversationId: convId } : { conversationId: convId, lastEventId: S.lastEventId };
-    S.socket.timeout(10000).emit('join_conversation', payload, (err, ack) => {
-      if (err || !ack || !ack.ok) {
-        if (ack && ack.error) toast(`Live updates for this conversation are off: ${ack.error}`);
-      }
+    return new Promise((resolve) => {
+      S.socket.timeout(10000).emit('join_conversation', payload, (err, ack) => {
+        if (!err && ack && !ack.ok && ack.error && S.openId === convId) {
+          toast(`Live updates for this conversation are off: ${ack.error}`);
+        }
+        resolve();
+      });
     });
   }
 
@@ -1230,7 +1248,8 @@
   // ---------------------------------------------------------------------------------------
 
   async function openConversation(convId, { push = false } = {}) {
-    if (S.openId !== convId) {
+    const switching = S.openId !== convId;
+    if (switching) {
       leave(S.openId);
       S.openId = convId;
       S.replyTo = null;
@@ -1240,11 +1259,15 @@
       else history.replaceState({ conversation: convId }, '', `#conversation=${convId}`);
       composerPicker = templatePicker($('template-form'), 'composer');
       $('template-form').append(h('div', { class: 'tpl-actions' }, h('button', { class: 'btn btn-primary', type: 'submit', 'data-testid': 'send-template', text: 'Send template' })));
-      joinOpen();
     }
     const conv = S.convs.get(convId);
+    // Opening a conversation shows it up to its latest message: that much is seen at once,
+    // even if the agent moves on before the thread has loaded.
+    if (conv && isViewing(convId)) markSeen(conv);
     scheduleRender();
     try {
+      if (switching) await joinOpen(); // statuses from here on come live; the past from REST
+      if (S.openId !== convId) return;
       if (!conv) await ensureConversation(convId);
       await loadThread(convId);
       const loaded = S.convs.get(convId);
@@ -1336,12 +1359,11 @@
     setConnection('connecting', 'Connecting…');
     S.features = await detectFeatures();
     $('new-conversation').hidden = !S.features.start;
-    connect();
-    try {
-      await loadConversations({ reset: true });
-    } catch (err) {
+    S.initialLoad = loadConversations({ reset: true }).catch((err) => {
       if (!(err instanceof ApiError && err.status === 401)) toast(`Could not load conversations: ${err.message}`);
-    }
+    });
+    connect();
+    await S.initialLoad;
     S.loaded = true;
     const modes = [...S.convs.values()].some((c) => c.mode !== undefined) || S.features.mode;
     document.querySelectorAll('.chip[data-filter="human"], .chip[data-filter="bot"]').forEach((c) => { c.hidden = !modes; });
