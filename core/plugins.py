@@ -27,6 +27,7 @@ import pluggy
 from core import hookspecs
 from core.config import Config, convert_section
 from core.errors import ApiError, ConfigError, PluginError
+from core.logs import Throttle
 from core.models import OutgoingMessage, Veto
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class HookRunner:
         self.pm = pm
         self.settings = dict(settings)
         self._errors = errors
+        self._throttle = Throttle(log)
 
     def _impls(self, name: str) -> list[pluggy.HookImpl]:
         # pluggy's own call order: last registered first, tryfirst/trylast respected.
@@ -164,7 +166,9 @@ class HookRunner:
     def _failed(self, name: str, impl: pluggy.HookImpl, exc: BaseException) -> None:
         if self._errors is not None:
             self._errors.labels(plugin=impl.plugin_name, hook=name).inc()
-        log.error("plugin %r failed in hook %s", impl.plugin_name, name, exc_info=exc)
+        # A plugin failing on every event is logged once a minute (with a count), not per event.
+        key = (impl.plugin_name, name, type(exc).__qualname__)
+        self._throttle.error("plugin %r failed in hook %s", impl.plugin_name, name, exc_info=exc, key=key)
 
     async def call(self, name: str, **kwargs: Any) -> list[Any]:
         """Call every implementation in turn; failures are isolated.
