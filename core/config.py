@@ -63,8 +63,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Open connections (HTTP and Socket.IO) served at once; requests beyond it are answered 503.
     Default: the process's file-descriptor limit minus 128 kept for the database, Redis and files."""
     header_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    """A request's headers must arrive within this time of the connection (or of the previous
-    response), else the connection is closed: slow-header (slowloris) clients hold nothing."""
+    """A request's headers must arrive within this time of the connection (on a kept-alive
+    connection, of the request's first byte), else the connection is closed: slow-header
+    (slowloris) clients hold nothing."""
     body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     """A request's whole body must arrive within this time of its headers, else ``408``."""
     keep_alive_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0

@@ -74,10 +74,11 @@ def connection_limit(server: ServerConfig, fds: int) -> int:
 class HeaderTimedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request headers are too slow to arrive.
 
-    The clock starts when the connection opens and again after each response; it is only checked
-    while no complete request is pending (h11's client state ``IDLE``), so a long request, a
-    long body upload (:func:`body_timeout` times that) and a WebSocket that took the connection
-    over are never cut. Subclass with ``header_timeout`` set (see :func:`uvicorn_config`).
+    The clock starts when the connection opens, and for each later request at its first byte (an
+    idle kept-alive connection is the keep-alive timeout's business). It only cuts a connection
+    still waiting for complete headers (h11's client state ``IDLE``), so a long request, a long
+    body upload (:func:`body_timeout` times that) and a WebSocket that took the connection over
+    are never cut. Subclass with ``header_timeout`` set (see :func:`uvicorn_config`).
     """
 
     header_timeout: float = 10.0
@@ -88,10 +89,18 @@ class HeaderTimedH11Protocol(H11Protocol):
         super().connection_made(transport)
         self._arm_header_timer()
 
+    def data_received(self, data: bytes) -> None:
+        """The first bytes of a request after a response start that request's clock."""
+        if self._header_timer is None and self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()
+        super().data_received(data)
+
     def on_response_complete(self) -> None:
-        """The next request's headers get the same time."""
+        """Between requests the keep-alive timeout applies, not this one."""
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
         super().on_response_complete()
-        self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Stop the clock."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,15 @@ async def test_slow_headers_are_cut_off(tmp_path: Path) -> None:
 async def test_the_next_request_on_a_kept_alive_connection_is_timed_too(tmp_path: Path) -> None:
     async with running(tmp_path, header_timeout_seconds=0.5, keep_alive_seconds=60) as (host, port):
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"GET /health HTTP/1.1\r\nHost: zaphub\r\n\r\n")
-        async with asyncio.timeout(BOUND):
-            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        for _ in range(2):  # idle longer than the header timeout between requests: kept alive
+            writer.write(b"GET /health HTTP/1.1\r\nHost: zaphub\r\n\r\n")
+            async with asyncio.timeout(BOUND):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200")
+                length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+                assert length is not None
+                await reader.readexactly(int(length[1]))
+            await asyncio.sleep(1)  # idle (the keep-alive timeout is 60 s), not a wait for an event
         writer.write(b"GET /health HTTP/1.1\r\n")  # ...and the rest never comes
         try:
             data = await closed_by_server(reader)
