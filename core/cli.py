@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,7 +22,7 @@ import pluggy
 
 from core import __version__, hookspecs
 from core.cli_types import Command
-from core.config import Config, load_config, redact
+from core.config import DEFAULT_CONFIG_NAME, Config, load_config, redact
 from core.errors import ConfigError, PluginError, ZaphubError
 from core.plugins import HookRunner, build_plugin_manager, installed_plugins, validate_plugin_settings
 from core.preflight import preflight
@@ -46,7 +47,18 @@ def load_plugin_settings(config_path: str | None, plugin: str) -> tuple[Config, 
     sections.setdefault(plugin, {})
     only = Config(plugins={plugin: sections[plugin]})
     pm = build_plugin_manager(only)
-    settings = validate_plugin_settings(pm, only)
+    try:
+        settings = validate_plugin_settings(pm, only)
+    except ConfigError:
+        if config.source != "<defaults>":
+            raise
+        # Blaming a setting (CRM_JWT_SECRET…) would send a newcomer to the wrong fix: the file is
+        # what is missing.
+        raise ConfigError(
+            f"no config file found (no --config, $ZAPHUB_CONFIG is not set, and there is no "
+            f"{DEFAULT_CONFIG_NAME} in {Path.cwd()}): run this command in the directory of your "
+            f"{DEFAULT_CONFIG_NAME}, or pass --config PATH (or set ZAPHUB_CONFIG)"
+        ) from None
     return config, settings[plugin]
 
 

@@ -186,6 +186,21 @@ def test_check_never_prints_passwords_holding_a_slash_a_space_or_a_query_paramet
         assert secret not in result.stdout + result.stderr
 
 
+def test_token_outside_the_project_directory_says_no_config_file_was_found(tmp_path: Path) -> None:
+    result = zaphub("token", "--sub", "ana", cwd=tmp_path)  # an empty directory, nothing set
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no config file found (no --config, $ZAPHUB_CONFIG is not set")
+    assert f"no config.yaml in {tmp_path}" in result.stderr
+    assert "pass --config PATH" in result.stderr
+    assert "CRM_JWT_SECRET" not in result.stderr  # not the setting: the file is what is missing
+    config = write_config(
+        tmp_path / "elsewhere.yaml", {"plugins": {"crm_realtime": {"jwt_secret": "j" * 40}}}
+    )
+    token = zaphub("token", "--sub", "ana", "--config", str(config), cwd=tmp_path)
+    assert token.returncode == 0, token.stderr
+    assert token.stdout.count(".") == 2  # a JWT
+
+
 def test_plugins_lists_the_installed_plugins_and_their_hooks(tmp_path: Path) -> None:
     path = config_file(tmp_path, {"whatsapp": {"verify_token": "v", "app_secret": "s"}})
     result = zaphub("plugins", "--config", str(path), cwd=tmp_path)

@@ -22,12 +22,51 @@ from tests.plugins.crm_realtime.harness import JS_DIR, Zaphub, require_node, zap
 DOC = REPO / "docs" / "events.md"
 
 
-def code_block(heading: str, language: str) -> str:
-    text = DOC.read_text(encoding="utf-8")
+def code_block(heading: str, language: str, doc: Path = DOC) -> str:
+    text = doc.read_text(encoding="utf-8")
     start = text.index(heading)
     match = re.compile(rf"```{language}\n(.*?)```", re.DOTALL).search(text, start)
-    assert match is not None, f"no {language} block after {heading!r} in {DOC}"
+    assert match is not None, f"no {language} block after {heading!r} in {doc}"
     return match.group(1)
+
+
+LOOPS = [(DOC, "## Try it in two minutes"), (REPO / "README.md", "## Try the whole loop in two minutes")]
+
+
+def loop_client_file(doc: Path, heading: str) -> str:
+    """The file the two-minute loop runs with ``node`` (the complete JavaScript client)."""
+    commands = [line.split("#")[0].strip() for line in code_block(heading, "sh", doc).splitlines()]
+    [node] = [c for c in commands if c.startswith("node ")]
+    return Path(node.split()[1]).name
+
+
+@pytest.mark.parametrize(("doc", "heading"), LOOPS, ids=["events.md", "README.md"])
+def test_the_two_minute_loop_starts_the_client_before_the_customer_writes(doc: Path, heading: str) -> None:
+    # A client started later than the first message never joins that conversation (its join
+    # comes before the conversation exists, or not at all) and shows no status.
+    commands = [line.split("#")[0].strip() for line in code_block(heading, "sh", doc).splitlines()]
+    client = next((i for i, c in enumerate(commands) if c.startswith("node ")), None)
+    customer = next(i for i, c in enumerate(commands) if c.startswith("zaphub simulate message"))
+    assert client is not None, f"the loop of {doc.name} starts no client"
+    assert client < customer, f"the loop of {doc.name} starts the client after the customer wrote"
+    assert "ZAPHUB_TOKEN=$(zaphub token" in "\n".join(commands)  # the variable the client reads
+
+
+def test_the_python_install_line_installs_aiohttp() -> None:
+    from importlib.metadata import metadata, requires
+
+    from packaging.requirements import Requirement
+
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## A complete client in Python") :]
+    match = re.search(r"`pip install ([^`]+)`", section)
+    assert match is not None
+    [socketio] = [Requirement(r.strip('"')) for r in match.group(1).split() if "socketio" in r]
+    # pip matches an extra by the name the package publishes; an unknown one is only a warning.
+    published = metadata(socketio.name).get_all("Provides-Extra") or []
+    assert socketio.extras <= set(published), f"{socketio.extras} not among {published}"
+    brought = [r for r in requires(socketio.name) or [] for e in socketio.extras if f'extra == "{e}"' in r]
+    assert any(r.startswith("aiohttp") for r in brought), brought
 
 
 class Lines:
@@ -114,11 +153,21 @@ async def test_the_python_client_of_the_docs(z: Zaphub, tmp_path: Path) -> None:
 @pytest.mark.js
 async def test_the_javascript_client_of_the_docs(z: Zaphub, tmp_path: Path) -> None:
     node = require_node()
+    # As a reader does: `npm install socket.io-client@4` in a directory (no "type": "module"),
+    # the client saved under the name the two-minute loops run.
+    names = {loop_client_file(doc, heading) for doc, heading in LOOPS}
+    assert len(names) == 1, f"the loops run different files: {names}"
     (tmp_path / "node_modules").symlink_to(JS_DIR / "node_modules", target_is_directory=True)
-    script = tmp_path / "client.mjs"
+    script = tmp_path / names.pop()
     script.write_text(code_block("## A complete client in JavaScript", "javascript"), encoding="utf-8")
+    # Node 20 before 20.19 runs a `.js` file without "type": "module" as CommonJS, where the
+    # client's `import` is a SyntaxError; later releases guess, with a warning. Run it the strict way.
+    strict = "--no-experimental-detect-module"
+    probe = await asyncio.create_subprocess_exec(node, strict, "-e", "", stderr=asyncio.subprocess.DEVNULL)
+    flags = [strict] if await probe.wait() == 0 else []
     proc = await asyncio.create_subprocess_exec(
         node,
+        *flags,
         str(script),
         cwd=tmp_path,
         env={**os.environ, "ZAPHUB_URL": z.url, "ZAPHUB_TOKEN": z.token(sub="docs-js")},
