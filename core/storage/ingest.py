@@ -253,9 +253,13 @@ class IngestMixin(StatusMixin):
             if status_id is None:
                 continue
             outcome = await self._apply_status(conn, status_id, st)
-            if outcome == "pending":
-                linked = await self._link_by_message_id(conn, st, now)
-                outcome = await self._apply_status(conn, status_id, st) if linked else "pending"
+            if outcome == "pending" and st.message_id is not None:
+                # The status names our message: link it if the send's answer never came. If that
+                # answer is being stored right now, the link waits for it and then finds the wamid
+                # set; applying again sees it (a new statement), where parking the status would
+                # lose it: the answer has already looked for parked statuses and not seen this one.
+                await self._link_by_message_id(conn, st, now)
+                outcome = await self._apply_status(conn, status_id, st)
             if isinstance(outcome, StatusEvent):
                 result.status_changes.append(outcome)
             elif outcome == "stale":

@@ -411,7 +411,9 @@ class ReactionContent(_Rules, kw_only=True):
     emoji: Emoji
 
     def __post_init__(self) -> None:
-        pass  # unlike other required texts, an empty emoji means something: remove the reaction
+        # Not the base check: unlike other required texts, an empty emoji means "remove the reaction".
+        if not self.message_id.strip():
+            raise ValueError("message_id: is required")
 
 
 class LocationContent(_Rules, kw_only=True):

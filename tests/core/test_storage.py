@@ -18,6 +18,7 @@ from core.config import StorageConfig
 from core.errors import ConflictError
 from core.models import Conversation, InboundMessage, InboundStatus, Message, OutgoingMessage
 from core.storage import Storage, StorageError
+from core.storage.schema import messages
 from tests.helpers import wait_for
 
 PNID = "100000000000002"
@@ -285,6 +286,34 @@ async def test_a_status_naming_our_message_links_a_send_whose_answer_was_lost(st
     # A message that already has its wamid is never re-linked to another one.
     again = await storage.ingest([], [status("wamid.THIRD", "sent", message_id=message.id)])
     assert again.pending_statuses == 1
+
+
+async def test_a_status_racing_the_send_answer_is_applied_not_parked_forever(storage: Storage) -> None:
+    if storage.dialect != "postgresql":
+        pytest.skip("SQLite serializes writers: a status cannot interleave with the send's answer")
+    conv = await conversation(storage)
+    message = await queue(storage, conv)
+    await storage.claim_outbox()
+
+    async def status_waits_for_the_message_row() -> bool:
+        query = sa.text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        async with storage.read() as conn:
+            return bool((await conn.execute(query)).scalar())
+
+    async with storage.write() as conn:
+        # Graph's answer is being stored: the wamid is written, not committed, and the status row
+        # the answer would look for is not visible to it yet.
+        await conn.execute(messages.update().where(messages.c.id == message.id).values(wamid="wamid.RACE"))
+        ingest = asyncio.create_task(
+            storage.ingest([], [status("wamid.RACE", "sent", message_id=message.id)])
+        )
+        await wait_for(status_waits_for_the_message_row, what="the status to wait for the message row")
+    result = await ingest
+    assert [c.change.status for c in result.status_changes] == ["sent"]
+    assert result.pending_statuses == 0
 
 
 # -- outbound ------------------------------------------------------------------------------------

@@ -372,6 +372,7 @@ def test_unknown_interactive_kinds_pass_through() -> None:
             "interactive.action.sections[0].rows needs at least 1 item",
         ),
         ("reaction", {"emoji": "👍"}, "reaction.message_id is required"),
+        ("reaction", {"message_id": " ", "emoji": "👍"}, "reaction.message_id is required"),
         ("location", {"latitude": 91, "longitude": 0}, "location.latitude must be between -90 and 90"),
         ("location", {"latitude": 1}, "location.longitude is required"),
         ("contacts", {"contacts": [{"name": {}}]}, "contacts.contacts[0].name.formatted_name is required"),
