@@ -423,6 +423,23 @@ def test_a_reply_goes_to_whatsapp_and_its_ticks_move_sent_delivered_read(context
     assert [m["id"] for m in stack.messages(conv["id"])] == [i for i, _ in shown_messages(page)]
 
 
+def test_a_send_whatsapp_cannot_deliver_says_why(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    wa_id = customer()[:-4] + "0000"  # the sandbox's undeliverable numbers end in 0000 (131026)
+    stack.inbound("Oi", from_=wa_id, name="Quitéria Lopes")
+    conv = stack.conversation_of(wa_id)
+    page = signed_in(context, stack)
+    conversation(page, conv["id"]).click()
+    page.get_by_test_id("composer").fill("Olá Quitéria!")
+    page.get_by_test_id("send").click()
+
+    outbound = page.locator('[data-testid="message"][data-direction="outbound"]')
+    expect(outbound).to_have_attribute("data-status", "failed")
+    expect(outbound.get_by_test_id("failure")).to_contain_text("131026")
+    expect(conversation(page, conv["id"]).locator(".tick")).to_have_attribute("title", "failed")
+
+
 def test_two_tabs_stay_consistent(context: Any, stack: Stack) -> None:
     from playwright.sync_api import expect
 
