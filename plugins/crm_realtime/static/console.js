@@ -436,12 +436,13 @@
     return old;
   }
 
+  /** WhatsApp's 24-hour window, from the customer's last message (else the server's answer). */
   function windowOpen(conv) {
     if (Number.isFinite(conv.last_inbound_at) && conv.last_inbound_at > 0) return Date.now() - conv.last_inbound_at < DAY;
-    return conv.window_open !== false && conv.window_open !== undefined ? conv.window_open : false;
+    return conv.window_open === true;
   }
 
-  /** A message became the conversation's latest: move it up, count it unread if unseen. */
+  /** A message arrived in a conversation: it may be the latest, and moves the conversation up. */
   function touchConv(conv, msg) {
     if (!conv.last_message || msg.id >= conv.last_message.id) conv.last_message = msg;
     conv.last_at = Math.max(conv.last_at || 0, msg.at || Date.now());
