@@ -87,7 +87,7 @@ class Metrics:
         )
         self.outbound = Counter(
             "zaphub_outbound_messages",
-            "Outbound messages by outcome: queued, accepted, retried, failed.",
+            "Outbound messages by outcome: queued, accepted, retried, failed, requeued.",
             ["outcome"],
             registry=r,
         )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from core.errors import ApiError, NotFoundError
+from core.errors import ApiError, ConflictError, NotFoundError
 from core.models import Conversation, Message, OutgoingMessage
 
 if TYPE_CHECKING:
@@ -131,3 +131,53 @@ class SendService:
             for listener in self._queued_listeners:
                 listener()
         return message, created
+
+    async def retry(self, message_id: int) -> Message:
+        """Queue a ``failed`` outbound message again, with a fresh retry window.
+
+        The send policies are asked again (a free-form message outside WhatsApp's 24-hour window
+        would only fail again); ``on_before_send`` is not: the content was accepted when queued.
+
+        Returns:
+            The message, back in status ``queued``.
+
+        Raises:
+            NotFoundError: no such message.
+            ConflictError: it is inbound, or not in ``failed`` (its status is named).
+            ApiError: a policy refuses it now, e.g. ``WindowClosedError``.
+        """
+        storage = self.host.storage
+        message = await storage.get_message(message_id)
+        if message is None:
+            raise NotFoundError(f"message {message_id} does not exist")
+        if message.direction != "outbound":
+            raise ConflictError(
+                f"message {message_id} was received, not sent: only a failed send can be retried"
+            )
+        if message.status != "failed":
+            raise ConflictError(
+                f"message {message_id} is {message.status}, not failed: only a failed send can be retried"
+            )
+        conversation = await storage.get_conversation(message.conversation_id)
+        if conversation is None:  # pragma: no cover - foreign key guarantees it
+            raise NotFoundError(f"conversation of message {message_id} does not exist")
+        outgoing = OutgoingMessage(
+            conversation_id=conversation.id,
+            type=message.type,
+            content=message.content or {},
+            body=message.body,
+            automated=message.automated,
+            source="retry",
+            context_wamid=message.context_wamid,
+        )
+        for policy in self.policies:
+            refusal = policy.refuse(outgoing, conversation)
+            if refusal is not None:
+                raise refusal
+        requeued = await storage.outbox_requeue(message_id)
+        if requeued is None:
+            raise ConflictError(f"message {message_id} is no longer failed: it was retried meanwhile")
+        self.host.metrics.outbound.labels(outcome="requeued").inc()
+        for listener in self._queued_listeners:
+            listener()
+        return requeued

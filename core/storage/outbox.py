@@ -170,7 +170,13 @@ class OutboxMixin(StatusMixin):
                     outbox.update()
                     .where(outbox.c.id.in_(ids))
                     .values(locked_until=now + timedelta(seconds=lease_seconds), updated_at=now)
-                    .returning(outbox.c.id, outbox.c.message_id, outbox.c.recipient, outbox.c.attempts)
+                    .returning(
+                        outbox.c.id,
+                        outbox.c.message_id,
+                        outbox.c.recipient,
+                        outbox.c.attempts,
+                        outbox.c.created_at,
+                    )
                 )
             ).all()
             msgs = {
@@ -180,7 +186,13 @@ class OutboxMixin(StatusMixin):
                 )
             }
         items = [
-            OutboxItem(id=c.id, message=msgs[c.message_id], recipient=c.recipient, attempts=c.attempts)
+            OutboxItem(
+                id=c.id,
+                message=msgs[c.message_id],
+                recipient=c.recipient,
+                attempts=c.attempts,
+                queued_at=c.created_at,
+            )
             for c in claimed
         ]
         items.sort(key=lambda i: i.id)
@@ -321,6 +333,56 @@ class OutboxMixin(StatusMixin):
                 error_title=title,
             )
             return await self._status_event(conn, message, change)
+
+    async def outbox_requeue(self, message_id: int) -> Message | None:
+        """Queue a failed send again: the message goes back to ``queued`` with a fresh retry window.
+
+        Its wamid and error are cleared (a send Meta refused after accepting it gets a new wamid).
+        The outbox row's ``created_at`` becomes now: it is when the current delivery began.
+
+        Returns:
+            The message as queued again, or ``None`` when it is not an outbound message in
+            ``failed`` (a concurrent retry already re-queued it, for instance).
+        """
+        now = utcnow()
+        async with self.write() as conn:
+            updated = (
+                await conn.execute(
+                    messages.update()
+                    .where(
+                        messages.c.id == message_id,
+                        messages.c.direction == "outbound",
+                        messages.c.status == "failed",
+                    )
+                    .values(
+                        status="queued",
+                        status_rank=STATUS_RANK["queued"],
+                        wamid=None,
+                        delivered_at=None,
+                        error_code=None,
+                        error_title=None,
+                    )
+                    .returning(*messages.c)
+                )
+            ).first()
+            if updated is None:
+                return None
+            message = message_from_row(updated)
+            # Every outbound message has its outbox row (queue_outbound writes both together).
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.message_id == message_id)
+                .values(
+                    state="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    locked_until=None,
+                    last_error=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return message
 
     async def outbox_counts(self) -> dict[str, int]:
         """Outbox rows by state (for metrics and ``/ready``)."""

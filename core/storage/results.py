@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
 from core.models import Contact, Conversation, Message, StatusChange
@@ -45,3 +47,6 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     recipient: str
     attempts: int
     """Attempts made before this one."""
+    queued_at: datetime
+    """When this delivery began: the send was queued, or re-queued by a retry (the retry window
+    counts from here)."""

@@ -85,7 +85,7 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
         401: "Missing, bad or expired bearer token (unauthorized)",
         403: "The token's scope does not include the resource's business number (forbidden)",
         404: "No such resource (not_found)",
-        409: "Idempotency-Key reused with a different body (conflict)",
+        409: "Idempotency-Key reused with a different body, or a retry of a send not in failed (conflict)",
         422: "Outside the 24-hour window (window_closed) or refused by a plugin (send_vetoed)",
         502: "Meta could not provide the media (media_unavailable)",
     }
@@ -424,6 +424,28 @@ class MessageController(Controller):
         message = await message_for(host, agent, message_id)
         history = await host.storage.status_history(message.id)
         return api_message_detail(message, history, host.public_url)
+
+    @post(
+        "/{message_id:int}/retry",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Retry a failed send",
+        description=(
+            "Puts a message in `failed` back in the outbox with a fresh retry window; it answers like "
+            "a send, and `whatsapp:message_sent` and statuses follow. `409 conflict` when the message "
+            "is not in `failed`; `422 window_closed` for a free-form message outside the 24-hour window."
+        ),
+        responses=_errors(403, 404, 409, 422),
+    )
+    async def retry_message(
+        self, host: NamedDependency[Host], agent: NamedDependency[Agent], message_id: FromPath[int]
+    ) -> Response[SendAccepted]:
+        """Re-queue a failed send; ``202`` as ``POST …/messages``."""
+        message = await message_for(host, agent, message_id)
+        requeued = await host.sender.retry(message.id)
+        return Response(
+            SendAccepted(message_id=requeued.id, conversation_id=requeued.conversation_id, status="queued"),
+            status_code=HTTP_202_ACCEPTED,
+        )
 
     @get(
         "/{message_id:int}/media",

@@ -60,8 +60,18 @@ class WhatsAppSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     """Spacing of messages to one recipient (Meta's pair rate limit: about one per 6 s)."""
     pair_burst: int = 10
     """Messages one recipient may receive back-to-back before spacing applies."""
-    max_attempts: int = 8
-    """Attempts per message before it is marked ``failed`` (retryable errors only)."""
+    retry_window_seconds: float = 7200.0
+    """How long a send keeps being retried after temporary errors (a Graph or network outage,
+    throttling) before it is marked ``failed``, counted from when it was queued. The default, two
+    hours, rides out an hour-long outage with room for the backoff between tries."""
+    retry_backoff_seconds: float = 1.0
+    """Upper bound of the first retry's delay; it doubles per attempt (with full jitter) up to
+    ``retry_backoff_max_seconds``. ``Retry-After`` and Meta's rate-limit advice can ask for longer."""
+    retry_backoff_max_seconds: float = 300.0
+    """Cap of the backoff's upper bound, so a send is tried at least about this often in an outage."""
+    max_attempts: int | None = None
+    """Also fail a send after this many attempts; ``null`` (default): only the retry window bounds
+    retries."""
     ambiguous_retry_seconds: float = 30.0
     """After a timeout that may have reached Meta, wait this long for a status webhook that
     proves the send happened before trying again (see docs/operations.md)."""
@@ -80,8 +90,19 @@ class WhatsAppSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
             )
         if not _VERSION.match(self.graph_api_version):
             raise ValueError(f"graph_api_version {self.graph_api_version!r} is not like 'v25.0'")
-        if self.messages_per_second <= 0 or self.max_attempts < 1:
-            raise ValueError("messages_per_second must be > 0 and max_attempts >= 1")
+        if self.messages_per_second <= 0:
+            raise ValueError("messages_per_second must be > 0")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(
+                "max_attempts must be at least 1, or null to bound retries by retry_window_seconds"
+            )
+        if self.retry_window_seconds < 0:
+            raise ValueError("retry_window_seconds must be >= 0 (0: no retries after temporary errors)")
+        if not 0 < self.retry_backoff_seconds <= self.retry_backoff_max_seconds:
+            raise ValueError(
+                "retry_backoff_seconds must be > 0 and at most retry_backoff_max_seconds "
+                f"({self.retry_backoff_seconds:g} > {self.retry_backoff_max_seconds:g})"
+            )
 
     def findings(self) -> list[ConfigFinding]:
         """The sandbox, and what is unsafe outside it (the ``check_settings`` hook)."""

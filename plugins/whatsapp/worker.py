@@ -5,10 +5,16 @@ Every send is a row in the outbox before the API answers ``202``. This worker le
 them per business number and per recipient, and records the outcome:
 
 - Graph accepts → the wamid is stored, parked statuses apply, ``on_message_sent`` fires.
-- Retryable error (network, 5xx, 429, 130429, 131000, 131056, …) → tried again after an
-  exponential backoff with jitter (``Retry-After`` honoured), up to ``max_attempts``.
-- Permanent error (131047, 131026, 100, 190, …) or the last attempt → the message becomes
+- Retryable error (network, 5xx, 429, 130429, 131000, 131056, …) → tried again after a capped
+  exponential backoff with full jitter (``Retry-After`` honoured) while the send is younger than
+  ``retry_window_seconds`` (and, if set, has made fewer than ``max_attempts``); the last try is
+  made at the window's end, so a Graph outage shorter than the window delays a send, never fails it.
+- Permanent error (131047, 131026, 100, 190, …) or the window is over → the message becomes
   ``failed`` and ``on_status_changed`` fires with Meta's code and title.
+- An unexpected exception (a bug, not Meta) counts as an attempt under the same bounds and is
+  logged with its traceback; past them the message fails with ``internal error``.
+- An error after Graph accepted a send (recording the wamid, publishing the event) is logged
+  with the wamid; recording is retried until the row's lease is nearly over.
 - **Ambiguous** (a timeout after the request left: Graph has no idempotency key) → not resent at
   once. Every send carries ``biz_opaque_callback_data = "zaphub:<message id>"``, which Meta echoes
   in status webhooks; if one arrives within ``ambiguous_retry_seconds`` it links the wamid and the
@@ -21,9 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from datetime import datetime, timedelta
 
-from core.errors import UpstreamError
+from core.errors import UpstreamError, ValidationFailed
 from core.host import Host
+from core.models import utcnow
 from core.storage import OutboxItem
 from plugins.whatsapp.client import GraphClient, backoff_delay, is_auth_error
 from plugins.whatsapp.config import WhatsAppSettings
@@ -85,9 +94,12 @@ class OutboxWorker:
             tasks = [asyncio.create_task(self._deliver(item)) for item in items]
             self._inflight.update(tasks)
             try:
-                await asyncio.gather(*tasks, return_exceptions=True)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
             finally:
                 self._inflight.difference_update(tasks)
+            for item, result in zip(items, results, strict=True):
+                if isinstance(result, Exception):  # its lease expires and another try follows
+                    log.error("delivering message %s crashed", item.message.id, exc_info=result)
 
     def wake(self) -> None:
         """Look for due sends now instead of at the next poll (called when a send is queued)."""
@@ -107,57 +119,128 @@ class OutboxWorker:
         if wait > 0:
             await storage.outbox_defer(item.id, delay=wait, attempt=False)
             return
-        body = build_send_body(
-            to=item.recipient,
-            type_=message.type,
-            content=message.content or {},
-            context_wamid=message.context_wamid,
-            biz_opaque_callback_data=callback_data(message.id),
-        )
+        try:
+            body = build_send_body(
+                to=item.recipient,
+                type_=message.type,
+                content=message.content or {},
+                context_wamid=message.context_wamid,
+                biz_opaque_callback_data=callback_data(message.id),
+            )
+        except ValidationFailed as exc:  # stored before a rule changed: no retry can fix it
+            await self._fail(item, code=None, title=f"invalid message: {exc}", attempt=item.attempts + 1)
+            return
         try:
             result = await self.client.send(message.phone_number_id, body)
         except UpstreamError as exc:
             await self._failed_attempt(item, exc)
             return
-        except Exception as exc:  # a bug, not Meta: keep the row and retry later, loudly
+        except Exception as exc:  # a bug, not Meta: an attempt like any other, loudly
             log.exception("sending message %s crashed", message.id)
-            await storage.outbox_defer(
-                item.id, delay=backoff_delay(item.attempts + 1), error=repr(exc), attempt=True
+            await self._retry_or_fail(
+                item,
+                delay=self._backoff(item.attempts + 1),
+                error=repr(exc),
+                code=None,
+                title="internal error",
             )
             return
         self.auth_problem = None
-        accepted, changes = await storage.outbox_sent(item.id, result.wamid)
         self.host.metrics.outbound.labels(outcome="accepted").inc()
-        if accepted is not None:
-            await self.host.events.publish(
-                "on_message_sent", message=accepted.message, conversation=accepted.conversation
+        await self._record_sent(item, result.wamid)
+
+    async def _record_sent(self, item: OutboxItem, wamid: str) -> None:
+        """Store what Graph accepted; a failure here would resend a delivered message, so insist."""
+        deadline = time.monotonic() + self.lease_seconds / 2
+        delay = 0.5
+        while True:
+            try:
+                accepted, changes = await self.host.storage.outbox_sent(item.id, wamid)
+                break
+            except Exception:
+                if time.monotonic() + delay >= deadline:
+                    log.exception(
+                        "message %s: Graph accepted it as %s but storing that failed; it will be sent "
+                        "again when its lease expires unless a status webhook links it first",
+                        item.message.id,
+                        wamid,
+                    )
+                    return
+                log.warning(
+                    "message %s: Graph accepted it as %s; storing that failed, retrying in %.1f s",
+                    item.message.id,
+                    wamid,
+                    delay,
+                    exc_info=True,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        try:
+            if accepted is not None:
+                await self.host.events.publish(
+                    "on_message_sent", message=accepted.message, conversation=accepted.conversation
+                )
+            for change in changes:
+                await self.host.events.publish_status(change)
+        except Exception:
+            log.exception(
+                "message %s: sent as %s and stored, but publishing its events failed", item.message.id, wamid
             )
-        for change in changes:
-            await self.host.events.publish_status(change)
+
+    def _backoff(self, attempt: int, *, retry_after: float | None = None, code: int | None = None) -> float:
+        return backoff_delay(
+            attempt,
+            base=self.settings.retry_backoff_seconds,
+            cap=self.settings.retry_backoff_max_seconds,
+            retry_after=retry_after,
+            code=code,
+        )
+
+    def _deadline(self, item: OutboxItem) -> datetime:
+        return item.queued_at + timedelta(seconds=self.settings.retry_window_seconds)
 
     async def _failed_attempt(self, item: OutboxItem, exc: UpstreamError) -> None:
-        storage = self.host.storage
         attempt = item.attempts + 1
         if is_auth_error(exc.code, exc.status):
             self.auth_problem = (
                 f"Graph rejected the access token (code {exc.code}): renew plugins.whatsapp.access_token "
                 "(WHATSAPP_ACCESS_TOKEN)"
             )
-        if exc.retryable and attempt < self.settings.max_attempts:
-            if exc.ambiguous:
-                delay = max(
-                    self.settings.ambiguous_retry_seconds, backoff_delay(attempt, retry_after=exc.retry_after)
-                )
-            else:
-                delay = backoff_delay(attempt, retry_after=exc.retry_after, code=exc.code)
-            log.warning(
-                "message %s: attempt %d failed (%s); retrying in %.1f s", item.message.id, attempt, exc, delay
-            )
-            self.host.metrics.outbound.labels(outcome="retried").inc()
-            await storage.outbox_defer(item.id, delay=delay, error=str(exc), attempt=True)
+        if not exc.retryable:
+            await self._fail(item, code=exc.code, title=exc.title, attempt=attempt, cause=str(exc))
             return
-        log.error("message %s failed for good after %d attempt(s): %s", item.message.id, attempt, exc)
+        if exc.ambiguous:
+            delay = max(
+                self.settings.ambiguous_retry_seconds, self._backoff(attempt, retry_after=exc.retry_after)
+            )
+        else:
+            delay = self._backoff(attempt, retry_after=exc.retry_after, code=exc.code)
+        await self._retry_or_fail(item, delay=delay, error=str(exc), code=exc.code, title=exc.title)
+
+    async def _retry_or_fail(
+        self, item: OutboxItem, *, delay: float, error: str, code: int | None, title: str
+    ) -> None:
+        """Try again after ``delay`` (at the latest at the window's end) if the bounds allow it."""
+        attempt = item.attempts + 1
+        max_attempts = self.settings.max_attempts
+        left = (self._deadline(item) - utcnow()).total_seconds()
+        if left <= 0 or (max_attempts is not None and attempt >= max_attempts):
+            await self._fail(item, code=code, title=title, attempt=attempt, cause=error)
+            return
+        delay = min(delay, left)  # one last try when the window ends, not a failure before it
+        log.warning(
+            "message %s: attempt %d failed (%s); retrying in %.1f s", item.message.id, attempt, error, delay
+        )
+        self.host.metrics.outbound.labels(outcome="retried").inc()
+        await self.host.storage.outbox_defer(item.id, delay=delay, error=error, attempt=True)
+
+    async def _fail(
+        self, item: OutboxItem, *, code: int | None, title: str, attempt: int, cause: str | None = None
+    ) -> None:
+        log.error(
+            "message %s failed for good after %d attempt(s): %s", item.message.id, attempt, cause or title
+        )
         self.host.metrics.outbound.labels(outcome="failed").inc()
-        event = await storage.outbox_failed(item.id, code=exc.code, title=exc.title)
+        event = await self.host.storage.outbox_failed(item.id, code=code, title=title)
         if event is not None:
             await self.host.events.publish_status(event)

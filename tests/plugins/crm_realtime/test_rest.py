@@ -57,6 +57,7 @@ async def test_every_endpoint_needs_a_valid_bearer_token(z: Zaphub) -> None:
         ("POST", "/api/conversations/1/messages"),
         ("GET", "/api/messages/1"),
         ("GET", "/api/messages/1/media"),
+        ("POST", "/api/messages/1/retry"),
         ("GET", "/api/contacts/1"),
     ]
     headers_and_reasons = [
@@ -341,6 +342,7 @@ async def test_scope_applies_to_every_endpoint(z: Zaphub) -> None:
         ("POST", f"/api/conversations/{theirs['id']}/messages"),
         ("GET", f"/api/messages/{theirs_message['messages'][0]['id']}"),
         ("GET", f"/api/messages/{theirs_message['messages'][0]['id']}/media"),
+        ("POST", f"/api/messages/{theirs_message['messages'][0]['id']}/retry"),
         ("GET", f"/api/contacts/{theirs['contact']['id']}"),
     ]
     for method, path in forbidden:
@@ -349,6 +351,39 @@ async def test_scope_applies_to_every_endpoint(z: Zaphub) -> None:
         assert "scope" in error_of(response, 403, "forbidden"), path
     ours_contact = listed[0]["contact"]["id"]
     assert (await z.http.get(f"/api/contacts/{ours_contact}", headers=scoped)).status_code == 200
+
+
+async def test_retry_requeues_a_failed_send_and_refuses_anything_else(z: Zaphub) -> None:
+    ids = await seed_conversations(z)
+    conversation_id = ids[NUMBERS[0]]
+    fault = {"count": 1, "status": 400, "code": 131026, "title": "Message undeliverable"}
+    assert (await z.http.post("/_sandbox/graph/_sandbox/faults", json=fault)).status_code == 200
+    accepted = await z.send(conversation_id, {"type": "text", "body": "De novo"})
+    message_id = accepted["messageId"]
+    url = f"/api/messages/{message_id}"
+
+    async def status() -> str:
+        return str((await z.http.get(url, headers=z.auth())).json()["status"])
+
+    await wait_for(lambda: _status_is(status, "failed"), what="the send to fail")
+    retried = await z.http.post(f"{url}/retry", headers=z.auth())
+    assert retried.status_code == 202, retried.text
+    assert retried.json() == {"messageId": message_id, "conversationId": conversation_id, "status": "queued"}
+    await wait_for(lambda: _status_is(status, "read"), what="the retried send to be delivered and read")
+    detail = (await z.http.get(url, headers=z.auth())).json()
+    assert detail["wamid"] and [s["status"] for s in detail["statuses"]][-3:] == ["sent", "delivered", "read"]
+
+    again = await z.http.post(f"{url}/retry", headers=z.auth())
+    assert "is read, not failed" in error_of(again, 409, "conflict")
+    inbound = (await z.http.get(f"/api/conversations/{conversation_id}/messages", headers=z.auth())).json()
+    received = await z.http.post(f"/api/messages/{inbound['messages'][0]['id']}/retry", headers=z.auth())
+    assert "was received, not sent" in error_of(received, 409, "conflict")
+    missing = await z.http.post("/api/messages/999999/retry", headers=z.auth())
+    assert "does not exist" in error_of(missing, 404, "not_found")
+
+
+async def _status_is(read: Any, expected: str) -> bool:
+    return bool(await read() == expected)
 
 
 async def test_message_detail_contact_and_missing_resources(z: Zaphub) -> None:
@@ -398,6 +433,7 @@ async def test_openapi_describes_the_api(z: Zaphub) -> None:
         "/api/conversations/{conversation_id}/messages",
         "/api/messages/{message_id}",
         "/api/messages/{message_id}/media",
+        "/api/messages/{message_id}/retry",
         "/api/contacts/{contact_id}",
     ):
         assert path in paths, sorted(paths)
@@ -452,7 +488,7 @@ async def test_openapi_declares_the_bearer_scheme_on_every_api_operation(z: Zaph
         if path.startswith("/api/")
         for method, operation in item.items()
     ]
-    assert len(api_operations) == 7
+    assert len(api_operations) == 8
     for path, method, operation in api_operations:
         assert operation["security"] == [{"bearerAuth": []}], (method, path)
         assert all(p["name"] != "Authorization" for p in operation.get("parameters", [])), (method, path)

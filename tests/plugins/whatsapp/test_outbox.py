@@ -19,7 +19,7 @@ from core.config import parse_config
 from core.errors import ValidationFailed, WindowClosedError
 from core.models import Message, StatusChange, utcnow
 from core.storage.schema import conversations, outbox
-from plugins.whatsapp import WORKER
+from plugins.whatsapp import GRAPH, WORKER
 from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import SANDBOX_HEADERS, SANDBOX_TOKEN, free_port, serve, wait_for
 
@@ -178,7 +178,9 @@ async def test_each_type_reaches_graph_as_meta_documents_it(
     assert body[type_] == expected[type_]
     assert body["biz_opaque_callback_data"] == f"zaphub:{message.id}"
     # Then Meta's status webhooks come back and move the message forward, in order.
-    await wait_for(lambda: h.events.statuses_of(message.id) == ["sent", "delivered", "read"], what="statuses")
+    await wait_for(
+        lambda: h.events.statuses_of(message.id) == ["sent", "delivered", "read"], timeout=60, what="statuses"
+    )
     stored = await h.host.storage.get_message(message.id)
     assert stored is not None and stored.status == "read" and stored.wamid == h.events.sent[0].wamid
 
@@ -246,6 +248,63 @@ async def test_last_attempt_fails_the_message(storage_url: str) -> None:
         assert len(await h.graph_requests()) == 2
 
 
+async def test_an_outage_shorter_than_the_retry_window_delays_the_send_without_failing_it(
+    storage_url: str,
+) -> None:
+    # Many more failed attempts than the old fixed count of 8, inside a window of 60 s.
+    async with harness(
+        storage_url, retry_window_seconds=60, retry_backoff_seconds=0.05, retry_backoff_max_seconds=0.2
+    ) as h:
+        conv = await h.conversation()
+        await h.fault(count=10_000, status=503, code=2)  # Graph down until the faults are cleared
+        message, _ = await h.host.sender.send(conv, "text", {"body": "depois da queda"})
+        await wait_for(lambda: _at_least(h.graph_requests, 12), timeout=60, what="a dozen refused attempts")
+        assert h.events.statuses_of(message.id) == []
+        assert (await h.http.delete("/_sandbox/graph/_sandbox/faults")).status_code == 200  # Graph is back
+        await wait_for(lambda: h.events.sent, timeout=60, what="delivery once Graph is back")
+        assert [m.id for m in h.events.sent] == [message.id]
+        state, attempts = await h.outbox_state(message.id)
+        assert state == "done" and attempts >= 13
+        assert "failed" not in h.events.statuses_of(message.id)
+
+
+async def test_an_outage_past_the_retry_window_fails_the_send(storage_url: str) -> None:
+    async with harness(
+        storage_url, retry_window_seconds=1.5, retry_backoff_seconds=0.05, retry_backoff_max_seconds=0.2
+    ) as h:
+        conv = await h.conversation()
+        await h.fault(count=10_000, status=503, code=2, title="Service temporarily unavailable")
+        message, _ = await h.host.sender.send(conv, "text", {"body": "fora do ar"})
+        await wait_for(lambda: h.events.statuses_of(message.id) == ["failed"], timeout=60, what="failed")
+        change = next(c for m, c in h.events.statuses if m.id == message.id)
+        assert change.error_code == 2
+        state, attempts = await h.outbox_state(message.id)
+        assert state == "failed" and attempts >= 2
+        assert attempts == len(await h.graph_requests())  # the last try was made, then it failed
+        stored = await h.host.storage.get_message(message.id)
+        assert stored is not None and stored.status == "failed"
+
+
+async def test_a_crash_while_sending_counts_as_an_attempt_and_fails_the_send_past_the_bounds(
+    storage_url: str,
+) -> None:
+    # A crash that is not Meta's doing (here: an invalid request our client cannot build)
+    # used to leave the row retrying forever; now it is an attempt like any other.
+    async with harness(storage_url, max_attempts=3, retry_backoff_seconds=0.05) as h:
+        conv = await h.conversation()
+        graph = h.host.stash[GRAPH]
+        await graph.aclose()  # every send now raises inside the worker (a closed httpx client)
+        message, _ = await h.host.sender.send(conv, "text", {"body": "bug"})
+        await wait_for(lambda: h.events.statuses_of(message.id) == ["failed"], timeout=60, what="failed")
+        change = next(c for m, c in h.events.statuses if m.id == message.id)
+        assert change.error_title == "internal error"
+        assert await h.outbox_state(message.id) == ("failed", 3)
+
+
+async def _at_least(fetch: Any, n: int) -> bool:
+    return len(await fetch()) >= n
+
+
 async def test_expired_token_turns_ready_to_503(h: Harness) -> None:
     conv = await h.conversation()
     await h.fault(count=1, status=401, code=190, title="Session has expired")
@@ -282,15 +341,10 @@ async def test_ambiguous_timeout_is_not_resent_while_meta_may_have_it(storage_ur
 
 async def test_status_echoing_our_callback_links_an_ambiguous_send(h: Harness) -> None:
     conv = await h.conversation()
+    # Simulate "Meta accepted it but the answer was lost": with the worker stopped before the
+    # send is queued, the row stays pending; then Meta's status echoing our callback data arrives.
+    await h.host.stash[WORKER].stop()
     message, _ = await h.host.sender.send(conv, "template", {"name": "x", "language": "pt_BR"})
-    # Simulate "Meta accepted it but the answer was lost": stop the worker from sending by
-    # parking the row, then deliver Meta's status echoing our callback data.
-    async with h.host.storage.write() as conn:
-        await conn.execute(
-            outbox.update()
-            .where(outbox.c.message_id == message.id)
-            .values(next_attempt_at=utcnow() + timedelta(hours=1))
-        )
     status = wb.status("wamid.LOST", "sent", biz_opaque_callback_data=f"zaphub:{message.id}")
     body, headers = wb.signed(wb.envelope(statuses=[status]), SECRET)
     assert (await h.http.post("/meta-whatsapp/webhook", content=body, headers=headers)).status_code == 200
@@ -298,22 +352,23 @@ async def test_status_echoing_our_callback_links_an_ambiguous_send(h: Harness) -
     stored = await h.host.storage.get_message(message.id)
     assert stored is not None and stored.wamid == "wamid.LOST"
     assert (await h.outbox_state(message.id))[0] == "done"
+    assert await h.sends() == []  # linked, never sent
 
 
 async def test_pacing_spaces_a_burst_to_one_recipient(storage_url: str) -> None:
     async with harness(storage_url, pair_burst=2, pair_interval_seconds=0.5) as h:
         conv = await h.conversation()
+        other = await h.conversation("5511944443333")
         for i in range(5):
             await h.host.sender.send(conv, "text", {"body": f"rajada {i}"})
-        await wait_for(lambda: len(h.events.sent) == 5, timeout=20)
-        times = sorted(q["time"] for q in await h.graph_requests())
-        # Two back-to-back, then one per interval: the whole burst spans at least 3 intervals.
-        assert times[-1] - times[0] >= 1.4
-        # And another recipient is not held up by the first one's spacing.
-        other = await h.conversation("5511944443333")
-        before = len(h.events.sent)
         await h.host.sender.send(other, "text", {"body": "outro"})
-        await wait_for(lambda: len(h.events.sent) == before + 1, timeout=2)
+        await wait_for(lambda: len(h.events.sent) == 6, timeout=60)
+        times = {q["json"]["text"]["body"]: q["time"] for q in await h.graph_requests()}
+        burst = sorted(times[f"rajada {i}"] for i in range(5))
+        # Two back-to-back, then one per interval: the whole burst spans at least 3 intervals.
+        assert burst[-1] - burst[0] >= 1.4
+        # And another recipient is not held up by the first one's spacing: it goes out in between.
+        assert times["outro"] < burst[-1]
 
 
 async def test_sends_pending_at_shutdown_are_delivered_after_restart(
