@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import pluggy
 
+from core.auth import BearerAuth
 from core.config import Config
 from core.events import EventDispatcher
 from core.ingest import IngestBatcher
@@ -51,6 +52,8 @@ class Host:
         self.hooks = HookRunner(pm, settings, self.metrics.hook_errors)
         self.storage = Storage(config.storage)
         self.stash = Stash()
+        self.auth = BearerAuth()
+        """Bearer tokens for routes: a plugin registers the verifier, routes ask for ``agent``."""
         self.sender = SendService(self)
         self.events = EventDispatcher(self)
         self.ingest = IngestBatcher(self)

@@ -46,7 +46,8 @@ def register_routes(host: Host, settings: CrmRealtimeSettings) -> list[Any]:
     """The ``/api`` router, the Socket.IO mount and, unless turned off, the agent console."""
     verifier = TokenVerifier(settings)
     host.stash[VERIFIER] = verifier
-    routes = [api_router(settings, verifier), socketio_mount(host)]
+    host.auth.use(verifier, by="crm_realtime")  # plugin routes may require the same token as /api
+    routes = [api_router(settings), socketio_mount(host)]
     if settings.console.enabled:
         routes.append(console_router(settings))
     return routes

@@ -4,6 +4,10 @@ A token is verified against the configured keys (HS256 with ``jwt_secret``, RS25
 ``jwt_public_key``), must carry ``exp`` and ``sub``, and honours ``nbf``, ``aud`` and ``iss``
 when configured. The optional scope claim (``phone_number_ids`` by default) limits the agent to
 some business numbers. :func:`issue_token` makes tokens for ``zaphub token`` and tests.
+
+:class:`TokenVerifier` is registered as the host's bearer verifier (``host.auth``, see
+:mod:`core.auth`), so any plugin route can require the same token: :class:`~core.auth.Agent`
+lives in core, and :class:`AuthError` subclasses :class:`core.auth.AuthError`.
 """
 
 from __future__ import annotations
@@ -15,44 +19,22 @@ from collections.abc import Iterable
 from typing import Any
 
 import jwt
-import msgspec
 
-from core.errors import ForbiddenError
+from core.auth import Agent, forbidden_message
+from core.auth import AuthError as TokenRefused
 from plugins.crm_realtime.config import HMAC_ALGORITHMS, CrmRealtimeSettings
 
-__all__ = ["REFUSAL_CODES", "Agent", "AuthError", "TokenVerifier", "issue_token", "parse_scope"]
+__all__ = [
+    "REFUSAL_CODES",
+    "Agent",
+    "AuthError",
+    "TokenVerifier",
+    "forbidden_message",
+    "issue_token",
+    "parse_scope",
+]
 
 _REQUIRED_CLAIMS = ["exp", "sub"]
-
-
-class Agent(msgspec.Struct, frozen=True, kw_only=True):
-    """Who a verified token speaks for."""
-
-    sub: str
-    """The token's subject (an agent or a CRM backend); scopes ``Idempotency-Key``."""
-    scope: frozenset[str] | None
-    """Business numbers (phone number ids) this agent may see; ``None`` means all."""
-    expires_at: float
-    """The token's ``exp`` (Unix seconds)."""
-
-    def allows(self, phone_number_id: str) -> bool:
-        """Whether this agent may see messages of that business number."""
-        return self.scope is None or phone_number_id in self.scope
-
-    def require(self, phone_number_id: str, what: str) -> None:
-        """Raise :class:`core.errors.ForbiddenError` unless :meth:`allows`.
-
-        Args:
-            phone_number_id: the business number of the resource.
-            what: the resource, for the message (``conversation 12``).
-        """
-        if not self.allows(phone_number_id):
-            raise ForbiddenError(forbidden_message(what, phone_number_id))
-
-
-def forbidden_message(what: str, phone_number_id: str) -> str:
-    """The refusal text for a resource outside an agent's scope."""
-    return f"{what} belongs to business number {phone_number_id}, which your token's scope does not include"
 
 
 REFUSAL_CODES = frozenset(
@@ -73,7 +55,7 @@ REFUSAL_CODES = frozenset(
 """Every :attr:`AuthError.code`: the label values of ``zaphub_crm_auth_refused_total{reason}``."""
 
 
-class AuthError(Exception):
+class AuthError(TokenRefused):
     """A token was refused.
 
     ``reason`` says why in a few words (sent to the client; it may quote the token's header, so
@@ -85,7 +67,6 @@ class AuthError(Exception):
             raise ValueError(f"unknown refusal code {code!r}")
         super().__init__(reason)
         self.code = code
-        self.reason = reason
 
 
 def parse_scope(value: Any, claim: str) -> frozenset[str] | None:

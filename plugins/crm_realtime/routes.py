@@ -7,8 +7,9 @@ host's envelope ``{"error": {"code", "message"}}``. Browsers on the origins of
 ``cors_allowed_origins`` may call it cross-origin (:class:`ApiCors`).
 
 One Litestar ``Controller`` per resource (:data:`CONTROLLERS`); :func:`api_router` mounts them under
-``/api`` for one host, with its token verifier, CORS origins and page-size bound. Handlers receive
-the ``host`` (app dependency) and the verified ``agent`` (router dependency). To add an endpoint, add
+``/api`` for one host, with its CORS origins and page-size bound. Handlers receive the ``host`` and
+the verified ``agent``, both app dependencies: the host's bearer check (:mod:`core.auth`) uses the
+verifier this plugin registers, so plugin routes can require the same token. To add an endpoint, add
 a handler to the controller of its resource, or a controller to :data:`CONTROLLERS`.
 """
 
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from litestar import Controller, Response, Router, get, post
 from litestar.datastructures import Headers, MutableScopeHeaders
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.enums import ScopeType
 from litestar.handlers import asgi
 from litestar.middleware import ASGIMiddleware
@@ -37,11 +38,11 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 from litestar.types import Message as ASGIMessage
 
-from core.errors import ForbiddenError, NotFoundError, UnauthorizedError, ValidationFailed
+from core.auth import Agent
+from core.errors import ForbiddenError, NotFoundError, ValidationFailed
 from core.host import Host, MediaStream
 from core.models import Conversation, Message
 from core.stash import StashKey
-from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.crm_realtime.models import (
     ApiContact,
@@ -220,31 +221,6 @@ class ApiCors(ASGIMiddleware):
         if self.any_origin:
             return [(b"access-control-allow-origin", b"*")]
         return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
-
-
-async def authenticate(
-    verifier: NamedDependency[TokenVerifier],
-    # Out of the schema: OpenAPI documents the header as the `bearerAuth` security scheme.
-    authorization: Annotated[
-        str | None, HeaderParameter(name="Authorization", include_in_schema=False)
-    ] = None,
-) -> Agent:
-    """The ``agent`` dependency of every ``/api`` handler: the verified bearer token.
-
-    Raises:
-        UnauthorizedError: no header, not ``Bearer <JWT>``, or a token the verifier refuses.
-    """
-    if not authorization:
-        raise UnauthorizedError(
-            "missing bearer token: send Authorization: Bearer <JWT> (try `zaphub token --sub you`)"
-        )
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise UnauthorizedError("the Authorization header must be 'Bearer <JWT>'")
-    try:
-        return verifier.verify(token)
-    except AuthError as exc:
-        raise UnauthorizedError(exc.reason) from None
 
 
 async def conversation_for(host: Host, agent: Agent, conversation_id: int) -> Conversation:
@@ -506,20 +482,15 @@ CONTROLLERS: tuple[type[Controller], ...] = (ConversationController, MessageCont
 """The ``/api`` controllers, in the order the router registers them."""
 
 
-def api_router(settings: CrmRealtimeSettings, verifier: TokenVerifier) -> Router:
+def api_router(settings: CrmRealtimeSettings) -> Router:
     """The ``/api`` router: :data:`CONTROLLERS` behind the bearer token, CORS and the page-size bound.
 
     Args:
         settings: this host's ``plugins.crm_realtime`` section (``max_page_size``, CORS origins).
-        verifier: checks the bearer token of each request (the ``agent`` dependency).
     """
     return Router(
         "/api",
         route_handlers=list(CONTROLLERS),
-        dependencies={
-            "agent": Provide(authenticate),
-            "verifier": Provide(lambda: verifier, sync_to_thread=False, use_cache=True),
-        },
         # The handlers' `limit: PageSize` resolves here, so the bound (validation and OpenAPI's
         # `maximum`) is this host's `max_page_size`, not a module-level constant.
         signature_namespace={"PageSize": page_size(settings.max_page_size)},
