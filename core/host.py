@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import msgspec
 import pluggy
@@ -28,6 +28,8 @@ from core.storage import Storage
 __all__ = ["Host", "MediaStream", "ReadinessCheck"]
 
 log = logging.getLogger("zaphub.host")
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 #: ``(name, check)``: the check returns ``None`` when healthy, or a short reason.
 ReadinessCheck = tuple[str, Callable[[], Awaitable[str | None]]]
@@ -63,9 +65,27 @@ class Host:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
 
-    def settings(self, plugin: str) -> Any:
-        """A plugin's validated settings (``None`` when it declared no schema)."""
-        return self.hooks.settings.get(plugin)
+    @overload
+    def settings(self, plugin: str) -> Any: ...
+    @overload
+    def settings(self, plugin: str, schema: type[S]) -> S: ...
+    def settings(self, plugin: str, schema: type[S] | None = None) -> Any:
+        """A plugin's validated settings (``None`` when it is not enabled or declared no schema).
+
+        Args:
+            plugin: its name under ``plugins:``.
+            schema: the ``Struct`` it declared: the result is typed as such (and checked).
+
+        Raises:
+            TypeError: ``schema`` given, and the plugin's settings are not an instance of it.
+        """
+        value = self.hooks.settings.get(plugin)
+        if schema is not None and not isinstance(value, schema):
+            raise TypeError(
+                f"plugins.{plugin} settings are {type(value).__name__}, not {schema.__name__}"
+                + ("" if plugin in self.hooks.settings else f" (plugin {plugin!r} is not enabled)")
+            )
+        return value
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Run background work owned by the host: cancelled and awaited at shutdown.

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import uvicorn
 import yaml
 
-from core.config import ServerConfig
-from core.server import uvicorn_config
+from core.testing import free_port, serve, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,6 +24,18 @@ SANDBOX_TOKEN = "test-sandbox-token"
 """The sandbox control token test configs set (``plugins.whatsapp.sandbox_token``)."""
 SANDBOX_HEADERS = {"X-Sandbox-Token": SANDBOX_TOKEN}
 """Headers a test client sends to use the sandbox controls (``/_sandbox/graph/_sandbox/…``)."""
+
+__all__ = [
+    "REPO",
+    "SANDBOX_HEADERS",
+    "SANDBOX_TOKEN",
+    "ZaphubProcess",
+    "free_port",
+    "serve",
+    "wait_for",
+    "write_config",
+    "zaphub_process",
+]
 
 
 def pg_admin_url() -> str:
@@ -47,57 +56,6 @@ def service_available(url: str) -> str | None:
             return None
     except OSError as exc:
         return f"cannot connect to {host}:{port} ({exc.strerror or exc})"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_for(
-    predicate: Callable[[], Any | Awaitable[Any]],
-    *,
-    timeout: float = 10.0,
-    interval: float = 0.02,
-    what: str = "",
-) -> Any:
-    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(interval)
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Run an ASGI app under a real uvicorn server; yields its base URL.
-
-    ``port=0`` picks a free port. Pass ``free_port()`` (also written to the app's
-    ``server.port``) when the app must know its own URL before it starts, e.g. the in-process
-    sandbox, which posts webhooks to ``host.public_url``.
-    """
-    # A zaphub app gets the limits and timeouts of `zaphub run`; any other app the defaults.
-    running = getattr(getattr(app, "state", None), "host", None)
-    settings = running.config.server if running is not None else ServerConfig()
-    server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=port))
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started or task.done(), timeout=20, what="uvicorn to start")
-    if task.done():
-        task.result()
-        raise AssertionError("server exited during startup")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

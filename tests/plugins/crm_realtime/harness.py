@@ -12,19 +12,18 @@ import contextlib
 import json
 import os
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import httpx
 import msgspec
-import socketio
 
 from core.app import create_app
 from core.config import parse_config
 from core.host import Host
 from plugins.crm_realtime.auth import issue_token
 from plugins.crm_realtime.config import CrmRealtimeSettings
+from plugins.crm_realtime.testing import SocketClient
 from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import REPO, SANDBOX_HEADERS, SANDBOX_TOKEN, free_port, serve
 
@@ -127,65 +126,8 @@ class Zaphub:
         await asyncio.wait_for(self.host.stash[REALTIME].drain(), 10)
 
 
-class CrmClient:
-    """A python-socketio client that records every event of the namespace."""
-
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.events: list[tuple[str, Any]] = []
-        self.received_at: list[float] = []
-        self.connect_error: Any = None
-        self.disconnect_reason: Any = None
-        self.disconnected = asyncio.Event()
-        self._changed = asyncio.Event()
-
-        async def any_event(event: str, data: Any = None) -> None:
-            self.events.append((event, data))
-            self.received_at.append(time.perf_counter())
-            self._changed.set()
-
-        def on_connect_error(data: Any = None) -> None:
-            self.connect_error = data
-
-        def on_disconnect(reason: Any = None) -> None:
-            self.disconnect_reason = reason
-            self.disconnected.set()
-
-        self.sio.on("*", any_event, namespace=NS)
-        self.sio.on("connect_error", on_connect_error, namespace=NS)
-        self.sio.on("disconnect", on_disconnect, namespace=NS)
-
-    async def connect(self, url: str, token: str | None, *, transports: list[str] | None = None) -> None:
-        """Connect to the namespace; raises ``socketio.exceptions.ConnectionError`` when refused."""
-        auth = {"token": token} if token is not None else None
-        await self.sio.connect(
-            url, namespaces=[NS], auth=auth, transports=transports or ["websocket"], wait_timeout=5
-        )
-
-    def of(self, event: str) -> list[Any]:
-        """Payloads received for one event, in order."""
-        return [data for name, data in self.events if name == event]
-
-    async def wait(
-        self, event: str, predicate: Callable[[Any], bool] = lambda _: True, *, within: float = 10.0
-    ) -> Any:
-        """The first payload of ``event`` matching ``predicate`` (already received or to come)."""
-        async with asyncio.timeout(within):
-            while True:
-                for data in self.of(event):
-                    if predicate(data):
-                        return data
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def call(self, event: str, data: Any = None) -> Any:
-        """Emit with an ack and return the ack."""
-        return await self.sio.call(event, data, namespace=NS, timeout=5)
-
-    async def close(self) -> None:
-        """Disconnect (quietly if already gone)."""
-        with contextlib.suppress(Exception):
-            await self.sio.disconnect()
+CrmClient = SocketClient
+"""A python-socketio client of ``/crm`` recording every event (the public test kit's)."""
 
 
 @contextlib.asynccontextmanager
