@@ -33,7 +33,7 @@ _SANDBOX_REQUESTS = "/_sandbox/graph/_sandbox/requests"
 
 
 def defaults(section: dict[str, Any]) -> dict[str, Any]:
-    """``plugins.whatsapp`` for a test: the sandbox and its controls on, test secrets; the test's values win."""
+    """``plugins.whatsapp`` for a test: the sandbox and its controls on, test secrets (the test's win)."""
     return {
         "sandbox": True,
         "sandbox_token": TEST_SANDBOX_TOKEN,
