@@ -23,13 +23,16 @@ from core.metrics import Metrics
 from core.plugins import HookRunner
 from core.sending import SendService
 from core.stash import Stash
-from core.storage import Storage
+from core.storage import PluginStore, Storage
 
 __all__ = ["Host", "MediaStream", "ReadinessCheck"]
 
 log = logging.getLogger("zaphub.host")
 
 S = TypeVar("S", bound=msgspec.Struct)
+
+STATE_PURGE_SECONDS = 300.0
+"""How often expired plugin-store entries are deleted from the table."""
 
 #: ``(name, check)``: the check returns ``None`` when healthy, or a short reason.
 ReadinessCheck = tuple[str, Callable[[], Awaitable[str | None]]]
@@ -63,6 +66,7 @@ class Host:
         self.public_url = config.server.public_url or f"http://{config.server.host}:{config.server.port}"
         """Base URL clients reach this host at (media links); updated once the port is known."""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stores: dict[str, PluginStore] = {}
         self.started = False
 
     @overload
@@ -87,6 +91,20 @@ class Host:
             )
         return value
 
+    def store(self, plugin: str) -> PluginStore:
+        """Plugin ``plugin``'s durable key-value store (the same object on every call).
+
+        Raises:
+            LookupError: no enabled plugin has that name (a typo would read another namespace).
+        """
+        if plugin not in self.hooks.settings:
+            enabled = ", ".join(sorted(self.hooks.settings)) or "none"
+            raise LookupError(f"no enabled plugin is named {plugin!r}; enabled: {enabled}")
+        store = self._stores.get(plugin)
+        if store is None:
+            store = self._stores[plugin] = PluginStore(self.storage, plugin)
+        return store
+
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Run background work owned by the host: cancelled and awaited at shutdown.
 
@@ -110,6 +128,7 @@ class Host:
         self.ingest.start()
         self.events.start()
         await self.hooks.call_strict("on_startup", host=self)
+        self.spawn(self._purge_expired_state(), name="plugin-state-expiry")
         self.started = True
 
     async def stop(self) -> None:
@@ -123,3 +142,15 @@ class Host:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.storage.close()
         self.started = False
+
+    async def _purge_expired_state(self) -> None:
+        """Delete expired plugin-store entries now and then (reads never see them anyway)."""
+        while True:
+            await asyncio.sleep(STATE_PURGE_SECONDS)
+            try:
+                purged = await self.storage.state_purge_expired()
+            except Exception as exc:  # storage down: the next round tries again
+                log.warning("purging expired plugin state failed: %s", exc)
+            else:
+                if purged:
+                    log.debug("purged %d expired plugin state entries", purged)

@@ -12,7 +12,7 @@ in-memory caches, make repeated webhooks harmless across processes and restarts.
 - ``statuses``: the status machine, early statuses parked, sends linked by callback data.
 - ``outbox``: queueing sends with idempotency keys, leasing them, recording outcomes.
 - ``reads``: messages, conversations, contacts and status histories by id or page.
-- ``state``: plugin key/value state and atomic claims.
+- ``state``: each plugin's key-value store (:class:`PluginStore`): expiry, listing, compare-and-set.
 - ``rows`` (row → model converters), ``results`` (what the methods return), ``schema``, ``migrate``.
 """
 
@@ -24,12 +24,14 @@ from core.storage.outbox import OutboxMixin
 from core.storage.reads import ReadsMixin
 from core.storage.results import IngestResult, MessageEvent, OutboxItem, StatusEvent
 from core.storage.schema import metadata
-from core.storage.state import PluginStateMixin
+from core.storage.state import PluginStateMixin, PluginStore, StateEntry
 
 __all__ = [
     "IngestResult",
     "MessageEvent",
     "OutboxItem",
+    "PluginStore",
+    "StateEntry",
     "StatusEvent",
     "Storage",
     "StorageError",

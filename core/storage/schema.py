@@ -162,4 +162,8 @@ plugin_state = sa.Table(
     sa.Column("key", sa.String(256), primary_key=True),
     sa.Column("value", JSON),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # Bumped by every write: compare-and-set compares it (core/storage/state.py).
+    sa.Column("version", sa.BigInteger(), nullable=False, server_default="1"),
+    sa.Column("expires_at", UTCDateTime()),
+    sa.Index(None, "expires_at"),
 )
