@@ -61,6 +61,7 @@ class EventDispatcher:
         while True:
             item = await self._queue.get()
             if item is None:
+                self._queue.task_done()
                 return
             hook, kwargs = item
             self.host.metrics.event_queue.set(self._queue.qsize())
@@ -68,8 +69,11 @@ class EventDispatcher:
                 await self.host.hooks.call(hook, host=self.host, **kwargs)
             except Exception:  # the runner isolates hook failures; this guards the loop itself
                 log.exception("dispatching %s failed", hook)
+            finally:
+                self._queue.task_done()
 
     async def drain(self) -> None:
-        """Wait until everything queued so far has been dispatched (tests, shutdown)."""
-        while not self._queue.empty():
-            await asyncio.sleep(0.005)
+        """Wait until every event queued so far has been dispatched and its hooks returned."""
+        if self._task is None or self._task.done():
+            return  # not running: nothing will take the queue
+        await self._queue.join()

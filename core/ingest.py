@@ -50,6 +50,8 @@ class IngestBatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def start(self) -> None:
         """Start the writer task."""
@@ -75,8 +77,13 @@ class IngestBatcher:
             raise RuntimeError("the host is shutting down")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(messages, statuses, future))
+        self._idle.clear()
         self._wake.set()
         await future
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is stored and its events published (tests)."""
+        await self._idle.wait()
 
     async def _run(self) -> None:
         while True:
@@ -91,6 +98,8 @@ class IngestBatcher:
                     for sub in batch:
                         if not sub.future.done():
                             sub.future.set_exception(exc)
+            if not self._pending:
+                self._idle.set()
             if self._closed and not self._pending:
                 return
 

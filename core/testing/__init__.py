@@ -169,6 +169,14 @@ class RunningHost:
         self._plugins = dict(plugins)
         self._kits: dict[str, Any] = {}
 
+    async def settle(self) -> None:
+        """Wait until every webhook answered so far is stored and its events' hooks have returned.
+
+        Work a hook started on its own (``host.spawn``, a send on its way to Graph) may still run.
+        """
+        await self.host.ingest.drain()
+        await self.host.events.drain()
+
     def kit(self, plugin: str) -> Any:
         """The test kit of an enabled plugin (its ``testing.kit(running)``), built once.
 

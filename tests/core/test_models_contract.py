@@ -191,7 +191,7 @@ async def test_each_hook_gets_the_struct_its_plugin_declared(
     zaphub: RunningHost, zaphub_whatsapp: Any
 ) -> None:
     await zaphub_whatsapp.receive(wb.text("oi"))
-    await zaphub.host.events.drain()
+    await zaphub.settle()
     assert set(TYPED.seen) == {"register_routes", "on_startup", "whatsapp", "on_message_received"}
     for hook in ("register_routes", "on_startup", "on_message_received"):
         assert TYPED.seen[hook] == Settings(greeting="oi", retries=5), hook
