@@ -86,58 +86,48 @@ class PluginStateMixin(StorageEngine):
             ).first()
         return _entry(row) if row else None
 
+    def _upsert(self, where: sa.ColumnElement[bool] | None = None) -> Any:
+        """INSERT a row, or on its key replace value, time and expiry and bump the version (if ``where``)."""
+        ins = self.insert(plugin_state)
+        replace = {
+            "value": ins.excluded.value,
+            "updated_at": ins.excluded.updated_at,
+            "expires_at": ins.excluded.expires_at,
+            "version": _t.version + 1,
+        }
+        return ins.on_conflict_do_update(index_elements=[_t.plugin, _t.key], set_=replace, where=where)
+
+    @staticmethod
+    def _row(plugin: str, key: str, value: Any, now: datetime, expires_at: datetime | None) -> dict[str, Any]:
+        return {
+            "plugin": plugin,
+            "key": key,
+            "value": value,
+            "updated_at": now,
+            "expires_at": expires_at,
+            "version": 1,
+        }
+
     async def state_set(self, plugin: str, key: str, value: Any, *, ttl: float | None = None) -> int:
         """Store a JSON-able value (insert or replace, expiring after ``ttl`` seconds); its new version."""
         now = utcnow()
-        ins = self.insert(plugin_state)
+        row = self._row(plugin, key, value, now, _expiry(now, ttl))
         async with self.write() as conn:
-            version: int = (
-                await conn.execute(
-                    ins.on_conflict_do_update(
-                        index_elements=[_t.plugin, _t.key],
-                        set_={
-                            "value": ins.excluded.value,
-                            "updated_at": ins.excluded.updated_at,
-                            "expires_at": ins.excluded.expires_at,
-                            "version": _t.version + 1,
-                        },
-                    ).returning(_t.version),
-                    {
-                        "plugin": plugin,
-                        "key": key,
-                        "value": value,
-                        "updated_at": now,
-                        "expires_at": _expiry(now, ttl),
-                        "version": 1,
-                    },
-                )
-            ).scalar_one()
+            version: int = (await conn.execute(self._upsert().returning(_t.version), row)).scalar_one()
         return version
 
     async def state_claim(self, plugin: str, key: str, value: Any, *, older_than: float) -> bool:
         """Set ``key`` only if it is unset, expired, or was last set more than ``older_than`` s ago.
 
         Atomic across processes: of two concurrent claims exactly one wins. This is how cooldowns
-        work ("at most one auto-reply per conversation per N seconds").
+        work ("at most one auto-reply per conversation per N seconds"). A claimed key never expires.
         """
         now = utcnow()
-        ins = self.insert(plugin_state)
+        claimable = sa.or_(_t.updated_at <= now - timedelta(seconds=older_than), sa.not_(_alive(now)))
         async with self.write() as conn:
             won = (
                 await conn.execute(
-                    ins.on_conflict_do_update(
-                        index_elements=[_t.plugin, _t.key],
-                        set_={
-                            "value": ins.excluded.value,
-                            "updated_at": ins.excluded.updated_at,
-                            "expires_at": None,
-                            "version": _t.version + 1,
-                        },
-                        where=sa.or_(
-                            _t.updated_at <= now - timedelta(seconds=older_than), sa.not_(_alive(now))
-                        ),
-                    ).returning(_t.key),
-                    {"plugin": plugin, "key": key, "value": value, "updated_at": now, "version": 1},
+                    self._upsert(claimable).returning(_t.key), self._row(plugin, key, value, now, None)
                 )
             ).first()
         return won is not None
@@ -154,26 +144,9 @@ class PluginStateMixin(StorageEngine):
         expires_at = _expiry(now, ttl)
         async with self.write() as conn:
             if version is None:
-                ins = self.insert(plugin_state)
-                stmt = ins.on_conflict_do_update(
-                    index_elements=[_t.plugin, _t.key],
-                    set_={
-                        "value": ins.excluded.value,
-                        "updated_at": ins.excluded.updated_at,
-                        "expires_at": ins.excluded.expires_at,
-                        "version": _t.version + 1,
-                    },
-                    where=sa.not_(_alive(now)),  # an expired row counts as unset
-                ).returning(_t.version)
-                params = {
-                    "plugin": plugin,
-                    "key": key,
-                    "value": value,
-                    "updated_at": now,
-                    "expires_at": expires_at,
-                    "version": 1,
-                }
-                row = (await conn.execute(stmt, params)).first()
+                # An expired row counts as unset.
+                stmt = self._upsert(sa.not_(_alive(now))).returning(_t.version)
+                row = (await conn.execute(stmt, self._row(plugin, key, value, now, expires_at))).first()
             else:
                 row = (
                     await conn.execute(
