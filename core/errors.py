@@ -12,6 +12,7 @@ ZaphubError
 │   ├── ConflictError          409 conflict
 │   └── WindowClosedError      422 window_closed (a send policy refused the type for now)
 ├── SendVetoed         a plugin's ``on_before_send`` refused the message (422 send_vetoed)
+├── StorageError       the database failed (unreachable, disk full, refused a value); REST: 503
 └── UpstreamError      Meta / Graph failed: HTTP status, Meta code/subcode/fbtrace_id, retryable?
 ```
 
@@ -29,6 +30,7 @@ __all__ = [
     "NotFoundError",
     "PluginError",
     "SendVetoed",
+    "StorageError",
     "UnauthorizedError",
     "UpstreamError",
     "ValidationFailed",
@@ -124,6 +126,15 @@ class SendVetoed(ApiError):
 
     status_code = 422
     code = "send_vetoed"
+
+
+class StorageError(ZaphubError):
+    """The database failed: unreachable, out of space, timed out, or refused a value.
+
+    The storage layer raises only this (SQLAlchemy's and the drivers' exceptions stay inside it,
+    kept as ``__cause__``). The REST API answers ``503 storage_unavailable``; the webhook answers
+    ``503`` so Meta retries. Retryable by the caller.
+    """
 
 
 class UpstreamError(ZaphubError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,46 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from core.config import StorageConfig, redact_url
-from core.errors import ConfigError, ZaphubError
+from core.errors import ConfigError, StorageError
 
-__all__ = ["StorageEngine", "StorageError", "database_url"]
+__all__ = ["StorageEngine", "StorageError", "database_url", "storage_error"]
+
+#: What the storage layer translates into :class:`StorageError`; anything else (an ``ApiError``
+#: raised on purpose inside a transaction) passes through unchanged.
+_DB_ERRORS = (OSError, sa.exc.SQLAlchemyError)
 
 
-class StorageError(ZaphubError):
-    """The database failed (unreachable, constraint, timeout). Retryable by the caller."""
+def storage_error(exc: BaseException, doing: str) -> StorageError:
+    """A :class:`StorageError` for ``exc`` with one short line of cause (no SQL, no parameters)."""
+    cause = getattr(exc, "orig", None) or exc  # the driver's exception inside SQLAlchemy's wrapper
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    name = type(cause).__name__
+    return StorageError(f"{doing} failed: {name}: {text[:200]}" if text else f"{doing} failed: {name}")
+
+
+def _open_problem(exc: BaseException, url: sa.URL) -> str:
+    """Why the database could not be opened, and what to do about it, in one line."""
+    cause = getattr(exc, "orig", None) or exc
+    text = " ".join(str(cause).split())[:200]
+    name = type(cause).__name__
+    lowered = f"{name} {text}".lower()
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    if "invalidcatalogname" in lowered or ("database" in lowered and "does not exist" in lowered):
+        return f"database {url.database!r} does not exist: create the database (createdb {url.database})"
+    if "password" in lowered or "authentication" in lowered or ("role" in lowered and "not exist" in lowered):
+        return f"{name}: {text}: check the user name and password in the URL"
+    refused = ("connection refused", "connect call failed")
+    if isinstance(cause, ConnectionRefusedError) or any(r in lowered for r in refused):
+        return f"nothing accepts connections at {where}: start PostgreSQL or correct the host and port"
+    if isinstance(cause, OSError) and ("name or service" in lowered or "nodename" in lowered):
+        return f"cannot resolve the host {url.host!r}: correct the host name"
+    if isinstance(cause, TimeoutError):
+        return f"no answer from {where}: check the host, port and firewall"
+    if "unable to open database file" in lowered:
+        return f"cannot open {url.database!r}: check that its directory exists and is writable"
+    if "disk is full" in lowered or "no space" in lowered:
+        return f"{name}: {text}: free disk space"
+    return f"{name}: {text}" if text else name
 
 
 def database_url(url: str) -> sa.URL:
@@ -95,33 +129,61 @@ class StorageEngine:
 
         try:
             await upgrade(self.engine)
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
-            raise StorageError(f"cannot open database {self.describe()}: {exc}") from exc
+        except _DB_ERRORS as exc:
+            raise StorageError(
+                f"cannot open the database {self.describe()} (storage.url, ZAPHUB_DATABASE_URL): "
+                f"{_open_problem(exc, self.url)}"
+            ) from exc
 
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
 
     async def ping(self) -> None:
-        """Raise :class:`StorageError` unless the database answers a trivial query."""
-        try:
-            async with self.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
-            raise StorageError(f"database unreachable: {exc.__class__.__name__}") from exc
+        """Raise :class:`StorageError` unless the database accepts a committed write.
+
+        ``SELECT 1`` passes on a full disk; a small committed write (one ``plugin_state`` row,
+        overwritten each time) fails there as real writes do, on both backends.
+        """
+        from core.storage.schema import plugin_state
+
+        now = datetime.now(UTC)
+        ins = self.insert(plugin_state)
+        probe = ins.on_conflict_do_update(
+            index_elements=[plugin_state.c.plugin, plugin_state.c.key],
+            set_={"value": ins.excluded.value, "updated_at": ins.excluded.updated_at},
+        )
+        async with self.write() as conn:
+            await conn.execute(
+                probe, {"plugin": "core", "key": "write_probe", "value": now.isoformat(), "updated_at": now}
+            )
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction: committed on exit, rolled back on error."""
+        """A write transaction: committed on exit, rolled back on error.
+
+        Raises:
+            StorageError: the database failed (SQLAlchemy's exception is its ``__cause__``).
+        """
         lock = self._write_lock or contextlib.nullcontext()
-        async with lock, self.engine.begin() as conn:
-            yield conn
+        try:
+            async with lock, self.engine.begin() as conn:
+                yield conn
+        except _DB_ERRORS as exc:
+            raise storage_error(exc, "a database write") from exc
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only connection (no transaction held open beyond the block)."""
-        async with self.engine.connect() as conn:
-            yield conn
+        """A read-only connection (no transaction held open beyond the block).
+
+        Raises:
+            StorageError: the database failed (SQLAlchemy's exception is its ``__cause__``).
+        """
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except _DB_ERRORS as exc:
+            raise storage_error(exc, "a database read") from exc
 
     def insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, which knows ``ON CONFLICT`` (same API on both backends)."""

@@ -19,6 +19,7 @@ from core.models import Contact, Conversation, InboundMessage, InboundStatus, ut
 from core.storage.engine import StorageError
 from core.storage.results import IngestResult, MessageEvent, StatusEvent
 from core.storage.rows import Row, contact_from_row, conversation_from_row, message_from_row
+from core.storage.sanitize import sanitize_batch
 from core.storage.schema import UTCDateTime, contacts, conversations, messages, statuses
 from core.storage.statuses import StatusMixin
 
@@ -43,10 +44,13 @@ class IngestMixin(StatusMixin):
 
         Repeated messages (same business number + wamid) and statuses (same wamid + status) are
         absorbed by unique keys; stale statuses change nothing; statuses for unknown wamids are
-        kept and applied when the message appears. Returns what is new, for hooks.
+        kept and applied when the message appears. What PostgreSQL would refuse is made storable
+        first, or that one item set aside (:mod:`core.storage.sanitize`), so both backends store
+        the same. Returns what is new, for hooks.
         """
         now = utcnow()
-        result = IngestResult()
+        inbound, inbound_statuses, set_aside = sanitize_batch(inbound, inbound_statuses)
+        result = IngestResult(set_aside=set_aside)
         # Deduplicate inside the batch first: ON CONFLICT DO UPDATE may not touch a row twice.
         unique_msgs: dict[tuple[str, str], InboundMessage] = {}
         for msg in inbound:

@@ -37,6 +37,8 @@ class IngestResult(msgspec.Struct, kw_only=True):
     stale_statuses: int = 0
     pending_statuses: int = 0
     """Statuses kept for a message not known yet; applied when it appears."""
+    set_aside: int = 0
+    """Items the database cannot hold (an id over its column length), logged and not stored."""
 
 
 class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):

@@ -82,7 +82,11 @@ def message_id_from_callback(data: str | None) -> int | None:
     if data is None or not data.startswith(CALLBACK_PREFIX):
         return None
     digits = data[len(CALLBACK_PREFIX) :]
-    return int(digits) if digits.isascii() and digits.isdigit() else None
+    # Our ids are 64-bit: a longer number is not one of ours (and int() of 5,000 digits raises).
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19):
+        return None
+    number = int(digits)
+    return number if 0 < number < 2**63 else None
 
 
 _T = TypeVar("_T")
@@ -476,6 +480,7 @@ class ParsedWebhook(msgspec.Struct, kw_only=True):
     errors: list[dict[str, Any]] = []
 
 
+_TOO_DEEP: Final = "webhook body nests JSON arrays/objects too deeply to decode (Meta's nest a few levels)"
 _DECODER: Final = msgspec.json.Decoder(Envelope)
 _ANY_DECODER: Final = msgspec.json.Decoder()
 
@@ -501,6 +506,8 @@ def parse_webhook(body: bytes) -> ParsedWebhook:
         return _parse_lenient(_decode_any(body))
     except msgspec.DecodeError as exc:
         raise WebhookPayloadError(f"webhook body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise WebhookPayloadError(_TOO_DEEP) from exc
     out = ParsedWebhook(object=envelope.object)
     if envelope.object != WHATSAPP_OBJECT:
         out.ignored.append(f"object {envelope.object!r} is not {WHATSAPP_OBJECT!r}")
@@ -516,6 +523,8 @@ def _decode_any(body: bytes) -> Any:
         return _ANY_DECODER.decode(body)
     except msgspec.DecodeError as exc:  # pragma: no cover - the typed decoder parsed it already
         raise WebhookPayloadError(f"webhook body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the typed decoder stopped at a wrong type before the depth
+        raise WebhookPayloadError(_TOO_DEEP) from exc
 
 
 def _parse_lenient(doc: Any) -> ParsedWebhook:
