@@ -31,7 +31,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from core import __version__
 from core.config import Config, redact, redact_url
-from core.errors import ApiError
+from core.errors import ApiError, StorageError
 from core.host import Host, ReadinessCheck
 from core.logs import Throttle
 from core.metrics import CONTENT_TYPE_LATEST
@@ -88,6 +88,25 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if isinstance(exc.__cause__, SerializationException):  # Litestar's wrapper for a body it cannot decode
         return error_response(400, "bad_json", f"request body is not valid JSON: {exc.detail}")
     return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+def _too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    # msgspec raises RecursionError (not a decode error) for JSON nested about 1,000 levels deep;
+    # a request body is where such input comes from.
+    return error_response(400, "bad_json", "request body nests JSON arrays/objects too deeply to decode")
+
+
+def _storage_error_handler(throttle: Throttle) -> Any:
+    def storage_unavailable(request: Request[Any, Any, Any], exc: StorageError) -> Response[Any]:
+        # One line per minute while the database is down, not a traceback per request.
+        throttle.error("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
+        response = error_response(
+            503, "storage_unavailable", "the database is unavailable; retry later (see GET /ready)"
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
+    return storage_unavailable
 
 
 def _internal_error_handler(throttle: Throttle) -> Any:
@@ -216,6 +235,8 @@ def _litestar(config: Config, host: Host, routes: list[Any], lifespan: Any) -> L
             ApiError: _api_error,
             ValidationException: _validation_error,
             HTTPException: _http_error,
+            RecursionError: _too_deep,
+            StorageError: _storage_error_handler(Throttle(log)),
             Exception: _internal_error_handler(Throttle(log)),
         },
         request_max_body_size=config.server.max_body_bytes,

@@ -8,6 +8,7 @@ from ``whatsapp``). Errors print one line naming the problem and the fix, and ex
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
@@ -140,18 +141,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
         server.body_timeout_seconds,
     )
     app = create_app(config)
+    # A database that is missing or unreachable is one line naming storage.url and the fix
+    # (raised as StorageError, printed by main), not a traceback from inside the server's startup.
+    asyncio.run(_open_storage(config))
     uv = uvicorn_config(app, server, fds=fds, access_log=config.logging.access_log)
-    print(
-        f"zaphub {__version__} listening on http://{server.host}:{server.port}", file=sys.stderr, flush=True
-    )
+    listening = f"zaphub {__version__} listening on http://{server.host}:{server.port}"
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:  # said only once the app started and the socket serves
+                print(listening, file=sys.stderr, flush=True)
+
     # uvicorn re-raises the SIGTERM it handled once the graceful shutdown is over, which would end
     # the process "killed by signal 15". The shutdown was clean by then: exit 0 instead.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    uv_server = _Server(uv)
     try:
-        uvicorn.Server(uv).run(sockets=[sock])
+        uv_server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if not uv_server.started:
+        print("error: zaphub did not start; the log above says why", file=sys.stderr)
+        return 1
     return 0
+
+
+async def _open_storage(config: Config) -> None:
+    """Open (and migrate) the database once before serving; raises ``StorageError`` with the fix."""
+    from core.storage.engine import StorageEngine
+
+    engine = StorageEngine(config.storage)
+    try:
+        await engine.open()
+    finally:
+        await engine.close()
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

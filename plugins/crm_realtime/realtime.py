@@ -104,7 +104,10 @@ def parse_id(value: Any, what: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        number = int(value.strip())
+        digits = value.strip().lstrip("0") or "0"
+        if len(digits) > len(str(MAX_ID)):  # int() of thousands of digits raises its own error
+            raise ValueError(f"{what} must be a positive integer id, got {len(digits)} digits")
+        number = int(digits)
     else:
         shown = "nothing" if value is None else repr(value)[:40]
         raise ValueError(f"{what} must be an integer id, got {shown}")

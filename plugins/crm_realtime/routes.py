@@ -123,11 +123,19 @@ def _encode_cursor(conversation: Conversation) -> str:
     return base64.urlsafe_b64encode(f"{micros}:{conversation.id}".encode()).decode().rstrip("=")
 
 
+def _check_cursor_id(value: int) -> int:
+    if not 0 < value <= MAX_ID:
+        raise ValueError(value)
+    return value
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         micros, _, ident = raw.partition(":")
-        return _EPOCH + timedelta(microseconds=int(micros)), int(ident)
+        if len(micros) > 20 or len(ident) > 20:  # never a cursor of ours; int() of 5,000 digits raises
+            raise ValueError(cursor)
+        return _EPOCH + timedelta(microseconds=int(micros)), _check_cursor_id(int(ident))
     except (ValueError, binascii.Error, OverflowError):
         raise ValidationFailed(
             f"before: {cursor[:40]!r} is not a cursor; pass the next_before value of the previous page"
