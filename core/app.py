@@ -143,6 +143,7 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
     checks.extend(item for _, item in host.hooks.collect("register_readiness_checks", host=host))
     host.readiness_checks = checks
     host.sender.policies = [policy for _, policy in host.hooks.collect("register_send_policies", host=host)]
+    host.sender.channels = [channel for _, channel in host.hooks.collect("register_channels", host=host)]
 
     @get("/health", sync_to_thread=False, tags=["ops"], summary="Liveness: 200 while the process runs")
     def health() -> dict[str, str]:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from core.config import Config, ConfigFinding
     from core.host import Host, MediaStream, ReadinessCheck
     from core.models import Contact, Conversation, Message, OutgoingMessage, Reply, StatusChange, Veto
-    from core.sending import SendPolicy
+    from core.sending import Channel, SendPolicy
 
 PROJECT = "zaphub"
 
@@ -185,6 +185,20 @@ def register_send_policies(host: Host, settings: Any) -> Sequence[SendPolicy] | 
 
     Returns:
         A list of :class:`core.sending.SendPolicy`.
+    """
+
+
+@hookspec
+def register_channels(host: Host, settings: Any) -> Sequence[Channel] | None:
+    """Contribute a transport's business numbers, recipient addresses and agent actions.
+
+    Called once while the app is built (sync only). The send service uses them to start a
+    conversation with someone who never wrote (``POST /api/messages``: which business number,
+    how ``to`` is spelled) and for agent actions on a conversation (mark read, typing). The
+    ``whatsapp`` plugin registers WhatsApp's.
+
+    Returns:
+        A list of :class:`core.sending.Channel`.
     """
 
 

@@ -8,15 +8,18 @@ All are frozen msgspec Structs, so a hook cannot change what another hook sees.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
 
 __all__ = [
+    "CONVERSATION_MODES",
     "STATUS_RANK",
     "Contact",
     "Conversation",
+    "ConversationMode",
     "InboundMessage",
     "InboundStatus",
     "Message",
@@ -25,6 +28,7 @@ __all__ = [
     "StatusChange",
     "Veto",
     "iso_z",
+    "search_key",
     "utcnow",
 ]
 
@@ -60,6 +64,17 @@ def iso_z(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+ConversationMode = Literal["bot", "human"]
+"""Who answers a conversation: ``bot`` (automated replies allowed) or ``human`` (an agent)."""
+CONVERSATION_MODES: tuple[ConversationMode, ...] = ("bot", "human")
+
+
+def search_key(text: str) -> str:
+    """``text`` as searches compare it: accents removed, case folded (``"Lívia"`` → ``"livia"``)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
 class Contact(msgspec.Struct, frozen=True, kw_only=True):
     """A WhatsApp user, keyed by ``wa_id``."""
 
@@ -82,6 +97,8 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     """When a human (REST or plugin, not automated) last queued a message here."""
     last_message_id: int | None = None
     """The newest message (by time), for conversation lists."""
+    mode: ConversationMode = "bot"
+    """``bot``: automated replies may answer; ``human``: an agent owns it and bots stay silent."""
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):

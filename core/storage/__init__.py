@@ -12,12 +12,14 @@ in-memory caches, make repeated webhooks harmless across processes and restarts.
 - ``statuses``: the status machine, early statuses parked, sends linked by callback data.
 - ``outbox``: queueing sends with idempotency keys, leasing them, recording outcomes.
 - ``reads``: messages, conversations, contacts and status histories by id or page.
+- ``directory``: searching contacts and conversations, finding or creating one to start.
 - ``state``: each plugin's key-value store (:class:`PluginStore`): expiry, listing, compare-and-set.
 - ``rows`` (row → model converters), ``results`` (what the methods return), ``schema``, ``migrate``.
 """
 
 from __future__ import annotations
 
+from core.storage.directory import DirectoryMixin
 from core.storage.engine import StorageError, database_url
 from core.storage.ingest import IngestMixin
 from core.storage.outbox import OutboxMixin
@@ -40,5 +42,5 @@ __all__ = [
 ]
 
 
-class Storage(IngestMixin, OutboxMixin, ReadsMixin, PluginStateMixin):
+class Storage(IngestMixin, OutboxMixin, ReadsMixin, DirectoryMixin, PluginStateMixin):
     """The database behind a host. Create, :meth:`open`, use, :meth:`close`."""

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.config import StorageConfig
-from core.models import Contact, Conversation, InboundMessage, InboundStatus, utcnow
+from core.models import Contact, Conversation, InboundMessage, InboundStatus, search_key, utcnow
 from core.storage.engine import StorageError
 from core.storage.results import IngestResult, MessageEvent, StatusEvent
 from core.storage.rows import Row, contact_from_row, conversation_from_row, message_from_row
@@ -102,12 +102,25 @@ class IngestMixin(StatusMixin):
             await conn.execute(
                 ins.on_conflict_do_update(
                     index_elements=[contacts.c.wa_id],
-                    set_={"name": ins.excluded.name, "updated_at": ins.excluded.updated_at},
+                    set_={
+                        "name": ins.excluded.name,
+                        "search_name": ins.excluded.search_name,
+                        "updated_at": ins.excluded.updated_at,
+                    },
                     where=sa.and_(
                         ins.excluded.name.is_not(None), ins.excluded.name.is_distinct_from(contacts.c.name)
                     ),
                 ),
-                [{"wa_id": w, "name": names[w], "created_at": now, "updated_at": now} for w in unknown],
+                [
+                    {
+                        "wa_id": w,
+                        "name": names[w],
+                        "search_name": search_key(names[w] or ""),
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for w in unknown
+                ],
             )
             found = (await conn.execute(sa.select(contacts).where(contacts.c.wa_id.in_(unknown)))).all()
             new_contacts = [contact_from_row(r) for r in found]

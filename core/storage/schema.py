@@ -59,6 +59,9 @@ contacts = sa.Table(
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
     sa.Column("wa_id", sa.String(64), nullable=False, unique=True),
     sa.Column("name", sa.String(256)),
+    # The name as searches compare it (core.models.search_key): accents removed, case folded, so
+    # one LIKE finds "Lívia" from "livia" on SQLite and PostgreSQL alike.
+    sa.Column("search_name", sa.String(256)),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
@@ -74,6 +77,7 @@ conversations = sa.Table(
     sa.Column("last_inbound_at", UTCDateTime()),
     sa.Column("last_agent_at", UTCDateTime()),
     sa.Column("last_message_id", sa.BigInteger()),
+    sa.Column("mode", sa.String(16), nullable=False, server_default="bot"),
     sa.UniqueConstraint("phone_number_id", "contact_id"),
     sa.Index(None, "last_message_at", "id"),
 )

@@ -25,19 +25,24 @@ from core.models import Contact, Conversation, Message, StatusChange, iso_z
 from plugins.whatsapp import send_rules
 
 __all__ = [
+    "AgentActionDone",
     "ApiContact",
     "ApiConversation",
     "ApiMessage",
     "ApiMessageDetail",
     "ApiStatus",
     "AudioSend",
+    "AudioStart",
+    "ContactPage",
     "ConversationPage",
     "DocumentSend",
+    "DocumentStart",
     "ErrorBody",
     "ErrorDetail",
     "EventContact",
     "EventMessage",
     "ImageSend",
+    "ImageStart",
     "MediaRef",
     "MessageEvent",
     "MessagePage",
@@ -45,10 +50,14 @@ __all__ = [
     "MessageStatusEvent",
     "SendAccepted",
     "SendBody",
+    "StartBody",
     "StatusError",
     "TemplateSend",
+    "TemplateStart",
     "TextSend",
+    "TextStart",
     "VideoSend",
+    "VideoStart",
     "api_contact",
     "api_conversation",
     "api_message",
@@ -279,6 +288,8 @@ class ApiConversation(msgspec.Struct, frozen=True, kw_only=True):
     last_inbound_at: str | None
     window_open: bool
     """Whether free-form messages are allowed (the contact wrote within 24 hours); else templates only."""
+    mode: Literal["bot", "human"]
+    """``bot``: auto-replies may answer; ``human``: an agent owns the conversation, bots stay silent."""
 
 
 class ConversationPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -368,11 +379,85 @@ SendBody = TextSend | TemplateSend | ImageSend | VideoSend | DocumentSend | Audi
 """The body of ``POST /api/conversations/{id}/messages``, chosen by ``type``."""
 
 
-def send_content(body: SendBody) -> dict[str, Any]:
-    """The type-specific content handed to the send service (``type`` and ``reply_to`` removed)."""
+# Starting a conversation: a send body plus whom to and from which number. One subclass per type,
+# so the same rules (send_rules) validate both bodies.
+class TextStart(TextSend, frozen=True, kw_only=True, tag="text"):
+    """``{"to": "+5511999999999", "type": "text", "body": …}`` (only inside an open window)."""
+
+    to: str
+    """The recipient in international format: ``+5511999999999`` (spaces and dashes allowed)."""
+    phone_number_id: str | None = msgspec.field(default=None, name="phoneNumberId")
+    """The business number to send from; required when the server serves several."""
+
+
+class TemplateStart(TemplateSend, frozen=True, kw_only=True, tag="template"):
+    """``{"to": "+5511999999999", "type": "template", "name": …, "language": …}``."""
+
+    to: str
+    """The recipient in international format: ``+5511999999999`` (spaces and dashes allowed)."""
+    phone_number_id: str | None = msgspec.field(default=None, name="phoneNumberId")
+    """The business number to send from; required when the server serves several."""
+
+
+class ImageStart(ImageSend, frozen=True, kw_only=True, tag="image"):
+    """An image to a number (only inside an open window)."""
+
+    to: str
+    """The recipient in international format."""
+    phone_number_id: str | None = msgspec.field(default=None, name="phoneNumberId")
+    """The business number to send from; required when the server serves several."""
+
+
+class VideoStart(VideoSend, frozen=True, kw_only=True, tag="video"):
+    """A video to a number (only inside an open window)."""
+
+    to: str
+    """The recipient in international format."""
+    phone_number_id: str | None = msgspec.field(default=None, name="phoneNumberId")
+    """The business number to send from; required when the server serves several."""
+
+
+class DocumentStart(DocumentSend, frozen=True, kw_only=True, tag="document"):
+    """A document to a number (only inside an open window)."""
+
+    to: str
+    """The recipient in international format."""
+    phone_number_id: str | None = msgspec.field(default=None, name="phoneNumberId")
+    """The business number to send from; required when the server serves several."""
+
+
+class AudioStart(AudioSend, frozen=True, kw_only=True, tag="audio"):
+    """An audio file to a number (only inside an open window)."""
+
+    to: str
+    """The recipient in international format."""
+    phone_number_id: str | None = msgspec.field(default=None, name="phoneNumberId")
+    """The business number to send from; required when the server serves several."""
+
+
+StartBody = TextStart | TemplateStart | ImageStart | VideoStart | DocumentStart | AudioStart
+"""The body of ``POST /api/messages``: a send body with ``to`` and, optionally, ``phoneNumberId``."""
+
+
+class ContactPage(msgspec.Struct, frozen=True, kw_only=True):
+    """Contacts matching a search, by name."""
+
+    contacts: list[ApiContact]
+
+
+class AgentActionDone(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A read receipt or typing indicator went to the contact."""
+
+    conversation_id: int
+    message_id: int
+    """The contact's last inbound message, which the action acknowledged."""
+
+
+def send_content(body: SendBody | StartBody) -> dict[str, Any]:
+    """The type-specific content handed to the send service (type, reply_to, to, number removed)."""
     content = msgspec.to_builtins(body)
-    content.pop("type", None)
-    content.pop("reply_to", None)
+    for key in ("type", "reply_to", "to", "phoneNumberId"):
+        content.pop(key, None)
     return content  # type: ignore[no-any-return]  # to_builtins of a Struct is a dict
 
 
@@ -460,4 +545,5 @@ def api_conversation(
         last_message_at=iso_z(conversation.last_message_at),
         last_inbound_at=iso_z(conversation.last_inbound_at),
         window_open=window_open,
+        mode=conversation.mode,
     )

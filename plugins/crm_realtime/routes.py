@@ -41,18 +41,21 @@ from litestar.types import Message as ASGIMessage
 from core.auth import Agent
 from core.errors import ForbiddenError, NotFoundError, ValidationFailed
 from core.host import Host, MediaStream
-from core.models import Conversation, Message
+from core.models import CONVERSATION_MODES, Conversation, ConversationMode, Message
 from core.stash import StashKey
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.crm_realtime.models import (
+    AgentActionDone,
     ApiContact,
     ApiConversation,
     ApiMessageDetail,
+    ContactPage,
     ConversationPage,
     ErrorBody,
     MessagePage,
     SendAccepted,
     SendBody,
+    StartBody,
     api_contact,
     api_conversation,
     api_message,
@@ -86,9 +89,12 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
         401: "Missing, bad or expired bearer token (unauthorized)",
         403: "The token's scope does not include the resource's business number (forbidden)",
         404: "No such resource (not_found)",
-        409: "Idempotency-Key reused with a different body, or a retry of a send not in failed (conflict)",
-        422: "Outside the 24-hour window (window_closed) or refused by a plugin (send_vetoed)",
-        502: "Meta could not provide the media (media_unavailable)",
+        409: (
+            "Idempotency-Key reused with a different body, or a retry of a send not in failed "
+            "(conflict); no inbound message to acknowledge (nothing_to_acknowledge)"
+        ),
+        422: "Outside the 24-hour window (window_closed), refused by a plugin (send_vetoed) or by Meta",
+        502: "Meta could not provide the media (media_unavailable) or did not answer (upstream_error)",
     }
     # 400 always: Litestar would otherwise document its own validation body, which the host's
     # error envelope replaces.
@@ -113,6 +119,16 @@ def _check_id(value: int, what: str) -> int:
     if not 0 < value <= MAX_ID:
         raise NotFoundError(f"{what} {value} does not exist")
     return value
+
+
+def parse_mode(value: object, where: str) -> ConversationMode:
+    """``value`` as a conversation mode, or ``400`` naming the valid ones."""
+    for mode in CONVERSATION_MODES:
+        if value == mode:
+            return mode
+    raise ValidationFailed(
+        f"{where}: {value!r} is not a conversation mode; use one of: {', '.join(CONVERSATION_MODES)}"
+    )
 
 
 def _encode_cursor(conversation: Conversation) -> str:
@@ -170,7 +186,7 @@ class ApiCors(ASGIMiddleware):
     """
 
     scopes = (ScopeType.HTTP,)
-    allow_methods = "GET, POST, OPTIONS"
+    allow_methods = "GET, POST, PATCH, OPTIONS"
     allow_headers = "Authorization, Content-Type, Idempotency-Key"
     expose_headers = "Idempotent-Replayed, Content-Disposition"
     max_age_seconds = 600
@@ -291,11 +307,38 @@ class ConversationController(Controller):
         before: Annotated[
             str | None, QueryParameter(description="Cursor: the `next_before` of the previous page")
         ] = None,
+        q: Annotated[
+            str | None,
+            QueryParameter(
+                max_length=100,
+                description=(
+                    "Only conversations whose contact's name or phone number contains this; names "
+                    "ignore case and accents (`livia` finds `Lívia`), numbers compare by digits"
+                ),
+            ),
+        ] = None,
+        mode: Annotated[
+            str | None,
+            QueryParameter(description="Only conversations in this mode: `bot` or `human`"),
+        ] = None,
     ) -> ConversationPage:
         """Newest activity first, limited to the business numbers of the token's scope."""
         cursor = _decode_cursor(before) if before else None
         scope = sorted(agent.scope) if agent.scope is not None else None
-        page = await host.storage.list_conversations(limit=limit + 1, before=cursor, phone_number_ids=scope)
+        if mode is not None:
+            mode = parse_mode(mode, "mode")
+        if (q is not None and q.strip()) or mode is not None:
+            page = await host.storage.search_conversations(
+                q=q if q is not None and q.strip() else None,
+                mode=mode,
+                limit=limit + 1,
+                before=cursor,
+                phone_number_ids=scope,
+            )
+        else:
+            page = await host.storage.list_conversations(
+                limit=limit + 1, before=cursor, phone_number_ids=scope
+            )
         more = len(page) > limit
         page = page[:limit]
         return ConversationPage(
@@ -394,11 +437,94 @@ class ConversationController(Controller):
             headers=headers,
         )
 
+    @post(
+        "/{conversation_id:int}/read",
+        status_code=200,
+        summary="Mark the contact's last message read",
+        description=(
+            "The customer sees blue ticks on everything up to the last message they sent. Answers "
+            "`409` when the contact never wrote."
+        ),
+        responses=_errors(403, 404, 409, 422, 502),
+    )
+    async def mark_read(
+        self, host: NamedDependency[Host], agent: NamedDependency[Agent], conversation_id: FromPath[int]
+    ) -> AgentActionDone:
+        """Read receipt for the last inbound message, at the transport (Meta)."""
+        conversation = await conversation_for(host, agent, conversation_id)
+        message = await host.sender.mark_read(conversation)
+        return AgentActionDone(conversation_id=conversation.id, message_id=message.id)
+
+    @post(
+        "/{conversation_id:int}/typing",
+        status_code=200,
+        summary="Show the contact that an agent is typing",
+        description=(
+            "WhatsApp shows “typing…” for up to 25 seconds or until the reply, and marks the last "
+            "message read. Call it when a reply follows. Answers `409` when the contact never wrote."
+        ),
+        responses=_errors(403, 404, 409, 422, 502),
+    )
+    async def typing(
+        self, host: NamedDependency[Host], agent: NamedDependency[Agent], conversation_id: FromPath[int]
+    ) -> AgentActionDone:
+        """Typing indicator on the last inbound message, at the transport (Meta)."""
+        conversation = await conversation_for(host, agent, conversation_id)
+        message = await host.sender.typing(conversation)
+        return AgentActionDone(conversation_id=conversation.id, message_id=message.id)
+
 
 class MessageController(Controller):
-    """``/api/messages``: one message with its status history, and its media bytes."""
+    """``/api/messages``: start a conversation, one message with its status history, its media."""
 
     path = "/messages"
+
+    @post(
+        "/",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Start a conversation: send to a phone number",
+        description=(
+            "Creates the contact and the conversation when they do not exist, then sends as "
+            "`POST /api/conversations/{id}/messages` does. Outside an open 24-hour window only a "
+            "`template` may go (`422 window_closed`). `phoneNumberId` picks the business number; "
+            "it is required when the token may use several. `Idempotency-Key` honoured."
+        ),
+        responses=_errors(403, 409, 422),
+    )
+    async def start_conversation(
+        self,
+        host: NamedDependency[Host],
+        agent: NamedDependency[Agent],
+        data: JSONBody[StartBody],
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key",
+                max_length=256,
+                description="Any unique string (a UUID); retries with the same key and body send once",
+            ),
+        ] = None,
+    ) -> Response[SendAccepted]:
+        """Queue ``data`` to ``data.to``; ``202`` as a send (``Idempotent-Replayed`` on a repeat)."""
+        if data.reply_to is not None:
+            raise ValidationFailed("reply_to: a new conversation has no message to reply to; remove it")
+        allowed = frozenset(agent.scope) if agent.scope is not None else None
+        number = host.sender.business_number(data.phone_number_id, allowed)
+        message, created = await host.sender.start(
+            number,
+            data.to,
+            str(data.__struct_config__.tag),
+            send_content(data),
+            source="api",
+            idempotency_key=idempotency_key or None,
+            idempotency_scope=f"crm_realtime:{agent.sub}",
+        )
+        headers = {} if created else {"Idempotent-Replayed": "true"}
+        return Response(
+            SendAccepted(message_id=message.id, conversation_id=message.conversation_id, status="queued"),
+            status_code=HTTP_202_ACCEPTED,
+            headers=headers,
+        )
 
     @get("/{message_id:int}", summary="One message with its status history", responses=_errors(403, 404))
     async def get_message(
@@ -464,9 +590,32 @@ class MessageController(Controller):
 
 
 class ContactController(Controller):
-    """``/api/contacts``: one contact."""
+    """``/api/contacts``: search, one contact."""
 
     path = "/contacts"
+
+    @get("/", summary="Search contacts by name or phone number", responses=_errors())
+    async def search_contacts(
+        self,
+        host: NamedDependency[Host],
+        agent: NamedDependency[Agent],
+        q: Annotated[
+            str,
+            QueryParameter(
+                min_length=1,
+                max_length=100,
+                description=(
+                    "Part of the name (case and accents ignored: `livia` finds `Lívia`) or of the "
+                    "phone number (digits compared: `+55 11 9999` finds `5511999991234`)"
+                ),
+            ),
+        ],
+        limit: PageSize = 50,
+    ) -> ContactPage:
+        """Matching contacts with a conversation on a number of the token's scope, by name."""
+        scope = sorted(agent.scope) if agent.scope is not None else None
+        found = await host.storage.search_contacts(q, limit=limit, phone_number_ids=scope)
+        return ContactPage(contacts=[api_contact(c) for c in found])
 
     @get("/{contact_id:int}", summary="One contact", responses=_errors(403, 404))
     async def get_contact(

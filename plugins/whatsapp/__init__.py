@@ -20,8 +20,9 @@ from core.config import ConfigFinding
 from core.errors import ApiError, UpstreamError, ValidationFailed
 from core.host import Host, MediaStream, ReadinessCheck
 from core.models import Conversation, Message, OutgoingMessage
-from core.sending import SendPolicy
+from core.sending import Channel, SendPolicy
 from core.stash import StashKey
+from plugins.whatsapp.channel import WhatsAppChannel
 from plugins.whatsapp.client import GraphClient
 from plugins.whatsapp.config import SANDBOX_PHONE_NUMBER_ID, WhatsAppSettings
 from plugins.whatsapp.outbound import OUTBOUND_TYPES, body_for, validate_content
@@ -105,6 +106,12 @@ def register_readiness_checks(host: Host, settings: WhatsAppSettings) -> list[Re
 def register_send_policies() -> list[SendPolicy]:
     """WhatsApp's 24-hour customer-service window: outside it, templates only."""
     return [ServiceWindow()]
+
+
+@hookimpl
+def register_channels(host: Host, settings: WhatsAppSettings) -> list[Channel]:
+    """WhatsApp's numbers and addresses, Graph's read receipts and typing indicator."""
+    return [WhatsAppChannel(settings, lambda: host.stash[GRAPH])]
 
 
 @hookimpl

@@ -549,3 +549,65 @@ async def test_without_a_transport_policy_every_type_may_be_sent(tmp_path: Path)
         assert host.sender.window_open(conversation) is True
         message, created = await host.sender.send(conversation_id, "text", {"body": "oi"})
         assert created and message.status == "queued"
+
+
+class RecordingChannel:
+    """A channel serving one number, recording the agent actions it is asked for."""
+
+    def __init__(self) -> None:
+        self.actions: list[tuple[str, int, str | None]] = []
+
+    def numbers(self) -> frozenset[str]:
+        return frozenset({"100"})
+
+    def recipient(self, to: str) -> str:
+        if not to.lstrip("+").isdigit():
+            raise ValidationFailed(f"to: {to!r} is not a number")
+        return to.lstrip("+")
+
+    async def mark_read(self, conversation: Conversation, message: Message) -> None:
+        self.actions.append(("read", conversation.id, message.wamid))
+
+    async def typing(self, conversation: Conversation, message: Message) -> None:
+        self.actions.append(("typing", conversation.id, message.wamid))
+
+
+class ChannelPlugin:
+    def __init__(self) -> None:
+        self.channel = RecordingChannel()
+
+    @hookimpl
+    def register_channels(self) -> list[Any]:
+        return [self.channel]
+
+
+async def test_hook_register_channels(tmp_path: Path) -> None:
+    config = parse_config({"storage": {"url": f"sqlite:///{tmp_path / 'z.db'}"}, "plugins": {"chan": {}}})
+    plugin = ChannelPlugin()
+    app = create_app(config, extra_plugins={"chan": plugin})
+    host = app.state.host
+    async with serve(app):
+        assert host.sender.business_number(None, None) == "100"  # the only one served
+        with pytest.raises(ApiError, match="not a business number"):
+            host.sender.business_number("200", None)
+        with pytest.raises(ApiError, match="scope"):
+            host.sender.business_number("100", frozenset({"200"}))
+        with pytest.raises(ApiError, match="not a number"):
+            await host.sender.start("100", "+55abc", "text", {"body": "oi"})
+
+        message, created = await host.sender.start("100", "+5511999999999", "text", {"body": "oi"})
+        assert created
+        conversation = await host.storage.get_conversation(message.conversation_id)
+        contact = await host.storage.get_contact(conversation.contact_id)
+        assert (conversation.phone_number_id, contact.wa_id) == ("100", "5511999999999")
+        with pytest.raises(ApiError, match="no inbound message"):
+            await host.sender.mark_read(conversation)
+
+        conversation_id = await _one_conversation(host)  # the same contact writes on number 100
+        assert conversation_id == conversation.id
+        await host.sender.mark_read(conversation)
+        await host.sender.typing(conversation)
+        assert plugin.channel.actions == [
+            ("read", conversation.id, "wamid.POLICY1"),
+            ("typing", conversation.id, "wamid.POLICY1"),
+        ]

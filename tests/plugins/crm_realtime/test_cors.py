@@ -51,7 +51,7 @@ async def test_preflight_from_an_allowed_origin_is_answered_without_a_token(z: Z
         assert response.status_code == 204, (path, response.text)
         assert cors_headers(response) == {
             "access-control-allow-origin": CRM,
-            "access-control-allow-methods": "GET, POST, OPTIONS",
+            "access-control-allow-methods": "GET, POST, PATCH, OPTIONS",
             "access-control-allow-headers": "Authorization, Content-Type, Idempotency-Key",
             "access-control-max-age": "600",
         }
@@ -137,7 +137,7 @@ async def test_a_star_allows_every_origin_with_a_literal_star(tmp_path: Path) ->
         preflight = await z.http.options("/api/conversations", headers={"Origin": EVIL, **PREFLIGHT})
         assert preflight.status_code == 204
         assert preflight.headers["access-control-allow-origin"] == "*"
-        assert preflight.headers["access-control-allow-methods"] == "GET, POST, OPTIONS"
+        assert preflight.headers["access-control-allow-methods"] == "GET, POST, PATCH, OPTIONS"
         listed = await z.http.get("/api/conversations", headers={**z.auth(), "Origin": EVIL})
         assert listed.status_code == 200
         assert listed.headers["access-control-allow-origin"] == "*"
