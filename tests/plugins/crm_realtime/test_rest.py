@@ -59,6 +59,10 @@ async def test_every_endpoint_needs_a_valid_bearer_token(z: Zaphub) -> None:
         ("GET", "/api/messages/1/media"),
         ("POST", "/api/messages/1/retry"),
         ("GET", "/api/contacts/1"),
+        ("GET", "/api/contacts?q=ana"),
+        ("POST", "/api/messages"),
+        ("POST", "/api/conversations/1/read"),
+        ("POST", "/api/conversations/1/typing"),
     ]
     headers_and_reasons = [
         ({}, "missing bearer token"),
@@ -435,6 +439,10 @@ async def test_openapi_describes_the_api(z: Zaphub) -> None:
         "/api/messages/{message_id}/media",
         "/api/messages/{message_id}/retry",
         "/api/contacts/{contact_id}",
+        "/api/contacts",
+        "/api/messages",
+        "/api/conversations/{conversation_id}/read",
+        "/api/conversations/{conversation_id}/typing",
     ):
         assert path in paths, sorted(paths)
     send = paths["/api/conversations/{conversation_id}/messages"]["post"]
@@ -473,7 +481,7 @@ async def test_openapi_describes_the_api(z: Zaphub) -> None:
         set(accepted["properties"]) == set(accepted["required"]) == {"messageId", "conversationId", "status"}
     )
     listed = paths["/api/conversations"]["get"]
-    assert {p["name"] for p in listed["parameters"]} == {"limit", "before"}
+    assert {p["name"] for p in listed["parameters"]} == {"limit", "before", "q", "mode"}
     assert "/socket.io" not in paths
 
 
@@ -488,7 +496,7 @@ async def test_openapi_declares_the_bearer_scheme_on_every_api_operation(z: Zaph
         if path.startswith("/api/")
         for method, operation in item.items()
     ]
-    assert len(api_operations) == 8
+    assert len(api_operations) == 12
     for path, method, operation in api_operations:
         assert operation["security"] == [{"bearerAuth": []}], (method, path)
         assert all(p["name"] != "Authorization" for p in operation.get("parameters", [])), (method, path)
