@@ -678,6 +678,37 @@ def test_a_dropped_connection_catches_up_and_shows_each_message_once(context: An
     assert [i for i, _ in shown_messages(page)] == [m["id"] for m in stack.messages(conv["id"])]
 
 
+def test_the_console_resumes_from_the_last_event_it_saw(context: Any, stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    needs(stack.has_endpoint("/api/events", "get"), "event log (eventId, GET /api/events)")
+
+    def event_of(text: str) -> int:
+        """The id of the ``whatsapp:message`` event of the customer's message ``text``."""
+        feed = stack.api("GET", "events?after=0&limit=1000&types=whatsapp:message").json()
+        return next(int(e["id"]) for e in feed["events"] if e["data"]["message"]["body"] == text)
+
+    def seen_up_to(text: str) -> bool:
+        return (page.evaluate("window.zaphubConsole.state().lastEventId") or 0) >= event_of(text)
+
+    wa_id = customer()
+    page = signed_in(context, stack)
+    stack.inbound("Primeira", from_=wa_id, name="Rita Campos")
+    conv = stack.conversation_of(wa_id)
+    expect(conversation(page, conv["id"])).to_be_visible()
+    wait_until(lambda: seen_up_to("Primeira"), "the first eventId")
+
+    context.set_offline(True)
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "offline")
+    stack.inbound("Segunda", from_=wa_id, name="Rita Campos")
+    stack.inbound("Terceira", from_=wa_id, name="Rita Campos")
+    context.set_offline(False)
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "online")
+    expect(conversation(page, conv["id"]).get_by_test_id("unread")).to_have_text("3")
+    # The missed events were replayed on the resumed connection: the client stands past them.
+    wait_until(lambda: seen_up_to("Terceira"), "the replayed events")
+
+
 def test_search_finds_conversations_by_name_or_phone(context: Any, stack: Stack) -> None:
     from playwright.sync_api import expect
 
