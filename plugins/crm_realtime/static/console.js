@@ -1491,6 +1491,14 @@
     let newPicker = null;
     $('new-conversation').addEventListener('click', () => {
       newPicker = templatePicker($('new-template'), 'new');
+      // Several business numbers (from the token's scope and the conversations seen): pick one.
+      const scope = S.claims && S.claims.phone_number_ids;
+      const numbers = new Set(Array.isArray(scope) ? scope.map(String) : typeof scope === 'string' ? scope.split(',').map((n) => n.trim()) : []);
+      for (const c of S.convs.values()) if (c.phone_number_id) numbers.add(c.phone_number_id);
+      numbers.delete('');
+      const from = $('new-from');
+      from.replaceChildren(...[...numbers].sort().map((n) => h('option', { value: n, text: n })));
+      $('new-from-label').hidden = numbers.size < 2;
       $('new-error').hidden = true;
       $('new-to').value = '';
       dialog.showModal();
@@ -1512,7 +1520,9 @@
       sendButton.disabled = true;
       try {
         const to = digits.startsWith('+') ? digits : `+${digits}`;
-        const answer = await postSend('messages', { to, ...body });
+        const start = { to, ...body };
+        if (!$('new-from-label').hidden && $('new-from').value) start.phoneNumberId = $('new-from').value;
+        const answer = await postSend('messages', start);
         dialog.close();
         const conv = await ensureConversation(answer.conversationId);
         if (conv) {
