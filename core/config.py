@@ -26,6 +26,7 @@ from core.errors import ConfigError
 __all__ = [
     "Config",
     "ConfigFinding",
+    "HandoffConfig",
     "LoggingConfig",
     "RedisConfig",
     "ServerConfig",
@@ -104,6 +105,15 @@ class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     (``?token=``, ``?password=`` …) are masked."""
 
 
+class HandoffConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``handoff``: when a conversation passes between the bot (``bot``) and an agent (``human``)."""
+
+    agent_reply_takes_over: bool = True
+    """An agent's manual reply (any send not ``automated``) switches the conversation to ``human``."""
+    return_to_bot_seconds: Annotated[float, msgspec.Meta(ge=0)] = 1800.0
+    """A ``human`` conversation returns to ``bot`` after this long without agent activity; 0: never."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole ``config.yaml``. Plugin sections stay raw here until plugins validate them."""
 
@@ -111,6 +121,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    handoff: HandoffConfig = msgspec.field(default_factory=HandoffConfig)
     plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """Enabled plugins: each key is a plugin name, its value that plugin's raw section."""
     source: str = "<defaults>"

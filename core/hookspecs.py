@@ -162,6 +162,16 @@ def on_status_changed(
 
 
 @hookspec
+def on_conversation_updated(host: Host, settings: Any, conversation: Conversation) -> Awaitable[None] | None:
+    """A conversation's ``mode`` changed (``bot`` ↔ ``human``); ``conversation`` is as stored after it.
+
+    Fires once per change, whoever made it: an agent (``PATCH /api/conversations/{id}``), an
+    agent's manual reply (``handoff.agent_reply_takes_over``), or the return to ``bot`` after
+    ``handoff.return_to_bot_seconds`` without agent activity. May be async.
+    """
+
+
+@hookspec
 def on_before_send(
     host: Host, settings: Any, outgoing: OutgoingMessage, conversation: Conversation
 ) -> OutgoingMessage | Veto | Awaitable[OutgoingMessage | Veto | None] | None:

@@ -18,6 +18,7 @@ import pluggy
 from core.auth import BearerAuth
 from core.config import Config
 from core.events import EventDispatcher
+from core.handoff import HandoffService
 from core.ingest import IngestBatcher
 from core.metrics import Metrics
 from core.plugins import HookRunner
@@ -61,11 +62,13 @@ class Host:
         """Bearer tokens for routes: a plugin registers the verifier, routes ask for ``agent``."""
         self.sender = SendService(self)
         self.events = EventDispatcher(self)
+        self.handoff = HandoffService(self)
         self.ingest = IngestBatcher(self)
         self.readiness_checks: list[ReadinessCheck] = []
         self.public_url = config.server.public_url or f"http://{config.server.host}:{config.server.port}"
         """Base URL clients reach this host at (media links); updated once the port is known."""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._handoff_task: asyncio.Task[Any] | None = None
         self._stores: dict[str, PluginStore] = {}
         self.started = False
 
@@ -127,12 +130,17 @@ class Host:
         await self.storage.open()
         self.ingest.start()
         self.events.start()
+        if self.handoff.idle_seconds > 0:
+            self._handoff_task = self.spawn(self.handoff.run(), name="zaphub-handoff")
         await self.hooks.call_strict("on_startup", host=self)
         self.spawn(self._purge_expired_state(), name="plugin-state-expiry")
         self.started = True
 
     async def stop(self) -> None:
         """Flush pending writes and events, stop plugins and background tasks, close storage."""
+        if self._handoff_task is not None:  # a producer of events: stopped before the dispatcher
+            self._handoff_task.cancel()
+            await asyncio.gather(self._handoff_task, return_exceptions=True)
         await self.ingest.stop()
         await self.events.stop()
         await self.hooks.call("on_shutdown", host=self)

@@ -99,6 +99,8 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     """The newest message (by time), for conversation lists."""
     mode: ConversationMode = "bot"
     """``bot``: automated replies may answer; ``human``: an agent owns it and bots stay silent."""
+    mode_changed_at: datetime | None = None
+    """When ``mode`` last changed (``None``: never)."""
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):

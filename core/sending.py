@@ -129,7 +129,8 @@ class SendService:
             type_: ``text``, ``template``, ``image``, … (the transport validates ``content``).
             content: the type-specific object, e.g. ``{"body": "Olá!"}`` for text.
             automated: set by bots and auto-replies; a human send (``False``) marks the
-                conversation as handled by an agent.
+                conversation as handled by an agent (and switches it to ``human`` mode with
+                ``handoff.agent_reply_takes_over``).
             source: who sends, for logs and plugins (``api``, ``autoreply``, a plugin name).
             context_wamid: reply to this message (quoted in WhatsApp).
             idempotency_key: a repeated key returns the first message instead of sending twice.
@@ -172,9 +173,12 @@ class SendService:
                 _encoder.encode([conversation_id, type_, content, context_wamid])
             ).hexdigest()
             idempotency = (idempotency_scope, idempotency_key, digest)
+        took_over: list[Conversation] | None = [] if self.host.config.handoff.agent_reply_takes_over else None
         message, created = await storage.queue_outbound(
-            conversation, contact.wa_id, outgoing, idempotency=idempotency
+            conversation, contact.wa_id, outgoing, idempotency=idempotency, took_over=took_over
         )
+        for changed in took_over or ():
+            await self.host.handoff.changed(changed)
         if created:
             self.host.metrics.outbound.labels(outcome="queued").inc()
             for listener in self._queued_listeners:

@@ -139,6 +139,48 @@ class DirectoryMixin(StorageEngine):
             ).one()
         return conversation_from_row(row)
 
+    async def set_mode(self, conversation_id: int, mode: str) -> tuple[Conversation | None, bool]:
+        """Put a conversation in ``mode``: the conversation (``None`` if missing) and whether it changed."""
+        now = utcnow()
+        async with self.write() as conn:
+            row = (
+                await conn.execute(
+                    conversations.update()
+                    .where(conversations.c.id == conversation_id, conversations.c.mode != mode)
+                    .values(mode=mode, mode_changed_at=now)
+                    .returning(*conversations.c)
+                )
+            ).first()
+            if row is not None:
+                return conversation_from_row(row), True
+            row = (
+                await conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id))
+            ).first()
+        return (conversation_from_row(row) if row else None), False
+
+    async def release_idle(self, cutoff: datetime) -> list[Conversation]:
+        """Switch ``human`` conversations without agent activity since ``cutoff`` back to ``bot``.
+
+        Activity is a manual send (``last_agent_at``) or the switch to ``human`` itself. One
+        conditional UPDATE: each conversation is released, and returned, by one caller only.
+        """
+        now = utcnow()
+        idle = sa.and_(
+            conversations.c.mode == "human",
+            sa.or_(conversations.c.mode_changed_at.is_(None), conversations.c.mode_changed_at < cutoff),
+            sa.or_(conversations.c.last_agent_at.is_(None), conversations.c.last_agent_at < cutoff),
+        )
+        async with self.write() as conn:
+            rows = (
+                await conn.execute(
+                    conversations.update()
+                    .where(idle)
+                    .values(mode="bot", mode_changed_at=now)
+                    .returning(*conversations.c)
+                )
+            ).all()
+        return [conversation_from_row(r) for r in rows]
+
     async def last_inbound_message(self, conversation_id: int) -> Message | None:
         """The newest message the contact sent in a conversation (by id: arrival order)."""
         query = (

@@ -21,7 +21,7 @@ from core.models import (
     utcnow,
 )
 from core.storage.results import OutboxItem, StatusEvent
-from core.storage.rows import message_from_row
+from core.storage.rows import conversation_from_row, message_from_row
 from core.storage.schema import conversations, idempotency_keys, messages, outbox, statuses
 from core.storage.statuses import StatusMixin
 
@@ -38,6 +38,7 @@ class OutboxMixin(StatusMixin):
         outgoing: OutgoingMessage,
         *,
         idempotency: tuple[str, str, str] | None = None,
+        took_over: list[Conversation] | None = None,
     ) -> tuple[Message, bool]:
         """Store an outbound message and its outbox row in one transaction.
 
@@ -47,6 +48,8 @@ class OutboxMixin(StatusMixin):
             outgoing: the message after ``on_before_send``.
             idempotency: ``(scope, key, request_hash)``: a repeated key with the same hash returns
                 the first message; with another hash raises :class:`ConflictError`.
+            took_over: when given, a manual (not automated) send switches a ``bot`` conversation
+                to ``human`` in the same transaction, and the conversation switched is appended.
 
         Returns:
             The message and whether it was created now (``False`` for an idempotent repeat).
@@ -127,6 +130,17 @@ class OutboxMixin(StatusMixin):
             await conn.execute(
                 conversations.update().where(conversations.c.id == conversation.id).values(**values)
             )
+            if took_over is not None and not outgoing.automated:
+                switched = (
+                    await conn.execute(
+                        conversations.update()
+                        .where(conversations.c.id == conversation.id, conversations.c.mode == "bot")
+                        .values(mode="human", mode_changed_at=now)
+                        .returning(*conversations.c)
+                    )
+                ).first()
+                if switched is not None:
+                    took_over.append(conversation_from_row(switched))
             if idem_id is not None:
                 await conn.execute(
                     idempotency_keys.update()

@@ -48,6 +48,7 @@ def conversation_from_row(row: Any) -> Conversation:
         last_agent_at=m["last_agent_at"],
         last_message_id=m["last_message_id"],
         mode=m["mode"] if m.get("mode") is not None else "bot",
+        mode_changed_at=m.get("mode_changed_at"),
     )
 
 

@@ -78,8 +78,11 @@ conversations = sa.Table(
     sa.Column("last_agent_at", UTCDateTime()),
     sa.Column("last_message_id", sa.BigInteger()),
     sa.Column("mode", sa.String(16), nullable=False, server_default="bot"),
+    sa.Column("mode_changed_at", UTCDateTime()),
     sa.UniqueConstraint("phone_number_id", "contact_id"),
     sa.Index(None, "last_message_at", "id"),
+    # The idle sweep looks at human conversations only.
+    sa.Index(None, "mode", "mode_changed_at"),
 )
 
 messages = sa.Table(

@@ -217,8 +217,6 @@ class AutoreplySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     """``false`` keeps the plugin loaded but sends no auto-replies (bots included)."""
     cooldown_seconds: Seconds = 600
     """At most one auto-reply per conversation within this many seconds."""
-    handoff_seconds: Seconds = 1800
-    """Stay silent in a conversation where a human agent wrote within this many seconds."""
     max_message_age_seconds: Annotated[int, msgspec.Meta(ge=1)] = 3600
     """Never auto-reply to a message older than this (by Meta's timestamp): after an outage Meta
     replays up to 7 days of backlog, and answering week-old messages confuses customers."""

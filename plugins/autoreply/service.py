@@ -6,14 +6,15 @@ Meta repeats), in this order:
 1. **Eligibility**, inline in the hook and without I/O: the plugin is enabled; the message is
    inbound and of a type a person writes (:data:`ANSWERED_TYPES`; never reactions, system notices,
    unsupported or unknown types); it is at most ``max_message_age_seconds`` old by Meta's
-   timestamp; no human agent wrote in the conversation within ``handoff_seconds``. Everything
+   timestamp; the conversation is in ``bot`` mode (``conversation.mode``: not taken over by an
+   agent, see ``core/handoff.py``). Everything
    else runs in a task, so the host's single event dispatcher (which also feeds Socket.IO) never
    waits for the database, a bot or a send.
 2. **Compose**: the ``reply_for_message`` bots first (only when one is installed, and only after a
    cheap look at the cooldown spares them messages that could not be answered anyway), then the
    rules (:class:`~plugins.autoreply.rules.RuleEngine`). Nothing to say → nothing is claimed.
-3. **Handoff, again**: the conversation is read afresh; an agent who wrote meanwhile (while a bot
-   was thinking, say) wins and nothing is sent.
+3. **Handoff, again**: the conversation is read afresh; an agent who took it over meanwhile (while
+   a bot was thinking, say) wins and nothing is sent.
 4. **Claim the cooldown** in storage (``state_claim``, atomic across processes): of all messages of
    a conversation within ``cooldown_seconds``, exactly one wins. A loser sends nothing.
 5. **Send** through the core send service (``automated=True``, ``source="autoreply"``): the
@@ -196,7 +197,7 @@ class AutoreplyService:
         age = _seconds_since(message.delivered_at or message.received_at, now)
         if age is not None and age > settings.max_message_age_seconds:
             return "too_old"
-        if self._agent_active(conversation, now):
+        if self._agent_owns(conversation):
             return "handoff"
         return None
 
@@ -207,9 +208,10 @@ class AutoreplyService:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _agent_active(self, conversation: Conversation, now: datetime) -> bool:
-        since = _seconds_since(conversation.last_agent_at, now)
-        return since is not None and since < self.settings.handoff_seconds
+    @staticmethod
+    def _agent_owns(conversation: Conversation) -> bool:
+        # One source of truth for the handoff: the conversation's mode (core/handoff.py).
+        return conversation.mode == "human"
 
     def _has_bot(self) -> bool:
         return bool(self.host.pm.hook.reply_for_message.get_hookimpls())
@@ -273,7 +275,7 @@ class AutoreplyService:
                 return
             planned = _from_decision(decision)
         fresh = await self.host.storage.get_conversation(conversation.id)
-        if fresh is not None and self._agent_active(fresh, utcnow()):
+        if fresh is not None and self._agent_owns(fresh):
             self._skip("handoff", message)
             return
         if not await self._claim(conversation.id, message, planned):

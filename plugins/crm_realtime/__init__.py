@@ -136,3 +136,11 @@ def on_status_changed(host: Host, message: Message, conversation: Conversation, 
     realtime = host.stash.get(REALTIME)
     if realtime is not None:
         realtime.status_changed(message, conversation, change)
+
+
+@hookimpl
+def on_conversation_updated(host: Host, conversation: Conversation) -> None:
+    """Emit ``whatsapp:conversation_updated`` (the bot or an agent answers now)."""
+    realtime = host.stash.get(REALTIME)
+    if realtime is not None:
+        realtime.conversation_updated(conversation)

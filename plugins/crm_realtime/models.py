@@ -35,6 +35,8 @@ __all__ = [
     "AudioStart",
     "ContactPage",
     "ConversationPage",
+    "ConversationPatch",
+    "ConversationUpdatedEvent",
     "DocumentSend",
     "DocumentStart",
     "ErrorBody",
@@ -130,6 +132,14 @@ class MessageSentEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"
     platform: Literal["whatsapp"]
     phone_number_id: str
     automated: bool = False
+
+
+class ConversationUpdatedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``whatsapp:conversation_updated``: the conversation's mode changed."""
+
+    conversation_id: int
+    mode: Literal["bot", "human"]
+    phone_number_id: str
 
 
 class MessageStatusEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
@@ -437,6 +447,13 @@ class AudioStart(AudioSend, frozen=True, kw_only=True, tag="audio"):
 
 StartBody = TextStart | TemplateStart | ImageStart | VideoStart | DocumentStart | AudioStart
 """The body of ``POST /api/messages``: a send body with ``to`` and, optionally, ``phoneNumberId``."""
+
+
+class ConversationPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PATCH /api/conversations/{id}``: what an agent may change."""
+
+    mode: str
+    """``bot`` (auto-replies may answer) or ``human`` (an agent owns the conversation)."""
 
 
 class ContactPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -43,7 +43,12 @@ from core.logs import Throttle
 from core.models import Contact, Conversation, Message, StatusChange
 from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden_message
 from plugins.crm_realtime.config import CrmRealtimeSettings
-from plugins.crm_realtime.models import message_event, message_sent_event, message_status_event
+from plugins.crm_realtime.models import (
+    ConversationUpdatedEvent,
+    message_event,
+    message_sent_event,
+    message_status_event,
+)
 from plugins.crm_realtime.relay import ListenerLog, RelayHealth
 
 if TYPE_CHECKING:
@@ -75,6 +80,7 @@ RELAY_CONNECT_TIMEOUT_SECONDS = 2.0
 EVENT_MESSAGE = "whatsapp:message"
 EVENT_SENT = "whatsapp:message_sent"
 EVENT_STATUS = "whatsapp:message_status"
+EVENT_CONVERSATION = "whatsapp:conversation_updated"
 
 
 def scope_room(phone_number_id: str) -> str:
@@ -379,6 +385,16 @@ class Realtime:
         """Queue ``whatsapp:message_status`` for the conversation's and the message's rooms."""
         payload = message_status_event(change, conversation)
         self.publish(EVENT_STATUS, payload, [conversation_room(conversation.id), message_room(message.id)])
+
+    def conversation_updated(self, conversation: Conversation) -> None:
+        """Queue ``whatsapp:conversation_updated`` for its room and every socket allowed to see it."""
+        payload = ConversationUpdatedEvent(
+            conversation_id=conversation.id,
+            mode=conversation.mode,
+            phone_number_id=conversation.phone_number_id,
+        )
+        rooms = [conversation_room(conversation.id), ALL_ROOM, scope_room(conversation.phone_number_id)]
+        self.publish(EVENT_CONVERSATION, payload, rooms)
 
     def publish(self, event: str, payload: msgspec.Struct, rooms: list[str]) -> None:
         """Queue one emit; never waits. Drops (and counts) the event when the queue is full."""

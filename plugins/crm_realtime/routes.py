@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
-from litestar import Controller, Response, Router, get, post
+from litestar import Controller, Response, Router, get, patch, post
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
@@ -51,6 +51,7 @@ from plugins.crm_realtime.models import (
     ApiMessageDetail,
     ContactPage,
     ConversationPage,
+    ConversationPatch,
     ErrorBody,
     MessagePage,
     SendAccepted,
@@ -353,6 +354,29 @@ class ConversationController(Controller):
         """One conversation with its contact and last message."""
         conversation = await conversation_for(host, agent, conversation_id)
         return (await with_details(host, [conversation]))[0]
+
+    @patch(
+        "/{conversation_id:int}",
+        summary="Take a conversation over, or hand it back to the bot",
+        description=(
+            '`{"mode": "human"}`: an agent owns the conversation and auto-replies stay silent; '
+            '`{"mode": "bot"}`: auto-replies may answer again. A change is sent as '
+            "`whatsapp:conversation_updated`; setting the current mode changes nothing."
+        ),
+        responses=_errors(403, 404),
+    )
+    async def update_conversation(
+        self,
+        host: NamedDependency[Host],
+        agent: NamedDependency[Agent],
+        conversation_id: FromPath[int],
+        data: JSONBody[ConversationPatch],
+    ) -> ApiConversation:
+        """Set the conversation's ``mode``; answers the conversation as ``GET`` does."""
+        mode = parse_mode(data.mode, "mode")
+        await conversation_for(host, agent, conversation_id)
+        updated = await host.handoff.set_mode(conversation_id, mode)
+        return (await with_details(host, [updated]))[0]
 
     @get(
         "/{conversation_id:int}/messages",

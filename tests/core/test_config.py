@@ -109,7 +109,7 @@ def test_unknown_top_level_section_lists_the_known_ones_when_nothing_is_close() 
     with pytest.raises(ConfigError) as err:
         parse_config({"zzz": {}})
     assert err.value.path == "zzz"
-    assert "unknown key (known keys: server, storage, redis, logging, plugins)" in str(err.value)
+    assert "unknown key (known keys: server, storage, redis, logging, handoff, plugins)" in str(err.value)
 
 
 def test_internal_fields_cannot_be_set_from_the_file() -> None:
@@ -467,3 +467,11 @@ def test_docs_config_md_names_every_variable_of_the_bundled_config() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert variables
     assert sorted(v for v in variables if f"`{v}`" not in text) == []
+
+
+def test_handoff_section_has_defaults_and_refuses_a_negative_idle_time() -> None:
+    config = parse_config({})
+    assert (config.handoff.agent_reply_takes_over, config.handoff.return_to_bot_seconds) == (True, 1800)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"handoff": {"return_to_bot_seconds": -5}})
+    assert "handoff.return_to_bot_seconds" in str(err.value)

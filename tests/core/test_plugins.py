@@ -611,3 +611,44 @@ async def test_hook_register_channels(tmp_path: Path) -> None:
             ("read", conversation.id, "wamid.POLICY1"),
             ("typing", conversation.id, "wamid.POLICY1"),
         ]
+
+
+class ModeRecorder:
+    def __init__(self) -> None:
+        self.modes: list[tuple[int, str]] = []
+
+    @hookimpl
+    def on_conversation_updated(self, conversation: Conversation) -> None:
+        self.modes.append((conversation.id, conversation.mode))
+
+
+async def test_hook_on_conversation_updated(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "storage": {"url": f"sqlite:///{tmp_path / 'z.db'}"},
+            "handoff": {"return_to_bot_seconds": 1},
+            "plugins": {"modes": {}},
+        }
+    )
+    recorder = ModeRecorder()
+    app = create_app(config, extra_plugins={"modes": recorder})
+    host = app.state.host
+    async with serve(app):
+        conversation_id = await _one_conversation(host)
+        await host.handoff.set_mode(conversation_id, "human")
+        await host.handoff.set_mode(conversation_id, "human")  # no change, no call
+        await host.handoff.set_mode(conversation_id, "bot")
+        await host.sender.send(conversation_id, "text", {"body": "oi"}, automated=True)  # a bot: no takeover
+        await host.sender.send(conversation_id, "text", {"body": "sou a Ana"})  # an agent takes over
+        await host.events.drain()
+        assert recorder.modes == [
+            (conversation_id, "human"),
+            (conversation_id, "bot"),
+            (conversation_id, "human"),
+        ]
+        # Idle for a second: back to the bot, reported once.
+        await wait_for(lambda: len(recorder.modes) == 4, what="the idle conversation to return to the bot")
+        assert recorder.modes[-1] == (conversation_id, "bot")
+        assert (await host.storage.get_conversation(conversation_id)).mode == "bot"
+        with pytest.raises(ApiError, match="does not exist"):
+            await host.handoff.set_mode(999_999, "human")

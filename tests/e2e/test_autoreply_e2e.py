@@ -87,7 +87,6 @@ def integrator_config(tmp: Path, **extra_plugins: dict[str, Any]) -> dict[str, A
         },
         "autoreply": {
             "cooldown_seconds": 600,
-            "handoff_seconds": 1800,
             "rules": [
                 {"keywords": ["preço", "price", "quanto custa"], "reply": PRICE},
                 {"keywords": ["segunda via", "boleto"], "reply": BOLETO},

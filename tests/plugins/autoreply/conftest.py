@@ -141,8 +141,15 @@ class Zaphub:
 StartApp = Callable[..., Awaitable[Zaphub]]
 
 
-def app_config(port: int, db: Path, autoreply: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def app_config(
+    port: int,
+    db: Path,
+    autoreply: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    handoff: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
+        "handoff": dict(handoff or {}),
         "server": {"port": port},
         "storage": {"url": f"sqlite:///{db}"},
         "logging": {"level": "warning"},
@@ -170,11 +177,12 @@ async def start_app(tmp_path: Path) -> AsyncIterator[StartApp]:
             *,
             extra_plugins: Mapping[str, object] | None = None,
             db: Path | None = None,
+            handoff: Mapping[str, Any] | None = None,
         ) -> Zaphub:
             extra = dict(extra_plugins or {})
             probe = Probe()
             port = free_port()
-            config = parse_config(app_config(port, db or tmp_path / "zaphub.db", autoreply, extra))
+            config = parse_config(app_config(port, db or tmp_path / "zaphub.db", autoreply, extra, handoff))
             app = create_app(config, extra_plugins={"probe": probe, **extra})
             own = contextlib.AsyncExitStack()
             stack.push_async_callback(own.aclose)

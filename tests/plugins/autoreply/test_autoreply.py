@@ -203,19 +203,55 @@ async def test_automated_sends_do_not_count_as_an_agent(start_app: StartApp) -> 
     assert await zaphub.wait_replies(ANA, 3) == [GREETING, "Pesquisa: nota de 0 a 10?", PRICE]
 
 
-async def test_handoff_window_ends(start_app: StartApp) -> None:
-    zaphub = await start_app({**RULES, "cooldown_seconds": 0, "handoff_seconds": 1})
+async def test_the_bot_answers_again_after_the_agent_was_idle(start_app: StartApp) -> None:
+    zaphub = await start_app({**RULES, "cooldown_seconds": 0}, handoff={"return_to_bot_seconds": 1})
     first = await zaphub.text("oi", from_=ANA)
-    agent = await agent_send(zaphub, first.conversation_id, "Oi!")
+    await agent_send(zaphub, first.conversation_id, "Oi!")
     assert await zaphub.wait_replies(ANA, 2) == [GREETING, "Oi!"]
-    assert agent.received_at is not None
-    # One second after the agent's message the conversation is the bot's again.
-    await wait_for(
-        lambda: time.time() > agent.received_at.timestamp() + 1.05, what="the handoff window to pass"
-    )
+    conversation = await zaphub.host.storage.get_conversation(first.conversation_id)
+    assert conversation.mode == "human"  # the agent's reply took it over
 
+    async def mode() -> str:
+        current = await zaphub.host.storage.get_conversation(first.conversation_id)
+        return str(current.mode)
+
+    # A second without agent activity and the conversation is the bot's again.
+    await wait_for(lambda: _is(mode, "bot"), what="the conversation to return to the bot")
     await zaphub.text("qual o preço?", from_=ANA)
 
+    assert (await zaphub.wait_replies(ANA, 3))[-1] == PRICE
+
+
+async def _is(fetch: Any, expected: str) -> bool:
+    return bool(await fetch() == expected)
+
+
+async def test_an_explicit_takeover_silences_and_handing_back_lets_it_answer(start_app: StartApp) -> None:
+    zaphub = await start_app({**RULES, "cooldown_seconds": 0})
+    first = await zaphub.text("oi", from_=ANA)
+    assert await zaphub.wait_replies(ANA, 1) == [GREETING]
+
+    await zaphub.host.handoff.set_mode(first.conversation_id, "human")
+    await zaphub.text("qual o preço?", from_=ANA)
+    await zaphub.text("qual o preço?", from_=BIA)
+    assert await zaphub.wait_replies(BIA, 1) == [PRICE]
+    await zaphub.outbox_idle()
+    assert await zaphub.replies_to(ANA) == [GREETING]
+    assert zaphub.skipped("handoff") == 1
+
+    await zaphub.host.handoff.set_mode(first.conversation_id, "bot")
+    await zaphub.text("e o preço?", from_=ANA)
+    assert (await zaphub.wait_replies(ANA, 2))[-1] == PRICE
+
+
+async def test_without_takeover_on_reply_an_agent_reply_leaves_the_bot_on(start_app: StartApp) -> None:
+    zaphub = await start_app({**RULES, "cooldown_seconds": 0}, handoff={"agent_reply_takes_over": False})
+    first = await zaphub.text("oi", from_=ANA)
+    await agent_send(zaphub, first.conversation_id, "Oi!")
+    assert await zaphub.wait_replies(ANA, 2) == [GREETING, "Oi!"]
+    assert (await zaphub.host.storage.get_conversation(first.conversation_id)).mode == "bot"
+
+    await zaphub.text("qual o preço?", from_=ANA)
     assert (await zaphub.wait_replies(ANA, 3))[-1] == PRICE
 
 

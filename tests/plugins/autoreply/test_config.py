@@ -54,7 +54,6 @@ def test_empty_section_gives_documented_defaults() -> None:
 
     assert settings.enabled is True
     assert settings.cooldown_seconds == 600
-    assert settings.handoff_seconds == 1800
     assert settings.max_message_age_seconds == 3600
     assert settings.rules == []
     assert settings.away is None
@@ -270,7 +269,6 @@ def away(**fields: Any) -> dict[str, Any]:
         ),
         pytest.param({"greeting": ""}, None, ["greeting is empty"], id="empty-greeting"),
         pytest.param({"cooldown_seconds": -1}, "$.cooldown_seconds", [">= 0"], id="negative-cooldown"),
-        pytest.param({"handoff_seconds": -5}, "$.handoff_seconds", [">= 0"], id="negative-handoff"),
         pytest.param({"max_message_age_seconds": 0}, "$.max_message_age_seconds", [">= 1"], id="zero-age"),
         pytest.param({"bot_timeout_seconds": 0}, "$.bot_timeout_seconds", ["> 0"], id="zero-bot-timeout"),
         pytest.param({"enabeld": True}, None, ["unknown field `enabeld`"], id="typo"),

@@ -63,6 +63,7 @@ async def test_every_endpoint_needs_a_valid_bearer_token(z: Zaphub) -> None:
         ("POST", "/api/messages"),
         ("POST", "/api/conversations/1/read"),
         ("POST", "/api/conversations/1/typing"),
+        ("PATCH", "/api/conversations/1"),
     ]
     headers_and_reasons = [
         ({}, "missing bearer token"),
@@ -74,6 +75,7 @@ async def test_every_endpoint_needs_a_valid_bearer_token(z: Zaphub) -> None:
     for method, path in endpoints:
         for headers, reason in headers_and_reasons:
             json_body = {"type": "text", "body": "x"} if method == "POST" else None
+            json_body = {"mode": "human"} if method == "PATCH" else json_body
             response = await z.http.request(method, path, headers=headers, json=json_body)
             assert reason in error_of(response, 401, "unauthorized"), (method, path, headers)
 
@@ -496,7 +498,7 @@ async def test_openapi_declares_the_bearer_scheme_on_every_api_operation(z: Zaph
         if path.startswith("/api/")
         for method, operation in item.items()
     ]
-    assert len(api_operations) == 12
+    assert len(api_operations) == 13
     for path, method, operation in api_operations:
         assert operation["security"] == [{"bearerAuth": []}], (method, path)
         assert all(p["name"] != "Authorization" for p in operation.get("parameters", [])), (method, path)
