@@ -60,7 +60,7 @@ async def test_starting_a_conversation_creates_contact_and_conversation_and_send
     assert conversation["id"] == accepted["conversationId"]
     assert conversation["phone_number_id"] == PNID
     assert conversation["window_open"] is False  # nobody wrote yet: templates only
-    assert conversation["mode"] == "bot"
+    assert conversation["mode"] == "human"  # an agent wrote first: the agent owns it (handoff)
 
     async def sent() -> list[dict[str, Any]]:
         return await graph_requests(zb, lambda j: j.get("to", "").lstrip("+") == "5511987654321")
