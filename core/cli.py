@@ -25,7 +25,13 @@ from core import __version__, hookspecs
 from core.cli_types import Command
 from core.config import DEFAULT_CONFIG_NAME, Config, load_config, redact
 from core.errors import ConfigError, PluginError, ZaphubError
-from core.plugins import HookRunner, build_plugin_manager, installed_plugins, validate_plugin_settings
+from core.plugins import (
+    HookRunner,
+    build_plugin_manager,
+    check_plugin,
+    installed_plugins,
+    validate_plugin_settings,
+)
 from core.preflight import preflight
 
 __all__ = ["Command", "load_plugin_settings", "main"]
@@ -73,6 +79,12 @@ def _all_plugins_manager() -> tuple[pluggy.PluginManager, list[str]]:
             pm.register(ep.load(), name=name)
         except Exception as exc:
             broken.append(f"{name}: {exc.__class__.__name__}: {exc}")
+            continue
+        try:
+            check_plugin(pm, name)
+        except PluginError as exc:
+            pm.unregister(name=name)  # it would fail at `zaphub run` too: list it as broken
+            broken.append(f"{name}: {exc}")
     return pm, broken
 
 

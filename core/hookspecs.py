@@ -2,7 +2,9 @@
 
 Hooks are called with keyword arguments; an implementation may accept any subset of them.
 Any hook may be a plain function or a coroutine function: the host awaits whatever is awaitable
-(see :class:`core.plugins.HookRunner`). A hook that raises is isolated: logged with the
+(see :class:`core.plugins.HookRunner`, which calls each plugin through pluggy on its own, so
+pluggy's tracing sees every call; hook wrappers, ``wrapper=True`` or ``hookwrapper=True``, are
+refused when a plugin is loaded). A hook that raises is isolated: logged with the
 plugin's name and counted in ``zaphub_hook_errors_total``; the other plugins still run. The
 exceptions are the build-time hooks (``config_schema``, ``register_*``), whose failure stops
 startup with the plugin's name, because a half-configured host is worse than none.

@@ -232,3 +232,64 @@ def test_no_command_shows_the_help(tmp_path: Path) -> None:
     result = zaphub(cwd=tmp_path)
     assert result.returncode == 1
     assert "usage: zaphub" in result.stdout
+
+
+def install_fake_plugin(tmp_path: Path, name: str, source: str) -> dict[str, str]:
+    """A plugin module and its dist-info with a ``zaphub.plugins`` entry point; the env that finds it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / f"{name}.py").write_text(source, encoding="utf-8")
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[zaphub.plugins]\n{name} = {name}\n", encoding="utf-8")
+    return clean_env(PYTHONPATH=str(site))
+
+
+def test_a_plugin_with_a_hook_wrapper_is_refused_by_check_and_listed_as_broken(tmp_path: Path) -> None:
+    env = install_fake_plugin(
+        tmp_path,
+        "wrapping_bot",
+        "from core import hookimpl\n\n"
+        "@hookimpl(wrapper=True)\n"
+        "def reply_for_message():\n"
+        "    return (yield)\n",
+    )
+    path = config_file(tmp_path, {"wrapping_bot": {}})
+    checked = zaphub("check", "--config", str(path), cwd=tmp_path, env=env)
+    assert checked.returncode != 0
+    assert (
+        "plugin 'wrapping_bot': hook reply_for_message: @hookimpl(wrapper=True) is not supported"
+        in checked.stderr
+    )
+    listed = zaphub("plugins", "--config", str(path), cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "broken: wrapping_bot: plugin 'wrapping_bot': hook reply_for_message" in listed.stdout
+
+
+def test_hook_register_commands(tmp_path: Path) -> None:
+    """An installed plugin's command runs as ``zaphub NAME`` (enabled or not), listed in ``--help``."""
+    env = install_fake_plugin(
+        tmp_path,
+        "greeter",
+        "from core import hookimpl\n"
+        "from core.cli_types import Command\n\n"
+        "def configure(parser):\n"
+        "    parser.add_argument('--name', required=True)\n\n"
+        "def run(args):\n"
+        "    print(f'Olá, {args.name}! (config: {args.config})')\n"
+        "    return 3\n\n"
+        "@hookimpl\n"
+        "def register_commands():\n"
+        "    return [Command(name='greet', help='say hello to someone', configure=configure, run=run)]\n",
+    )
+    helped = zaphub("--help", cwd=tmp_path, env=env)
+    assert helped.returncode == 0, helped.stderr
+    assert "greet" in helped.stdout
+    assert "say hello to someone" in helped.stdout
+    greeted = zaphub("greet", "--name", "Ana", "--config", "x.yaml", cwd=tmp_path, env=env)
+    assert greeted.returncode == 3  # the command's exit code
+    assert greeted.stdout.strip() == "Olá, Ana! (config: x.yaml)"
+    missing = zaphub("greet", cwd=tmp_path, env=env)
+    assert missing.returncode == 2
+    assert "--name" in missing.stderr

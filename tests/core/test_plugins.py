@@ -38,6 +38,9 @@ MESSAGE = Message(
     status="received",
 )
 
+# Every argument of on_message_received / reply_for_message but `settings` (the runner adds it).
+RECEIVED: dict[str, Any] = {"host": None, "message": MESSAGE, "conversation": CONVERSATION, "contact": None}
+
 
 class Named(msgspec.Struct, forbid_unknown_fields=True):
     name: str = "default"
@@ -152,7 +155,8 @@ def test_a_failing_config_schema_stops_startup_with_the_plugin_name() -> None:
         def config_schema(self) -> type[msgspec.Struct]:
             raise RuntimeError("schema module missing")
 
-    with pytest.raises(PluginError, match=r"plugin 'broken': config_schema failed: schema module missing"):
+    expected = r"plugin 'broken': config_schema failed: RuntimeError: schema module missing"
+    with pytest.raises(PluginError, match=expected):
         runner({"broken": Broken()})
 
 
@@ -226,8 +230,8 @@ async def test_a_failing_implementation_is_isolated_logged_and_counted(
     quiet, sync = QuietPlugin(), SyncPlugin()
     hooks, metrics = runner({"quiet": quiet, "broken": BrokenPlugin(), "sync": sync})
     with caplog.at_level(logging.ERROR, logger="zaphub.plugins"):
-        results = await hooks.call("on_message_received", message=MESSAGE)
-        await hooks.call("on_message_received", message=MESSAGE)
+        results = await hooks.call("on_message_received", **RECEIVED)
+        await hooks.call("on_message_received", **RECEIVED)
     assert results == ["sync:default"]
     assert quiet.bodies == ["Oi", "Oi"]
     assert len(sync.seen) == 2
@@ -249,7 +253,7 @@ async def test_an_api_error_in_an_event_hook_is_isolated_too() -> None:
 
     quiet = QuietPlugin()
     hooks, metrics = runner({"quiet": quiet, "refuses": Refuses()})
-    await hooks.call("on_message_received", message=MESSAGE)
+    await hooks.call("on_message_received", **RECEIVED)
     assert quiet.bodies == ["Oi"]
     assert hook_errors(metrics, "refuses", "on_message_received") == 1
 
@@ -332,7 +336,7 @@ class CrashingBot:
 async def test_first_awaits_async_implementations_and_skips_none() -> None:
     undecided, answering, never = FirstBot(None), Bot(Reply(text="Seu pedido está a caminho!")), Bot(None)
     hooks, _ = runner({"never": never, "answering": answering, "undecided": undecided})
-    reply = await hooks.first("reply_for_message", message=MESSAGE)
+    reply = await hooks.first("reply_for_message", **RECEIVED)
     assert reply == Reply(text="Seu pedido está a caminho!")
     assert undecided.asked == 1  # its coroutine resolved to None, so the next plugin was asked
     assert answering.asked == 1
@@ -341,10 +345,10 @@ async def test_first_awaits_async_implementations_and_skips_none() -> None:
 
 async def test_first_isolates_a_failing_implementation_and_returns_none_when_nobody_answers() -> None:
     hooks, metrics = runner({"crashing": CrashingBot(), "silent": Bot(None)})
-    assert await hooks.first("reply_for_message", message=MESSAGE) is None
+    assert await hooks.first("reply_for_message", **RECEIVED) is None
     assert hook_errors(metrics, "crashing", "reply_for_message") == 1
     hooks, _ = runner({"crashing": CrashingBot(), "bot": Bot(Reply(text="ok"))})
-    assert await hooks.first("reply_for_message", message=MESSAGE) == Reply(text="ok")
+    assert await hooks.first("reply_for_message", **RECEIVED) == Reply(text="ok")
 
 
 async def test_media_for_message_is_answered_by_the_plugin_that_knows_the_media() -> None:
@@ -447,6 +451,128 @@ async def test_before_send_isolates_crashes_and_wrong_return_types() -> None:
     assert result.body == "Olá [a]"
     assert hook_errors(metrics, "crashing", "on_before_send") == 1
     assert hook_errors(metrics, "sloppy", "on_before_send") == 1
+
+
+# -- through pluggy: tracing sees every call; what the runner cannot honour is refused at load ----
+
+
+def monitor(hooks: HookRunner) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """Record what pluggy's own monitoring sees: hook name, plugins called, arguments."""
+    seen: list[tuple[str, list[str], dict[str, Any]]] = []
+
+    def before(hook_name: str, impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+        seen.append((hook_name, [impl.plugin_name for impl in impls], dict(kwargs)))
+
+    def after(*_: Any) -> None:
+        pass
+
+    hooks.pm.add_hookcall_monitoring(before, after)
+    return seen
+
+
+async def test_pluggy_monitoring_sees_every_call_with_each_plugins_settings() -> None:
+    sync, asynchronous = SyncPlugin(), AsyncPlugin()
+    hooks, _ = runner({"sync": sync, "async": asynchronous}, {"sync": {"name": "S"}, "async": {"name": "A"}})
+    seen = monitor(hooks)
+    assert sorted(await hooks.call("on_message_received", **RECEIVED)) == ["async:A", "sync:S"]
+    # One pluggy call per plugin, in pluggy's order (last registered first), each with its settings.
+    assert [(name, plugins, kwargs["settings"]) for name, plugins, kwargs in seen] == [
+        ("on_message_received", ["async"], Named(name="A")),
+        ("on_message_received", ["sync"], Named(name="S")),
+    ]
+    assert all(kwargs["message"] is MESSAGE for _, _, kwargs in seen)
+
+    seen.clear()
+    hooks, _ = runner({"never": Bot(None), "answering": Bot(Reply(text="ok")), "first": FirstBot(None)})
+    seen = monitor(hooks)
+    assert await hooks.first("reply_for_message", **RECEIVED) == Reply(text="ok")
+    assert [plugins for _, plugins, _ in seen] == [["first"], ["answering"]]  # tryfirst, then LIFO; stops
+
+    hooks, _ = runner({"a": Appender("[a]"), "optout": Vetoer()})
+    seen = monitor(hooks)
+    with pytest.raises(SendVetoed):
+        await hooks.before_send(OUTGOING, host=None, conversation=CONVERSATION)
+    assert [(name, plugins) for name, plugins, _ in seen] == [("on_before_send", ["optout"])]
+
+
+async def test_pluggy_tracing_writes_each_hook_call() -> None:
+    quiet = QuietPlugin()
+    hooks, _ = runner({"quiet": quiet})
+    lines: list[str] = []
+    hooks.pm.trace.root.setwriter(lines.append)
+    undo = hooks.pm.enable_tracing()
+    try:
+        await hooks.call("on_message_received", **RECEIVED)
+        await hooks.call_strict("on_startup", host=None)
+        hooks.collect("register_routes", host=None)
+    finally:
+        undo()
+    assert quiet.bodies == ["Oi"]
+    text = "".join(lines)
+    assert "on_message_received [hook]" in text
+    assert "finish on_message_received -->" in text
+    # Hooks nobody implements are not called at all: nothing to trace.
+    assert "on_startup" not in text
+    assert "register_routes" not in text
+
+
+@pytest.mark.parametrize("kind", ["wrapper", "hookwrapper"])
+def test_a_hook_wrapper_is_refused_at_load_naming_the_plugin_and_the_hook(kind: str) -> None:
+    """Before: a wrapper's generator came back from reply_for_message as the bot's reply."""
+
+    class WrappingBot:
+        @hookimpl(**{kind: True})
+        def reply_for_message(self) -> Any:
+            result = yield
+            return result
+
+    config = parse_config({"plugins": {"wrapping": {}}})
+    with pytest.raises(PluginError) as err:
+        build_plugin_manager(config, extra_plugins={"wrapping": WrappingBot()})
+    assert err.value.plugin == "wrapping"
+    message = str(err.value)
+    assert f"hook reply_for_message: @hookimpl({kind}=True) is not supported" in message
+    assert "tryfirst=True" in message  # what to do instead
+    with pytest.raises(PluginError, match="is not supported"):
+        create_app(config, extra_plugins={"wrapping": WrappingBot()})
+
+
+def test_a_hook_implemented_twice_by_one_plugin_is_refused_at_load() -> None:
+    class Twice:
+        @hookimpl
+        def on_message_received(self) -> None:
+            raise AssertionError("never called")
+
+        @hookimpl(specname="on_message_received")
+        def also_received(self) -> None:
+            raise AssertionError("never called")
+
+    with pytest.raises(PluginError) as err:
+        build_plugin_manager(parse_config({"plugins": {"twice": {}}}), extra_plugins={"twice": Twice()})
+    assert err.value.plugin == "twice"
+    assert "hook on_message_received is implemented 2 times (also_received, on_message_received)" in str(
+        err.value
+    )
+
+
+def test_an_unhashable_plugin_object_is_refused_at_load_with_the_fix() -> None:
+    class Unhashable(QuietPlugin):
+        __hash__ = None  # type: ignore[assignment]  # what @dataclass (eq=True) does
+
+    with pytest.raises(PluginError) as err:
+        build_plugin_manager(parse_config({"plugins": {"odd": {}}}), extra_plugins={"odd": Unhashable()})
+    assert err.value.plugin == "odd"
+    assert "unhashable" in str(err.value)
+    assert "eq=False" in str(err.value)
+
+
+async def test_a_call_missing_an_argument_is_the_hosts_error_not_a_plugin_failure() -> None:
+    quiet = QuietPlugin()
+    hooks, metrics = runner({"quiet": quiet})
+    with pytest.raises(TypeError, match="hook on_message_received called without conversation, contact"):
+        await hooks.call("on_message_received", host=None, message=MESSAGE)
+    assert quiet.bodies == []
+    assert hook_errors(metrics, "quiet", "on_message_received") is None
 
 
 # -- through a running app -----------------------------------------------------------------------

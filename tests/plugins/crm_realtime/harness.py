@@ -136,13 +136,19 @@ async def zaphub(
     *,
     crm: dict[str, Any] | None = None,
     extra_plugins: dict[str, Any] | None = None,
+    plugins: dict[str, Any] | None = None,
     **top: Any,
 ) -> AsyncIterator[Zaphub]:
-    """Run zaphub in this event loop on a free port (the sandbox must know the port up front)."""
+    """Run zaphub in this event loop on a free port (the sandbox must know the port up front).
+
+    ``extra_plugins`` (objects, enabled with an empty section) and ``plugins`` (more sections, e.g.
+    ``{"autoreply": {...}}``) come after ``whatsapp`` and ``crm_realtime``, so their hooks run first.
+    """
     port = free_port()
     data = crm_config(storage_url, port, crm=crm, **top)
     if extra_plugins:
         data["plugins"].update({name: {} for name in extra_plugins})
+    data["plugins"].update(plugins or {})
     app = create_app(parse_config(data), extra_plugins=extra_plugins)
     settings = msgspec.convert(data["plugins"]["crm_realtime"], CrmRealtimeSettings)
     async with (
