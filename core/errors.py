@@ -10,14 +10,18 @@ ZaphubError
 │   ├── UnauthorizedError      401 unauthorized
 │   ├── ForbiddenError         403 forbidden
 │   ├── ConflictError          409 conflict
-│   └── WindowClosedError      422 window_closed (a send policy refused the type for now)
-├── SendVetoed         a plugin's ``on_before_send`` refused the message (422 send_vetoed)
+│   ├── WindowClosedError      422 window_closed (a send policy refused the type for now)
+│   └── SendVetoed             422 send_vetoed (a plugin's ``on_before_send`` refused the message)
 ├── StorageError       the database failed (unreachable, disk full, refused a value); REST: 503
-└── UpstreamError      Meta / Graph failed: HTTP status, Meta code/subcode/fbtrace_id, retryable?
+├── UpstreamError      Meta / Graph failed: HTTP status, Meta code/subcode/fbtrace_id, retryable?
+└── WebhookPayloadError  in plugins.whatsapp.models: the webhook body is not JSON (answered 400)
 ```
 
 Third-party exception types (httpx, SQLAlchemy, msgspec) never escape a plugin: each edge catches
 them and raises one of these with ``from exc``. Whoever handles an error logs it, once.
+
+The drawing is the real class tree of every ``ZaphubError`` subclass in ``core`` and ``plugins``
+(tests/core/test_errors.py walks it); a new error class goes into the drawing too.
 """
 
 from __future__ import annotations

@@ -117,9 +117,9 @@ def register_channels(host: Host, settings: WhatsAppSettings) -> list[Channel]:
 @hookimpl
 def register_commands() -> list[Command]:
     """``zaphub sandbox`` and ``zaphub simulate``."""
-    from plugins.whatsapp.simulate import sandbox_command, simulate_command
+    from plugins.whatsapp.cli import commands
 
-    return [sandbox_command(), simulate_command()]
+    return commands()
 
 
 @hookimpl
@@ -195,8 +195,8 @@ async def media_for_message(host: Host, message: Message) -> MediaStream | None:
         ) from exc
 
     async def chunks() -> AsyncIterator[bytes]:
-        async with client.stream_media(info.url) as stream:
-            async for chunk in stream.aiter_bytes(64 * 1024):
+        async with client.stream_media(info.url) as download:
+            async for chunk in download.aiter_bytes(64 * 1024):
                 yield chunk
 
     return MediaStream(

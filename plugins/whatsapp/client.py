@@ -40,8 +40,8 @@ __all__ = [
     "PERMANENT_CODES",
     "RETRYABLE_CODES",
     "GraphClient",
+    "MediaDownload",
     "MediaInfo",
-    "MediaStream",
     "SendResult",
     "backoff_delay",
     "is_auth_error",
@@ -307,7 +307,7 @@ def _sha256_matches(expected: str, data: bytes) -> bool | None:
     return None
 
 
-class MediaStream:
+class MediaDownload:
     """A media download in progress, as :meth:`GraphClient.stream_media` yields it.
 
     Attributes:
@@ -476,7 +476,7 @@ class GraphClient:
         return await self._call("media_info", "GET", self._url(media_id), _media_decoder, params=params)
 
     @contextlib.asynccontextmanager
-    async def stream_media(self, url: str) -> AsyncIterator[MediaStream]:
+    async def stream_media(self, url: str) -> AsyncIterator[MediaDownload]:
         """Open a download URL from :meth:`media_info` and stream its bytes.
 
         The bearer token goes with the download and with every redirect it follows (httpx
@@ -493,7 +493,7 @@ class GraphClient:
         """
         response = await self._open_media(url)
         try:
-            yield MediaStream(response, self)
+            yield MediaDownload(response, self)
         finally:
             with contextlib.suppress(httpx.HTTPError):  # closing cannot fail in a way worth reporting
                 await response.aclose()
