@@ -22,10 +22,11 @@ from litestar.testing import AsyncTestClient
 
 from core import hookimpl
 from core.app import create_app
-from core.config import parse_config
+from core.config import Config, ConfigFinding, parse_config
 from core.errors import ConfigError, PluginError
 from core.host import Host, MediaStream, ReadinessCheck
 from core.models import Contact, Conversation, Message, OutgoingMessage, Reply, StatusChange, Veto
+from core.preflight import preflight
 from plugins.whatsapp import webhook_builders as wb
 from plugins.whatsapp.sandbox import media_content
 from tests.helpers import wait_for
@@ -92,6 +93,44 @@ def test_hook_config_schema(tmp_path: Path) -> None:
     assert "unknown key" in str(err.value)
     with pytest.raises(ConfigError, match="greeting"):
         build({})
+
+
+class Keys(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    api_key: str = ""
+
+
+async def test_hook_check_settings(tmp_path: Path) -> None:
+    """Findings on the plugin's own settings: unsafe ones stop ``check``/``run``; all show on ``/ready``."""
+
+    class Keyed:
+        def __init__(self) -> None:
+            self.seen: list[tuple[Any, str]] = []
+
+        @hookimpl
+        def config_schema(self) -> type[msgspec.Struct]:
+            return Keys
+
+        @hookimpl
+        def check_settings(self, settings: Keys, config: Config) -> list[ConfigFinding]:
+            self.seen.append((settings, config.source))
+            if settings.api_key:
+                return []
+            return [ConfigFinding(path="plugins.keyed.api_key", message="is empty: set KEYED_API_KEY")]
+
+    def config(section: dict[str, Any]) -> Config:
+        data = {"storage": {"url": sqlite(tmp_path)}, "plugins": {"keyed": section}}
+        return parse_config(data, source="config.yaml", env={})
+
+    plugin = Keyed()
+    with pytest.raises(ConfigError) as err:
+        preflight(config({}), extra_plugins={"keyed": plugin})
+    assert str(err.value).endswith("\n  plugins.keyed.api_key: is empty: set KEYED_API_KEY")
+    assert plugin.seen == [(Keys(), "config.yaml")]
+    assert preflight(config({"api_key": "k"}), extra_plugins={"keyed": plugin}).warnings == []
+    app = create_app(config({}), extra_plugins={"keyed": Keyed()})
+    async with AsyncTestClient(app) as client:
+        warnings = (await client.get("/ready")).json()["warnings"]
+    assert warnings == ["plugins.keyed.api_key: is empty: set KEYED_API_KEY"]
 
 
 class Items(Controller):
