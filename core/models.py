@@ -164,6 +164,9 @@ class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
     media_id: str | None = None
     media_mime_type: str | None = None
     context_wamid: str | None = None
+    error_code: int | None = None
+    """Why Meta could not deliver the content (``unsupported`` with ``errors``, e.g. 131051), if so."""
+    error_title: str | None = None
 
 
 class InboundStatus(msgspec.Struct, frozen=True, kw_only=True):

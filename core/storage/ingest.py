@@ -165,8 +165,8 @@ class IngestMixin(StatusMixin):
                     "context_wamid": msg.context_wamid,
                     "content": None,
                     "raw": msg.raw,
-                    "error_code": None,
-                    "error_title": None,
+                    "error_code": msg.error_code,
+                    "error_title": msg.error_title,
                 }
             )
         inserted = await conn.execute(

@@ -102,6 +102,8 @@ class EventMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     media: MediaRef | None = None
     automated: bool = False
     wamid: str | None = None
+    error: StatusError | None = None
+    """Inbound content Meta could not deliver (``unsupported``): Meta's code and title."""
 
 
 class EventContact(msgspec.Struct, frozen=True):
@@ -170,6 +172,9 @@ def _event_message(message: Message, public_url: str) -> EventMessage:
         media=media,
         automated=message.automated,
         wamid=message.wamid,
+        error=StatusError(message.error_code, message.error_title)
+        if message.is_inbound and message.error_code is not None
+        else None,
     )
 
 
@@ -493,7 +498,8 @@ def _api_message_fields(message: Message, public_url: str) -> dict[str, Any]:
     if message.media_id is not None and message.is_inbound:
         media = MediaRef(media_url(public_url, message.id), message.media_mime_type)
     error = None
-    if message.status == "failed":
+    if message.status == "failed" or (message.is_inbound and message.error_code is not None):
+        # A failed send, or content Meta could not deliver to us (an ``unsupported`` message).
         error = StatusError(message.error_code, message.error_title)
     return {
         "id": message.id,

@@ -641,6 +641,8 @@ def to_inbound_message(
     if msg.type in MEDIA_TYPES:
         media = getattr(msg, msg.type)
     name = contact.profile.name if contact is not None and contact.profile is not None else None
+    # What Meta could not deliver (``unsupported``, error 131000…) says why in ``errors[]``.
+    err = msg.errors[0] if msg.errors else None
     return InboundMessage(
         phone_number_id=phone_number_id,
         wamid=msg.id,
@@ -653,6 +655,8 @@ def to_inbound_message(
         media_id=media.id if media is not None else None,
         media_mime_type=media.mime_type if media is not None else None,
         context_wamid=msg.context.id if msg.context is not None else None,
+        error_code=err.code if err is not None else None,
+        error_title=(err.title or err.message) if err is not None else None,
     )
 
 

@@ -266,3 +266,32 @@ async def test_a_name_change_is_found_under_the_new_name(z: Zaphub) -> None:
     assert [c["name"] for c in found] == ["José Araújo"]
     gone = (await z.http.get("/api/contacts", params={"q": "zé"}, headers=z.auth())).json()["contacts"]
     assert gone == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Content Meta could not deliver
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_a_message_meta_could_not_deliver_carries_its_error(zb: Zaphub) -> None:
+    client = await zb.connect()
+    await zb.webhook(
+        [wb.unsupported("poll_creation", code=131051, from_="5511911112222")],
+        contacts=[wb.contact("5511911112222", "Pri")],
+    )
+    await zb.webhook(
+        [wb.text("normal", from_="5511911112222")], contacts=[wb.contact("5511911112222", "Pri")]
+    )
+    event = await client.wait("whatsapp:message", lambda e: e["message"]["type"] == "unsupported")
+    assert event["message"]["error"]["code"] == 131051
+    assert event["message"]["error"]["title"]
+    normal = await client.wait("whatsapp:message", lambda e: e["message"]["type"] == "text")
+    assert "error" not in normal["message"]
+
+    messages = (
+        await zb.http.get(f"/api/conversations/{event['conversationId']}/messages", headers=zb.auth())
+    ).json()["messages"]
+    assert [(m["type"], m["error"]) for m in messages] == [
+        ("unsupported", {"code": 131051, "title": event["message"]["error"]["title"]}),
+        ("text", None),
+    ]
