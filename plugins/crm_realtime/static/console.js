@@ -1158,6 +1158,11 @@
     bubble.querySelector('.body')?.append(meta);
     node.append(bubble);
 
+    if (!out && msg.error && (msg.error.title || msg.error.code)) {
+      // Content the customer sent that WhatsApp could not deliver to us (e.g. 131051, unsupported).
+      const why = [msg.error.title, msg.error.code ? `(${msg.error.code})` : ''].filter(Boolean).join(' ');
+      node.append(h('div', { class: 'fail', 'data-testid': 'failure' }, `WhatsApp could not deliver this message: ${why}`));
+    }
     if (msg.status === 'failed') {
       const why = msg.error ? [msg.error.title, msg.error.code ? `(${msg.error.code})` : ''].filter(Boolean).join(' ') : 'WhatsApp could not deliver it';
       const fail = h('div', { class: 'fail', 'data-testid': 'failure' }, `Not delivered: ${why}`);
