@@ -133,6 +133,8 @@ class IngestBatcher:
     async def _publish(self, result: IngestResult) -> None:
         metrics = self.host.metrics
         now = utcnow()
+        if result.set_aside:
+            metrics.set_aside.inc(result.set_aside)
         if result.duplicate_messages:
             metrics.duplicates.labels(kind="message").inc(result.duplicate_messages)
         if result.duplicate_statuses:

@@ -58,6 +58,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.set_aside = Counter(
+            "zaphub_inbound_set_aside",
+            "Inbound messages/statuses the database cannot hold (an id over its column), logged, not stored.",
+            registry=r,
+        )
         self.statuses = Counter(
             "zaphub_statuses",
             "Status webhooks by outcome: applied, stale, pending (message not known yet).",

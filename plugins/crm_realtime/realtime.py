@@ -39,6 +39,7 @@ import socketio
 from prometheus_client import Counter, Gauge
 
 from core.config import redact_url
+from core.errors import StorageError
 from core.logs import Throttle
 from core.models import Contact, Conversation, Message, StatusChange
 from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden_message
@@ -616,6 +617,8 @@ class Realtime:
                     found = await storage.get_conversation(ident)
                 else:
                     found = await storage.get_message(ident)
+        except StorageError:  # REST answers 503 storage_unavailable; the ack says the same
+            return {"ok": False, "error": "storage_unavailable: the database is unavailable; retry later"}
         finally:
             if self._joins_in_flight[sid] <= 1:  # a missing sid (disconnected meanwhile) reads 0
                 self._joins_in_flight.pop(sid, None)

@@ -87,7 +87,10 @@ async def test_postgres_gone_gives_503_storage_unavailable_and_ready_says_so(
     async with zaphub(url) as z:
         await z.inbound("hi")
         assert (await z.http.get("/api/conversations", headers=z.auth())).status_code == 200
+        client = await z.connect()
         await _pg_exec(pg_admin_url(), f'DROP DATABASE "{name}" WITH (FORCE)')
+        ack = await client.call("join_conversation", {"conversationId": 1})
+        assert ack == {"ok": False, "error": "storage_unavailable: the database is unavailable; retry later"}
         for _ in range(3):
             r = await z.http.get("/api/conversations", headers=z.auth())
             assert r.status_code == 503, r.text

@@ -218,6 +218,8 @@ async def test_an_id_over_its_column_sets_that_message_aside_not_its_neighbours(
     assert r.status_code == 200, r.text
     assert await wamids(client) == {"wamid.good"}
     assert "set aside" in caplog.text and "wamid is 300 characters" in caplog.text
+    metrics = (await client.get("/metrics")).text
+    assert "zaphub_inbound_set_aside_total 1.0" in metrics
 
 
 async def test_error_codes_and_callback_ids_beyond_the_columns_are_stored(client: Client) -> None:
