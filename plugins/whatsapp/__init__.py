@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import msgspec
+from redis.asyncio import Redis
 
 from core import hookimpl
 from core.cli_types import Command
@@ -149,7 +150,14 @@ async def on_startup(host: Host, settings: WhatsAppSettings) -> None:
         timeout=httpx.Timeout(connect=5.0, read=settings.request_timeout_seconds, write=20.0, pool=5.0),
     )
     host.stash[GRAPH] = client
-    worker = OutboxWorker(host, settings, client)
+    # With redis.url, processes share their send pacing there (short timeouts: a hung Redis
+    # degrades pacing to per-process, it must not stall sends).
+    redis = (
+        Redis.from_url(host.config.redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        if host.config.redis.url
+        else None
+    )
+    worker = OutboxWorker(host, settings, client, redis=redis)
     host.stash[WORKER] = worker
     host.spawn(worker.run(), name="whatsapp-outbox")
 
@@ -163,6 +171,8 @@ async def on_shutdown(host: Host) -> None:
     client = host.stash.get(GRAPH)
     if client is not None:
         await client.aclose()
+    if worker is not None and worker.redis is not None:
+        await worker.redis.aclose()
     sandbox = host.stash.get(SANDBOX)
     if sandbox is not None:
         await sandbox.stop()

@@ -55,7 +55,8 @@ class WhatsAppSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     webhook_max_bytes: int = msgspec.field(default=4 * 1024 * 1024)
     """Largest webhook body accepted (413 above); Meta sends at most 3 MB."""
     messages_per_second: float = 80.0
-    """Send pacing per business number (Meta's default throughput is 80 messages/s)."""
+    """Send pacing per business number (Meta's default throughput is 80 messages/s); with
+    ``redis.url``, shared by all processes."""
     pair_interval_seconds: float = 6.0
     """Spacing of messages to one recipient (Meta's pair rate limit: about one per 6 s)."""
     pair_burst: int = 10

@@ -30,6 +30,9 @@ import logging
 import time
 from datetime import datetime, timedelta
 
+from redis.asyncio import Redis
+
+from core.config import redact_url
 from core.errors import UpstreamError, ValidationFailed
 from core.host import Host
 from core.models import utcnow
@@ -38,7 +41,7 @@ from plugins.whatsapp.client import GraphClient, backoff_delay, is_auth_error
 from plugins.whatsapp.config import WhatsAppSettings
 from plugins.whatsapp.models import callback_data
 from plugins.whatsapp.outbound import build_send_body
-from plugins.whatsapp.pacing import Pacer
+from plugins.whatsapp.pacing import Pacer, SharedPacer
 
 __all__ = ["OutboxWorker"]
 
@@ -56,6 +59,7 @@ class OutboxWorker:
         *,
         batch_size: int = 50,
         poll_seconds: float = 1.0,
+        redis: Redis | None = None,
     ) -> None:
         self.host = host
         self.settings = settings
@@ -65,6 +69,19 @@ class OutboxWorker:
             pair_interval=settings.pair_interval_seconds,
             pair_burst=settings.pair_burst,
         )
+        self.redis = redis
+        self.shared_pacer: SharedPacer | None = None
+        """With ``redis.url``: the pacing budget shared by every process (``self.pacer`` is its fallback)."""
+        if redis is not None:
+            self.shared_pacer = SharedPacer(
+                redis,
+                fallback=self.pacer,
+                registry=host.metrics.registry,
+                describe=redact_url(host.config.redis.url or ""),
+                rate=settings.messages_per_second,
+                pair_interval=settings.pair_interval_seconds,
+                pair_burst=settings.pair_burst,
+            )
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.lease_seconds = settings.request_timeout_seconds * 2 + 10
@@ -115,7 +132,10 @@ class OutboxWorker:
     async def _deliver(self, item: OutboxItem) -> None:
         storage = self.host.storage
         message = item.message
-        wait = self.pacer.try_acquire(message.phone_number_id, item.recipient)
+        if self.shared_pacer is not None:
+            wait = await self.shared_pacer.try_acquire(message.phone_number_id, item.recipient)
+        else:
+            wait = self.pacer.try_acquire(message.phone_number_id, item.recipient)
         if wait > 0:
             await storage.outbox_defer(item.id, delay=wait, attempt=False)
             return

@@ -6,8 +6,6 @@ with its statuses in A's rooms. This is the deployment of docs/operations.md beh
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +16,17 @@ import redis.asyncio as aioredis
 from core.config import convert_section
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.whatsapp import webhook_builders as wb
-from tests.helpers import ZaphubProcess, free_port, wait_for, write_config
-from tests.plugins.crm_realtime.harness import APP_SECRET, CrmClient, NodeClient, crm_config, issue_token
+from tests.helpers import wait_for
+from tests.plugins.crm_realtime.harness import (
+    APP_SECRET,
+    CrmClient,
+    NodeClient,
+    crm_config,
+    issue_token,
+    two_processes,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
-
-
-@contextlib.contextmanager
-def two_processes(
-    tmp_path: Path, postgres_url: str, redis_url: str, channel: str
-) -> Iterator[list[ZaphubProcess]]:
-    procs = []
-    try:
-        for name in ("a", "b"):
-            port = free_port()
-            data = crm_config(postgres_url, port, redis={"url": redis_url, "channel": channel})
-            data["plugins"]["crm_realtime"]["transports"] = ["websocket"]  # no sticky sessions needed
-            config = write_config(tmp_path / f"{name}.yaml", data)
-            procs.append(ZaphubProcess(config, port=port).start())
-        for proc in procs:
-            proc.wait_ready()
-        yield procs
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 async def subscribers(redis_url: str, channel: str) -> int:

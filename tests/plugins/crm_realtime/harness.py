@@ -12,7 +12,8 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from plugins.crm_realtime.auth import issue_token
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.crm_realtime.testing import SocketClient
 from plugins.whatsapp import webhook_builders as wb
-from tests.helpers import REPO, SANDBOX_HEADERS, SANDBOX_TOKEN, free_port, serve
+from tests.helpers import REPO, SANDBOX_HEADERS, SANDBOX_TOKEN, ZaphubProcess, free_port, serve, write_config
 
 JWT_SECRET = "crm-test-jwt-secret-0123456789abcdef"
 APP_SECRET = "crm-test-app-secret-0123456789abcdef"
@@ -55,6 +56,28 @@ def crm_config(
             "crm_realtime": {"jwt_secret": JWT_SECRET, **(crm or {})},
         },
     }
+
+
+@contextlib.contextmanager
+def two_processes(
+    tmp_path: Path, postgres_url: str, redis_url: str, channel: str, **whatsapp: Any
+) -> Iterator[list[ZaphubProcess]]:
+    """Two real ``zaphub run`` on one PostgreSQL and one Redis (websocket only: no sticky sessions)."""
+    procs = []
+    try:
+        for name in ("a", "b"):
+            port = free_port()
+            data = crm_config(postgres_url, port, redis={"url": redis_url, "channel": channel})
+            data["plugins"]["crm_realtime"]["transports"] = ["websocket"]
+            data["plugins"]["whatsapp"].update(whatsapp)
+            config = write_config(tmp_path / f"{name}.yaml", data)
+            procs.append(ZaphubProcess(config, port=port).start())
+        for proc in procs:
+            proc.wait_ready()
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 class Zaphub:

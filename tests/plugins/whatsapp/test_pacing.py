@@ -1,10 +1,20 @@
-"""Pacer: per-number throughput and per-recipient pair limits, with a fake clock."""
+"""Pacer: per-number throughput and per-recipient pair limits (fake clock), and shared through Redis."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import logging
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
 
-from plugins.whatsapp.pacing import Pacer
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from plugins.whatsapp.pacing import Pacer, SharedPacer
+from tests.helpers import free_port, wait_for
 
 PNID = "100000000000001"
 OTHER_PNID = "100000000000002"
@@ -138,3 +148,87 @@ def test_refused_calls_leave_no_state(clock: FakeClock) -> None:
 def test_nonsense_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         Pacer(**kwargs)  # type: ignore[arg-type]
+
+
+# --- shared through Redis -------------------------------------------------------------------------
+
+
+def _shared(
+    redis_url: str, prefix: str, registry: CollectorRegistry | None = None, **kwargs: Any
+) -> tuple[SharedPacer, Redis]:
+    client = Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    options = {"rate": 5.0, "pair_interval": 60.0, "pair_burst": 2, **kwargs}
+    fallback_options = {k: v for k, v in options.items() if k != "recheck_seconds"}
+    pacer = SharedPacer(
+        client,
+        fallback=Pacer(**fallback_options),
+        registry=registry or CollectorRegistry(),
+        describe="redis://test",
+        prefix=prefix,
+        **options,
+    )
+    return pacer, client
+
+
+@pytest.mark.redis
+async def test_processes_sharing_redis_draw_from_one_budget(redis_test_url: str) -> None:
+    prefix = f"zaphub-test-pacing-{uuid.uuid4().hex[:8]}:"
+    a, client_a = _shared(redis_test_url, prefix)
+    b, client_b = _shared(redis_test_url, prefix)
+    try:
+        # Per number: a burst of 5 in all, whichever process asks (each alone would allow 5).
+        taken = [await (a if i % 2 else b).try_acquire(PNID, f"55119999{i:05d}") for i in range(5)]
+        assert taken == [0.0] * 5
+        assert 0 < await a.try_acquire(PNID, "5511888880000") <= 0.2 + 1e-6
+        assert 0 < await b.try_acquire(PNID, "5511888880001") <= 0.2 + 1e-6
+        # Another number has its own budget.
+        assert await b.try_acquire(OTHER_PNID, ANA) == 0.0
+        # Per pair: 2 back-to-back to Ana in all, then one a minute.
+        assert await a.try_acquire(OTHER_PNID, BRUNO) == 0.0
+        assert await b.try_acquire(OTHER_PNID, BRUNO) == 0.0
+        assert await a.try_acquire(OTHER_PNID, BRUNO) > 1.0
+        assert a.shared and b.shared
+    finally:
+        await client_a.aclose()
+        await client_b.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_down_paces_locally_logged_once_per_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    registry = CollectorRegistry()
+    pacer, client = _shared(url, "zaphub-test:", registry, recheck_seconds=0.0)
+    server: asyncio.subprocess.Process | None = None
+    try:
+        with caplog.at_level(logging.WARNING, logger="zaphub.whatsapp.pacing"):
+            # Nothing listens: sends are still paced, by this process alone.
+            waits = [await pacer.try_acquire(PNID, f"55119999{i:05d}") for i in range(7)]
+            assert waits[:5] == [0.0] * 5 and all(w > 0 for w in waits[5:])
+            assert not pacer.shared
+            assert registry.get_sample_value("zaphub_whatsapp_pacing_local_total") == 7
+            assert registry.get_sample_value("zaphub_whatsapp_shared_pacing_up") == 0
+            down = [r for r in caplog.records if "no longer shared" in r.getMessage()]
+            assert len(down) == 1 and "ConnectionError" in down[0].getMessage()
+
+            server = await asyncio.create_subprocess_exec(
+                "redis-server",
+                *("--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+                stdout=subprocess.DEVNULL,
+            )
+
+            async def shared_again() -> bool:
+                await pacer.try_acquire(PNID, "5511777770000")
+                return pacer.shared
+
+            await wait_for(shared_again, timeout=30, what="pacing shared again once Redis is up")
+            back = [r for r in caplog.records if "shared through Redis again" in r.getMessage()]
+            assert len(back) == 1
+            assert len([r for r in caplog.records if "no longer shared" in r.getMessage()]) == 1
+    finally:
+        await client.aclose()
+        if server is not None:
+            server.terminate()
+            await asyncio.wait_for(server.wait(), timeout=10)
