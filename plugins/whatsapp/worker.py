@@ -2,7 +2,8 @@
 
 Every send is a row in the outbox before the API answers ``202``. This worker leases due rows
 (a crashed worker's lease expires, so another process or the restarted one takes over), paces
-them per business number and per recipient, and records the outcome:
+them per business number and per recipient (across processes through Redis when ``redis.url`` is
+set, :mod:`plugins.whatsapp.pacing`), and records the outcome:
 
 - Graph accepts → the wamid is stored, parked statuses apply, ``on_message_sent`` fires.
 - Retryable error (network, 5xx, 429, 130429, 131000, 131056, …) → tried again after a capped
