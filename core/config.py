@@ -73,6 +73,17 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """An idle keep-alive connection is closed after this time."""
 
 
+class EventLogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How long the event log keeps events (the Socket.IO resume window and the REST feed's reach)."""
+
+    max_age_hours: Annotated[float, msgspec.Meta(gt=0)] | None = 168.0
+    """Events older than this are pruned (default a week); ``null`` keeps them regardless of age."""
+    max_events: Annotated[int, msgspec.Meta(gt=0)] | None = 10_000_000
+    """At most this many of the newest events are kept; ``null`` for no limit."""
+    prune_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    """How often the background pruning runs."""
+
+
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The database: a SQLite file (embedded default) or PostgreSQL."""
 
@@ -82,6 +93,8 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Connections kept open to PostgreSQL (ignored for SQLite)."""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """SQLite durability: ``FULL`` survives power loss; ``NORMAL`` survives process crashes only."""
+    event_log: EventLogConfig = msgspec.field(default_factory=EventLogConfig)
+    """Retention of the event log (``storage.event_log.max_age_hours``, ``max_events``)."""
 
 
 class RedisConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -15,6 +15,14 @@ Arguments that mean the same thing always have the same name and type:
 - ``settings`` — this plugin's own validated config section (an instance of the Struct its
   ``config_schema`` returned), or ``None`` when it declared no schema.
 - ``message`` / ``conversation`` / ``contact`` — :mod:`core.models` objects as stored.
+- ``event`` — :class:`core.models.Event`, the event log row the ``on_*`` event hooks report:
+  ``event.id`` (increasing, in commit order), ``event.type`` (the Socket.IO event name) and
+  ``event.data`` (the contract payload's JSON bytes; ``event.payload()`` decodes it).
+
+Event hooks (``on_message_received``, ``on_message_sent``, ``on_status_changed``) are fed from
+the event log behind a persisted cursor: **at least once**. After a crash, the events since the
+last saved cursor position are dispatched again, so a hook with effects outside zaphub must be
+idempotent per ``event.id`` (or per message, as ``autoreply`` claims each reply in storage).
 
 Example::
 
@@ -38,7 +46,7 @@ if TYPE_CHECKING:
     from core.cli_types import Command
     from core.config import Config, ConfigFinding
     from core.host import Host, MediaStream, ReadinessCheck
-    from core.models import Contact, Conversation, Message, OutgoingMessage, Reply, StatusChange, Veto
+    from core.models import Contact, Conversation, Event, Message, OutgoingMessage, Reply, StatusChange, Veto
     from core.sending import Channel, SendPolicy
 
 PROJECT = "zaphub"
@@ -138,23 +146,33 @@ def on_shutdown(host: Host, settings: Any) -> Awaitable[None] | None:
 
 @hookspec
 def on_message_received(
-    host: Host, settings: Any, message: Message, conversation: Conversation, contact: Contact
+    host: Host, settings: Any, message: Message, conversation: Conversation, contact: Contact, event: Event
 ) -> Awaitable[None] | None:
     """An inbound message was stored for the first time (after commit).
 
-    Fires exactly once per message, whatever Meta repeats. ``conversation.last_inbound_at`` is
-    already updated. May be async; slow work belongs in a task of your own.
+    Whatever Meta repeats, the message is stored and logged once (``event``, a
+    ``whatsapp:message``); the hook sees that event at least once (again after a crash that
+    came before the dispatcher saved its cursor). ``conversation.last_inbound_at`` is already
+    updated. May be async; slow work delays the hooks after it (never the webhook), so it
+    belongs in a task of your own.
     """
 
 
 @hookspec
 def on_status_changed(
-    host: Host, settings: Any, message: Message, conversation: Conversation, change: StatusChange
+    host: Host,
+    settings: Any,
+    message: Message,
+    conversation: Conversation,
+    change: StatusChange,
+    event: Event,
 ) -> Awaitable[None] | None:
     """A message's status moved forward (``sent`` → ``delivered`` → ``read``, or ``failed``).
 
-    Stale and repeated statuses never fire it. ``message.status`` is the new status; a ``failed``
-    change carries ``error_code`` and ``error_title``. May be async.
+    Stale and repeated statuses never fire it. ``change`` is the status of this event; ``message``
+    is the message as stored when the hook runs (a redelivered event may see a later status).
+    A ``failed`` change carries ``error_code`` and ``error_title``. ``event`` is its
+    ``whatsapp:message_status`` row (at least once, see the module docstring). May be async.
     """
 
 
@@ -216,9 +234,13 @@ def register_channels(host: Host, settings: Any) -> Sequence[Channel] | None:
 
 @hookspec
 def on_message_sent(
-    host: Host, settings: Any, message: Message, conversation: Conversation
+    host: Host, settings: Any, message: Message, conversation: Conversation, event: Event
 ) -> Awaitable[None] | None:
-    """Graph accepted an outbound message (``message.wamid`` is now known). May be async."""
+    """Graph accepted an outbound message (``message.wamid`` is now known).
+
+    ``event`` is its ``whatsapp:message_sent`` row (at least once, see the module docstring).
+    May be async.
+    """
 
 
 @hookspec(firstresult=True)

@@ -67,6 +67,7 @@ class Host:
         self.readiness_checks: list[ReadinessCheck] = []
         self.public_url = config.server.public_url or f"http://{config.server.host}:{config.server.port}"
         """Base URL clients reach this host at (media links); updated once the port is known."""
+        self.storage.public_url = self.public_url
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handoff_task: asyncio.Task[Any] | None = None
         self._stores: dict[str, PluginStore] = {}
@@ -132,18 +133,25 @@ class Host:
         self.events.start()
         if self.handoff.idle_seconds > 0:
             self._handoff_task = self.spawn(self.handoff.run(), name="zaphub-handoff")
+        self.spawn(self.events.prune_forever(), name="zaphub-event-retention")
         await self.hooks.call_strict("on_startup", host=self)
         self.spawn(self._purge_expired_state(), name="plugin-state-expiry")
         self.started = True
 
     async def stop(self) -> None:
-        """Flush pending writes and events, stop plugins and background tasks, close storage."""
+        """Stop producers, then consumers: writes are flushed, then plugins stop, then events.
+
+        Producers first: the ingest writer, then plugins' ``on_shutdown`` (the outbox worker
+        finishes its in-flight sends there) while the dispatcher still runs, so the events
+        those raise reach hooks too. Then the dispatcher delivers what is left and saves its
+        cursor; anything it cannot finish in time stays in the log for the next start.
+        """
         if self._handoff_task is not None:  # a producer of events: stopped before the dispatcher
             self._handoff_task.cancel()
             await asyncio.gather(self._handoff_task, return_exceptions=True)
         await self.ingest.stop()
-        await self.events.stop()
         await self.hooks.call("on_shutdown", host=self)
+        await self.events.stop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

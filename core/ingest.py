@@ -3,8 +3,9 @@
 Inbound webhooks arrive concurrently. :class:`IngestBatcher` gathers whatever is waiting while
 the previous transaction runs and stores it in one transaction (group commit), so throughput
 grows with load instead of queueing behind one fsync per webhook. Each caller's ``submit`` returns
-only after its data is committed: that is when the webhook may answer ``200``. It then hands what
-was new to :class:`core.events.EventDispatcher`, which calls the hooks.
+only after its data and its events (rows of the event log, same transaction) are committed: that is
+when the webhook may answer ``200``. It then hands the new events to
+:class:`core.events.EventDispatcher`, which calls the hooks, without ever waiting for it.
 """
 
 from __future__ import annotations
@@ -126,11 +127,11 @@ class IngestBatcher:
             if not sub.future.done():
                 sub.future.set_result(None)
         try:
-            await self._publish(result)
+            self._publish(result)
         except Exception:  # stored and acknowledged; a publishing bug must not stop the writer
             log.exception("publishing events of a stored batch failed")
 
-    async def _publish(self, result: IngestResult) -> None:
+    def _publish(self, result: IngestResult) -> None:
         metrics = self.host.metrics
         now = utcnow()
         if result.set_aside:
@@ -148,9 +149,7 @@ class IngestBatcher:
             metrics.count_inbound(ev.message.type)
             if ev.message.delivered_at is not None:
                 metrics.processing_lag.observe(max(0.0, (now - ev.message.delivered_at).total_seconds()))
-            await events.publish(
-                "on_message_received", message=ev.message, conversation=ev.conversation, contact=ev.contact
-            )
+            events.message_received(ev)
         for st in result.status_changes:
             metrics.statuses.labels(outcome="applied").inc()
-            await events.publish_status(st)
+            events.status_changed(st)

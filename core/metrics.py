@@ -88,7 +88,23 @@ class Metrics:
             registry=r,
         )
         self.event_queue = Gauge(
-            "zaphub_event_queue_depth", "Hook events waiting to be dispatched.", registry=r
+            "zaphub_event_queue_depth",
+            "Hook events handed over in memory, waiting to be dispatched.",
+            registry=r,
+        )
+        self.event_lag = Gauge(
+            "zaphub_event_dispatch_lag",
+            "Events committed to the log but not yet dispatched to hooks (as last seen by the dispatcher).",
+            registry=r,
+        )
+        self.events_dispatched = Counter(
+            "zaphub_events_dispatched",
+            "Events dispatched to hooks, by path: memory (handed over after commit) or log (read back).",
+            ["path"],
+            registry=r,
+        )
+        self.events_pruned = Counter(
+            "zaphub_events_pruned", "Events deleted from the log by retention.", registry=r
         )
         self.outbound = Counter(
             "zaphub_outbound_messages",

@@ -20,6 +20,7 @@ __all__ = [
     "Contact",
     "Conversation",
     "ConversationMode",
+    "Event",
     "InboundMessage",
     "InboundStatus",
     "Message",
@@ -221,3 +222,28 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     type: str | None = None
     content: dict[str, Any] | None = None
     source: str = "plugin"
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the event log: a change as the outside world sees it.
+
+    Hooks receive it as ``event``; the REST feed, Socket.IO and outgoing webhooks send ``data``.
+    ``id`` increases in commit order and has no gaps (pruning aside), so "everything after
+    ``id``" is a complete resume point.
+    """
+
+    id: int
+    type: str
+    """The Socket.IO event name: ``whatsapp:message``, ``whatsapp:message_sent``, …"""
+    conversation_id: int | None
+    phone_number_id: str | None
+    """The business number; scoped tokens see only events of their numbers."""
+    message_id: int | None
+    created_at: datetime
+    data: bytes
+    """The payload's JSON (the contract's, without ``eventId``), encoded once at write time."""
+
+    def payload(self) -> dict[str, Any]:
+        """``data`` decoded (a new dict on every call)."""
+        decoded: dict[str, Any] = msgspec.json.decode(self.data)
+        return decoded

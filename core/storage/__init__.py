@@ -14,6 +14,8 @@ in-memory caches, make repeated webhooks harmless across processes and restarts.
 - ``reads``: messages, conversations, contacts and status histories by id or page.
 - ``directory``: searching contacts and conversations, finding or creating one to start.
 - ``state``: each plugin's key-value store (:class:`PluginStore`): expiry, listing, compare-and-set.
+- ``events``: the event log (appended in the transaction of each change), its readers, named
+  cursors, retention, and the lock that picks the one process dispatching events.
 - ``rows`` (row → model converters), ``results`` (what the methods return), ``schema``, ``migrate``.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from core.storage.directory import DirectoryMixin
 from core.storage.engine import StorageError, database_url
+from core.storage.events import EventBounds, EventLogMixin, LeaderLock, PendingEvent
 from core.storage.ingest import IngestMixin
 from core.storage.outbox import OutboxMixin
 from core.storage.reads import ReadsMixin
@@ -29,9 +32,12 @@ from core.storage.schema import metadata
 from core.storage.state import PluginStateMixin, PluginStore, StateEntry
 
 __all__ = [
+    "EventBounds",
     "IngestResult",
+    "LeaderLock",
     "MessageEvent",
     "OutboxItem",
+    "PendingEvent",
     "PluginStore",
     "StateEntry",
     "StatusEvent",
@@ -42,5 +48,5 @@ __all__ = [
 ]
 
 
-class Storage(IngestMixin, OutboxMixin, ReadsMixin, DirectoryMixin, PluginStateMixin):
+class Storage(IngestMixin, OutboxMixin, ReadsMixin, DirectoryMixin, PluginStateMixin, EventLogMixin):
     """The database behind a host. Create, :meth:`open`, use, :meth:`close`."""

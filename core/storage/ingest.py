@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.config import StorageConfig
 from core.models import Contact, Conversation, InboundMessage, InboundStatus, search_key, utcnow
 from core.storage.engine import StorageError
+from core.storage.events import message_received_event, status_changed_event
 from core.storage.results import IngestResult, MessageEvent, StatusEvent
 from core.storage.rows import Row, contact_from_row, conversation_from_row, message_from_row
 from core.storage.sanitize import sanitize_batch
@@ -66,6 +67,7 @@ class IngestMixin(StatusMixin):
                     learned = await self._ingest_messages(conn, list(unique_msgs.values()), now, result)
                 if inbound_statuses:
                     await self._ingest_statuses(conn, inbound_statuses, now, result)
+                await self._log_ingest(conn, result, now)
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise StorageError(f"storing a webhook batch failed: {exc.__class__.__name__}: {exc}") from exc
         # Only committed rows may enter the caches (a rolled-back id would not exist).
@@ -77,6 +79,21 @@ class IngestMixin(StatusMixin):
         while len(self._known_conversations) > _KNOWN_MAX:
             del self._known_conversations[next(iter(self._known_conversations))]
         return result
+
+    async def _log_ingest(self, conn: AsyncConnection, result: IngestResult, now: datetime) -> None:
+        """Append the batch's events (messages, then statuses), last; attach them to the result."""
+        pending = [
+            message_received_event(m.message, m.conversation, m.contact, self.public_url)
+            for m in result.new_messages
+        ]
+        pending.extend(
+            status_changed_event(s.message, s.conversation, s.change) for s in result.status_changes
+        )
+        events = iter(await self.append_events(conn, pending, now))
+        result.new_messages = [msgspec.structs.replace(m, event=next(events)) for m in result.new_messages]
+        result.status_changes = [
+            msgspec.structs.replace(s, event=next(events)) for s in result.status_changes
+        ]
 
     async def _ingest_messages(
         self, conn: AsyncConnection, batch: list[InboundMessage], now: datetime, result: IngestResult

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 
 from core.errors import ConflictError
@@ -20,6 +21,7 @@ from core.models import (
     StatusChange,
     utcnow,
 )
+from core.storage.events import message_accepted_event, status_changed_event
 from core.storage.results import OutboxItem, StatusEvent
 from core.storage.rows import conversation_from_row, message_from_row
 from core.storage.schema import conversations, idempotency_keys, messages, outbox, statuses
@@ -304,6 +306,11 @@ class OutboxMixin(StatusMixin):
                 )
                 if isinstance(applied, StatusEvent):
                     changes.append(applied)
+            pending = [message_accepted_event(message, accepted.conversation, self.public_url)]
+            pending.extend(status_changed_event(c.message, c.conversation, c.change) for c in changes)
+            logged = await self.append_events(conn, pending, now)
+        accepted = msgspec.structs.replace(accepted, event=logged[0])
+        changes = [msgspec.structs.replace(c, event=e) for c, e in zip(changes, logged[1:], strict=True)]
         return accepted, changes
 
     async def outbox_failed(self, item_id: int, *, code: int | None, title: str) -> StatusEvent | None:
@@ -346,7 +353,11 @@ class OutboxMixin(StatusMixin):
                 error_code=code,
                 error_title=title,
             )
-            return await self._status_event(conn, message, change)
+            failed = await self._status_event(conn, message, change)
+            (event,) = await self.append_events(
+                conn, [status_changed_event(message, failed.conversation, change)], now
+            )
+        return msgspec.structs.replace(failed, event=event)
 
     async def outbox_requeue(self, message_id: int) -> Message | None:
         """Queue a failed send again: the message goes back to ``queued`` with a fresh retry window.

@@ -33,6 +33,15 @@ class ReadsMixin(StorageEngine):
             ).first()
         return conversation_from_row(row) if row else None
 
+    async def get_conversations(self, conversation_ids: Iterable[int]) -> dict[int, Conversation]:
+        """Conversations by id (missing ids are absent from the result)."""
+        ids = list(set(conversation_ids))
+        if not ids:
+            return {}
+        async with self.read() as conn:
+            rows = (await conn.execute(sa.select(conversations).where(conversations.c.id.in_(ids)))).all()
+        return {r.id: conversation_from_row(r) for r in rows}
+
     async def get_contact(self, contact_id: int) -> Contact | None:
         """One contact by zaphub id."""
         async with self.read() as conn:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import msgspec
 
-from core.models import Contact, Conversation, Message, StatusChange
+from core.models import Contact, Conversation, Event, Message, StatusChange
 
 __all__ = ["IngestResult", "MessageEvent", "OutboxItem", "StatusEvent"]
 
@@ -17,6 +17,8 @@ class MessageEvent(msgspec.Struct, frozen=True):
     message: Message
     conversation: Conversation
     contact: Contact
+    event: Event | None = None
+    """Its row in the event log (``whatsapp:message``)."""
 
 
 class StatusEvent(msgspec.Struct, frozen=True):
@@ -25,6 +27,9 @@ class StatusEvent(msgspec.Struct, frozen=True):
     message: Message
     conversation: Conversation
     change: StatusChange
+    event: Event | None = None
+    """Its row in the event log (``whatsapp:message_status``, or ``whatsapp:message_sent`` for
+    the ``accepted`` change of ``outbox_sent``)."""
 
 
 class IngestResult(msgspec.Struct, kw_only=True):

@@ -174,3 +174,41 @@ plugin_state = sa.Table(
     sa.Column("expires_at", UTCDateTime()),
     sa.Index(None, "expires_at"),
 )
+
+# The event log: one row per event, written in the transaction of the change it reports.
+# ``id`` is assigned from ``event_sequence`` at the end of that transaction, so ids are dense and
+# in commit order on both backends (see core/storage/events.py); no autoincrement.
+event_log = sa.Table(
+    "event_log",
+    metadata,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False
+    ),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("conversation_id", sa.BigInteger()),
+    sa.Column("message_id", sa.BigInteger()),
+    sa.Column("phone_number_id", sa.String(64)),
+    sa.Column("data", sa.LargeBinary(), nullable=False),  # the payload's JSON, encoded once
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    # Replays of one room (``join_conversation`` / ``join_message`` with ``lastEventId``).
+    sa.Index(None, "conversation_id", "id"),
+    sa.Index(None, "message_id", "id"),
+)
+
+# One row (id 1): the last event id handed out. Updating it last in a transaction makes
+# concurrent writers take positions in commit order.
+event_sequence = sa.Table(
+    "event_sequence",
+    metadata,
+    sa.Column("id", sa.SmallInteger(), primary_key=True, autoincrement=False),
+    sa.Column("last_id", sa.BigInteger(), nullable=False),
+)
+
+# Named, persisted read positions in the log: "every event up to ``position`` was handled".
+event_cursors = sa.Table(
+    "event_cursors",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("position", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.models import STATUS_RANK, InboundStatus, Message, StatusChange, utcnow
-from core.storage.engine import StorageEngine
+from core.storage.events import EventLogMixin
 from core.storage.results import StatusEvent
 from core.storage.rows import conversation_from_row, message_from_row
 from core.storage.schema import conversations, messages, outbox, statuses
@@ -23,7 +23,7 @@ __all__ = ["StatusMixin"]
 log = logging.getLogger("zaphub.storage")
 
 
-class StatusMixin(StorageEngine):
+class StatusMixin(EventLogMixin):
     """Applies statuses to messages inside the caller's transaction."""
 
     async def _apply_status(

@@ -10,7 +10,7 @@ import msgspec
 
 from core import hookimpl
 from core.host import Host
-from core.models import Contact, Conversation, Message
+from core.models import Contact, Conversation, Event, Message
 from core.stash import StashKey
 from plugins.autoreply.config import AutoreplySettings
 from plugins.autoreply.service import AutoreplyService
@@ -36,11 +36,13 @@ def on_startup(host: Host, settings: AutoreplySettings) -> None:
 
 
 @hookimpl
-def on_message_received(host: Host, message: Message, conversation: Conversation, contact: Contact) -> None:
+def on_message_received(
+    host: Host, message: Message, conversation: Conversation, contact: Contact, event: Event
+) -> None:
     """Start on the auto-reply to a new inbound message, when one may be due (no I/O here)."""
     service = host.stash.get(SERVICE)
     if service is not None:
-        service.on_message_received(message, conversation, contact)
+        service.on_message_received(message, conversation, contact, event)
 
 
 @hookimpl

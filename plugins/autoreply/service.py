@@ -48,7 +48,7 @@ import msgspec
 from prometheus_client import Counter
 
 from core.errors import ApiError
-from core.models import Contact, Conversation, Message, Reply, utcnow
+from core.models import Contact, Conversation, Event, Message, Reply, utcnow
 from plugins.autoreply.rules import Decision, RuleEngine
 
 if TYPE_CHECKING:
@@ -160,11 +160,14 @@ class AutoreplyService:
 
     # -- entry point ------------------------------------------------------------------------
 
-    def on_message_received(self, message: Message, conversation: Conversation, contact: Contact) -> None:
+    def on_message_received(
+        self, message: Message, conversation: Conversation, contact: Contact, event: Event | None = None
+    ) -> None:
         """Decide whether one newly stored inbound message may get an auto-reply; if so, start on it.
 
         Called from the host's event dispatcher, so it does no I/O: the rest runs in a task,
-        after the previous task of the same conversation.
+        after the previous task of the same conversation. The dispatcher holds its cursor before
+        ``event`` until that task is done, so a crash in between hands the message over again.
         """
         reason = self.ineligible(message, conversation, utcnow())
         if reason is not None:
@@ -177,6 +180,8 @@ class AutoreplyService:
         )
         self._latest[conversation.id] = task
         self._tasks.add(task)
+        if event is not None:
+            self.host.events.hold(event, task)
 
         def forget(done: asyncio.Task[None]) -> None:
             self._tasks.discard(done)
@@ -239,12 +244,20 @@ class AutoreplyService:
         return since is not None and since < self.settings.cooldown_seconds
 
     async def _claim(self, conversation_id: int, message: Message, planned: Planned) -> bool:
-        return await self.host.storage.state_claim(
+        key = _cooldown_key(conversation_id)
+        won = await self.host.storage.state_claim(
             PLUGIN,
-            _cooldown_key(conversation_id),
+            key,
             {"message_id": message.id, "reason": planned.reason, "composer": planned.composer},
             older_than=self.settings.cooldown_seconds,
         )
+        if won:
+            return True
+        # A redelivered event (hooks are fed at least once): a crash may have come between this
+        # message's claim and its send. The claim is still ours; the send's idempotency key
+        # makes sure the reply is stored once.
+        found = await self.host.storage.state_get(PLUGIN, key)
+        return found is not None and isinstance(found[0], dict) and found[0].get("message_id") == message.id
 
     async def _handle(
         self,
@@ -321,8 +334,16 @@ class AutoreplyService:
 
     async def _send(self, message: Message, planned: Planned) -> None:
         try:
-            sent, _ = await self.host.sender.send(
-                message.conversation_id, planned.type, planned.content, automated=True, source=PLUGIN
+            # Hooks are fed at least once: after a crash this message may come again, perhaps
+            # after the cooldown ran out. The key makes its reply one stored send, whatever happens.
+            sent, created = await self.host.sender.send(
+                message.conversation_id,
+                planned.type,
+                planned.content,
+                automated=True,
+                source=PLUGIN,
+                idempotency_key=f"reply-to:{message.id}",
+                idempotency_scope=PLUGIN,
             )
         except ApiError as exc:
             # Refused (window closed, vetoed, invalid content): the claim stays, see the module docstring.
@@ -334,6 +355,9 @@ class AutoreplyService:
                 planned.composer,
                 exc.message,
             )
+            return
+        if not created:
+            log.info("message %s: already answered by message %s (a redelivered event)", message.id, sent.id)
             return
         self.replies.labels(reason=planned.reason).inc()
         log.info(

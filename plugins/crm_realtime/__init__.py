@@ -14,7 +14,7 @@ from core import hookimpl
 from core.cli_types import Command
 from core.config import ConfigFinding
 from core.host import Host, ReadinessCheck
-from core.models import Contact, Conversation, Message, StatusChange
+from core.models import Conversation, Event
 from core.stash import StashKey
 from plugins.crm_realtime.auth import TokenVerifier
 from plugins.crm_realtime.config import CrmRealtimeSettings
@@ -115,27 +115,27 @@ async def on_shutdown(host: Host) -> None:
 
 
 @hookimpl
-def on_message_received(host: Host, message: Message, conversation: Conversation, contact: Contact) -> None:
-    """Emit ``whatsapp:message``."""
+def on_message_received(host: Host, event: Event) -> None:
+    """Emit ``whatsapp:message`` (the logged payload, with ``eventId``)."""
     realtime = host.stash.get(REALTIME)
     if realtime is not None:
-        realtime.message_received(message, conversation, contact)
+        realtime.message_received(event)
 
 
 @hookimpl
-def on_message_sent(host: Host, message: Message, conversation: Conversation) -> None:
-    """Emit ``whatsapp:message_sent``."""
+def on_message_sent(host: Host, event: Event) -> None:
+    """Emit ``whatsapp:message_sent`` (the logged payload, with ``eventId``)."""
     realtime = host.stash.get(REALTIME)
     if realtime is not None:
-        realtime.message_sent(message, conversation)
+        realtime.message_sent(event)
 
 
 @hookimpl
-def on_status_changed(host: Host, message: Message, conversation: Conversation, change: StatusChange) -> None:
-    """Emit ``whatsapp:message_status`` (with ``error`` for ``failed``)."""
+def on_status_changed(host: Host, event: Event) -> None:
+    """Emit ``whatsapp:message_status`` (with ``error`` for ``failed``, and ``eventId``)."""
     realtime = host.stash.get(REALTIME)
     if realtime is not None:
-        realtime.status_changed(message, conversation, change)
+        realtime.status_changed(event)
 
 
 @hookimpl

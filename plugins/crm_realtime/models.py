@@ -1,8 +1,5 @@
-"""Wire payloads of the CRM contract: Socket.IO events and REST bodies, as msgspec Structs.
+"""Wire payloads of the CRM contract: REST bodies as msgspec Structs.
 
-Socket.IO events (docs/events.md) keep the seed's names exactly: camelCase at the top level
-(``conversationId``) and snake_case inside ``message`` and ``contact`` (``sender_type``). Keys
-beyond the seed's (``type``, ``wamid``, ``phoneNumberId``…) are additions the contract allows.
 REST bodies use snake_case, except the send answer, which the contract spells in camelCase.
 
 The send bodies' constrained fields (text length, caption, file name, media link) are the types
@@ -11,8 +8,8 @@ WhatsApp send, so this plugin depends on that public module (which imports nothi
 rather than repeating its limits. The whole content is checked again by the transport's
 ``on_before_send``, whatever sent it.
 
-Each event is built once from the stored objects and turned into builtins once; Socket.IO then
-encodes one packet for all its recipients.
+The Socket.IO event payloads are core's (:mod:`core.event_payloads`): storage writes them into
+the event log in the transaction of each change; they are re-exported here for existing imports.
 """
 
 from __future__ import annotations
@@ -21,7 +18,20 @@ from typing import Any, Literal
 
 import msgspec
 
-from core.models import Contact, Conversation, Message, StatusChange, iso_z
+from core.event_payloads import (
+    EventContact,
+    EventMessage,
+    MediaRef,
+    MessageEvent,
+    MessageSentEvent,
+    MessageStatusEvent,
+    StatusError,
+    media_url,
+    message_event,
+    message_sent_event,
+    message_status_event,
+)
+from core.models import Contact, Conversation, Event, Message, iso_z
 from plugins.whatsapp import send_rules
 
 __all__ = [
@@ -43,6 +53,10 @@ __all__ = [
     "ErrorDetail",
     "EventContact",
     "EventMessage",
+    "EventPage",
+    "EventPageDoc",
+    "FeedEvent",
+    "FeedEventDoc",
     "ImageSend",
     "ImageStart",
     "MediaRef",
@@ -64,6 +78,7 @@ __all__ = [
     "api_conversation",
     "api_message",
     "api_message_detail",
+    "encode_event_page",
     "media_url",
     "message_event",
     "message_sent_event",
@@ -73,67 +88,8 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Socket.IO events
+# Socket.IO events not in the event log yet (the others are core's: core.event_payloads)
 # ---------------------------------------------------------------------------------------------
-
-
-class MediaRef(msgspec.Struct, frozen=True):
-    """Where a client downloads a message's media (``GET``, same bearer token)."""
-
-    url: str
-    mime_type: str | None
-
-
-class StatusError(msgspec.Struct, frozen=True):
-    """Why a message failed: Meta's error code and title."""
-
-    code: int | None
-    title: str | None
-
-
-class EventMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """``message`` inside ``whatsapp:message`` and ``whatsapp:message_sent``."""
-
-    id: int
-    body: str | None
-    sender_type: Literal["contact", "user"]
-    delivered_at: str | None
-    type: str
-    media: MediaRef | None = None
-    automated: bool = False
-    wamid: str | None = None
-    error: StatusError | None = None
-    """Inbound content Meta could not deliver (``unsupported``): Meta's code and title."""
-
-
-class EventContact(msgspec.Struct, frozen=True):
-    """``contact`` inside ``whatsapp:message``."""
-
-    id: int
-    name: str | None
-    phone_number: str
-
-
-class MessageEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """``whatsapp:message``: an inbound message was stored."""
-
-    conversation_id: int
-    message: EventMessage
-    contact: EventContact
-    phone_number_id: str
-
-
-class MessageSentEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
-    """``whatsapp:message_sent``: Graph accepted an outbound message."""
-
-    message_id: int
-    conversation_id: int
-    message: EventMessage
-    # No defaults on the two constant keys: omit_defaults would leave them out.
-    type: Literal["sent"]
-    platform: Literal["whatsapp"]
-    phone_number_id: str
-    automated: bool = False
 
 
 class ConversationUpdatedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -142,79 +98,6 @@ class ConversationUpdatedEvent(msgspec.Struct, frozen=True, kw_only=True, rename
     conversation_id: int
     mode: Literal["bot", "human"]
     phone_number_id: str
-
-
-class MessageStatusEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
-    """``whatsapp:message_status``: a message's status moved forward."""
-
-    message_id: int
-    status: str
-    timestamp: str
-    conversation_id: int
-    error: StatusError | None = None
-
-
-def media_url(public_url: str, message_id: int) -> str:
-    """The REST URL serving a message's media bytes."""
-    return f"{public_url}/api/messages/{message_id}/media"
-
-
-def _event_message(message: Message, public_url: str) -> EventMessage:
-    media = None
-    if message.media_id is not None and message.is_inbound:
-        media = MediaRef(media_url(public_url, message.id), message.media_mime_type)
-    return EventMessage(
-        id=message.id,
-        body=message.body,
-        sender_type=message.sender_type,
-        delivered_at=iso_z(message.delivered_at),
-        type=message.type,
-        media=media,
-        automated=message.automated,
-        wamid=message.wamid,
-        error=StatusError(message.error_code, message.error_title)
-        if message.is_inbound and message.error_code is not None
-        else None,
-    )
-
-
-def message_event(
-    message: Message, conversation: Conversation, contact: Contact, public_url: str
-) -> MessageEvent:
-    """The ``whatsapp:message`` payload of a stored inbound message."""
-    return MessageEvent(
-        conversation_id=conversation.id,
-        message=_event_message(message, public_url),
-        contact=EventContact(contact.id, contact.name, contact.phone_number or contact.wa_id),
-        phone_number_id=conversation.phone_number_id,
-    )
-
-
-def message_sent_event(message: Message, conversation: Conversation, public_url: str) -> MessageSentEvent:
-    """The ``whatsapp:message_sent`` payload of a message Graph accepted."""
-    return MessageSentEvent(
-        message_id=message.id,
-        conversation_id=conversation.id,
-        message=_event_message(message, public_url),
-        type="sent",
-        platform="whatsapp",
-        phone_number_id=conversation.phone_number_id,
-        automated=message.automated,
-    )
-
-
-def message_status_event(change: StatusChange, conversation: Conversation) -> MessageStatusEvent:
-    """The ``whatsapp:message_status`` payload of a status change (``error`` only for ``failed``)."""
-    error = None
-    if change.status == "failed":
-        error = StatusError(change.error_code, change.error_title)
-    return MessageStatusEvent(
-        message_id=change.message_id,
-        status=change.status,
-        timestamp=change.timestamp,
-        conversation_id=conversation.id,
-        error=error,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,4 +452,75 @@ def api_conversation(
         last_inbound_at=iso_z(conversation.last_inbound_at),
         window_open=window_open,
         mode=conversation.mode,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The change feed
+# ---------------------------------------------------------------------------------------------
+
+
+class FeedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One event of ``GET /api/events``; ``data`` is the stored payload, sent as stored."""
+
+    id: int
+    type: str
+    conversation_id: int | None
+    phone_number_id: str | None
+    created_at: str | None
+    data: msgspec.Raw
+
+
+class EventPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A page of the change feed, oldest first."""
+
+    events: list[FeedEvent]
+    next_after: int | None
+
+
+class FeedEventDoc(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One event of the change feed (the OpenAPI shape of :class:`FeedEvent`)."""
+
+    id: int
+    """The event id: increasing in commit order, never reused."""
+    type: str
+    """The Socket.IO event name: ``whatsapp:message``, ``whatsapp:message_sent``, …"""
+    conversation_id: int | None
+    phone_number_id: str | None
+    """The business number."""
+    created_at: str | None
+    """When the change was committed (ISO-8601 UTC)."""
+    data: dict[str, Any]
+    """The Socket.IO payload of the event, exactly as emitted (without ``eventId``)."""
+
+
+class EventPageDoc(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A page of the change feed, oldest first (the OpenAPI shape of :class:`EventPage`)."""
+
+    events: list[FeedEventDoc]
+    next_after: int | None
+    """Pass as ``after`` for the next page; ``null`` when there is nothing more right now (then
+    continue from the last event's ``id``)."""
+
+
+_page_encoder = msgspec.json.Encoder()
+
+
+def encode_event_page(events: list[Event], next_after: int | None) -> bytes:
+    """The JSON of a feed page; each payload is copied from storage, never re-encoded."""
+    return _page_encoder.encode(
+        EventPage(
+            events=[
+                FeedEvent(
+                    id=e.id,
+                    type=e.type,
+                    conversation_id=e.conversation_id,
+                    phone_number_id=e.phone_number_id,
+                    created_at=iso_z(e.created_at),
+                    data=msgspec.Raw(e.data),
+                )
+                for e in events
+            ],
+            next_after=next_after,
+        )
     )

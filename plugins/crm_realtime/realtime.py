@@ -41,15 +41,10 @@ from prometheus_client import Counter, Gauge
 from core.config import redact_url
 from core.errors import StorageError
 from core.logs import Throttle
-from core.models import Contact, Conversation, Message, StatusChange
+from core.models import Conversation, Event, Message
 from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden_message
 from plugins.crm_realtime.config import CrmRealtimeSettings
-from plugins.crm_realtime.models import (
-    ConversationUpdatedEvent,
-    message_event,
-    message_sent_event,
-    message_status_event,
-)
+from plugins.crm_realtime.models import ConversationUpdatedEvent
 from plugins.crm_realtime.relay import ListenerLog, RelayHealth
 
 if TYPE_CHECKING:
@@ -372,20 +367,19 @@ class Realtime:
 
     # -- hooks → events ------------------------------------------------------------------------
 
-    def message_received(self, message: Message, conversation: Conversation, contact: Contact) -> None:
+    def message_received(self, event: Event) -> None:
         """Queue ``whatsapp:message`` for every socket allowed to see the business number."""
-        payload = message_event(message, conversation, contact, self.host.public_url)
-        self.publish(EVENT_MESSAGE, payload, [ALL_ROOM, scope_room(conversation.phone_number_id)])
+        self.publish(event, [ALL_ROOM, scope_room(event.phone_number_id or "")])
 
-    def message_sent(self, message: Message, conversation: Conversation) -> None:
+    def message_sent(self, event: Event) -> None:
         """Queue ``whatsapp:message_sent`` for every socket allowed to see the business number."""
-        payload = message_sent_event(message, conversation, self.host.public_url)
-        self.publish(EVENT_SENT, payload, [ALL_ROOM, scope_room(conversation.phone_number_id)])
+        self.publish(event, [ALL_ROOM, scope_room(event.phone_number_id or "")])
 
-    def status_changed(self, message: Message, conversation: Conversation, change: StatusChange) -> None:
+    def status_changed(self, event: Event) -> None:
         """Queue ``whatsapp:message_status`` for the conversation's and the message's rooms."""
-        payload = message_status_event(change, conversation)
-        self.publish(EVENT_STATUS, payload, [conversation_room(conversation.id), message_room(message.id)])
+        self.publish(
+            event, [conversation_room(event.conversation_id or 0), message_room(event.message_id or 0)]
+        )
 
     def conversation_updated(self, conversation: Conversation) -> None:
         """Queue ``whatsapp:conversation_updated`` for its room and every socket allowed to see it."""
@@ -395,13 +389,19 @@ class Realtime:
             phone_number_id=conversation.phone_number_id,
         )
         rooms = [conversation_room(conversation.id), ALL_ROOM, scope_room(conversation.phone_number_id)]
-        self.publish(EVENT_CONVERSATION, payload, rooms)
+        self._queue_emit(EVENT_CONVERSATION, msgspec.to_builtins(payload), rooms)
 
-    def publish(self, event: str, payload: msgspec.Struct, rooms: list[str]) -> None:
+    def publish(self, event: Event, rooms: list[str]) -> None:
+        """Queue the emit of a logged event (its stored payload plus ``eventId``); never waits."""
+        data = event.payload()
+        data["eventId"] = event.id
+        self._queue_emit(event.type, data, rooms)
+
+    def _queue_emit(self, name: str, data: dict[str, Any], rooms: list[str]) -> None:
         """Queue one emit; never waits. Drops (and counts) the event when the queue is full."""
         if not rooms:  # python-socketio reads an empty room list as "everyone"
             raise ValueError("an emit needs at least one room")
-        item = _Emit(event, msgspec.to_builtins(payload), rooms)
+        item = _Emit(name, data, rooms)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -412,7 +412,7 @@ class Realtime:
                 log.error(
                     "CRM emit queue full (%d events): dropping %s; clients must resync over REST (after_id)",
                     self._queue.maxsize,
-                    event,
+                    name,
                 )
 
     async def _run(self) -> None:

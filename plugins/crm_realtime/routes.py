@@ -39,7 +39,8 @@ from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 from litestar.types import Message as ASGIMessage
 
 from core.auth import Agent
-from core.errors import ForbiddenError, NotFoundError, ValidationFailed
+from core.errors import ApiError, ForbiddenError, NotFoundError, ValidationFailed
+from core.event_payloads import EVENT_TYPES
 from core.host import Host, MediaStream
 from core.models import CONVERSATION_MODES, Conversation, ConversationMode, Message
 from core.stash import StashKey
@@ -53,6 +54,7 @@ from plugins.crm_realtime.models import (
     ConversationPage,
     ConversationPatch,
     ErrorBody,
+    EventPageDoc,
     MessagePage,
     SendAccepted,
     SendBody,
@@ -61,6 +63,7 @@ from plugins.crm_realtime.models import (
     api_conversation,
     api_message,
     api_message_detail,
+    encode_event_page,
     send_content,
 )
 from plugins.crm_realtime.realtime import MAX_ID, Realtime
@@ -71,6 +74,7 @@ __all__ = [
     "ApiCors",
     "ContactController",
     "ConversationController",
+    "EventController",
     "MessageController",
     "api_router",
     "socketio_mount",
@@ -94,6 +98,7 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
             "Idempotency-Key reused with a different body, or a retry of a send not in failed "
             "(conflict); no inbound message to acknowledge (nothing_to_acknowledge)"
         ),
+        410: "The events after `after` were pruned by retention (events_expired)",
         422: "Outside the 24-hour window (window_closed), refused by a plugin (send_vetoed) or by Meta",
         502: "Meta could not provide the media (media_unavailable) or did not answer (upstream_error)",
     }
@@ -659,7 +664,82 @@ class ContactController(Controller):
         return api_contact(contact)
 
 
-CONTROLLERS: tuple[type[Controller], ...] = (ConversationController, MessageController, ContactController)
+class EventController(Controller):
+    """``/api/events``: the change feed, every event of the log the token may see, oldest first."""
+
+    path = "/events"
+
+    @get(
+        "/",
+        summary="The change feed: events after an id, oldest first",
+        description=(
+            "Every event the token's scope may see (the same events as Socket.IO, with the same payloads "
+            "in `data`), in commit order. Start with `after=0` (or the last `eventId` you have), then pass "
+            "`nextAfter` until it is null; later, poll again from the last `id` you received. `types` "
+            "keeps only the named events (comma-separated or repeated). Events older than the retention "
+            "(`storage.event_log`) are gone: asking for them answers 410 `events_expired`."
+        ),
+        responses={
+            200: ResponseSpec(EventPageDoc, description="A page of events", generate_examples=False),
+            **_errors(410),
+        },
+    )
+    async def list_events(
+        self,
+        host: NamedDependency[Host],
+        agent: NamedDependency[Agent],
+        after: Annotated[
+            int, QueryParameter(ge=0, le=MAX_ID, description="Only events with a greater id")
+        ] = 0,
+        limit: PageSize = 100,
+        types: Annotated[
+            list[str] | None,
+            QueryParameter(
+                description="Only these event types, e.g. `whatsapp:message,whatsapp:message_status`"
+            ),
+        ] = None,
+    ) -> Response[bytes]:
+        """Events after ``after`` in the token's scope, oldest first."""
+        wanted = _event_types(types)
+        scope = sorted(agent.scope) if agent.scope is not None else None
+        storage = host.storage
+        page = await storage.read_events(after, limit + 1, types=wanted, phone_number_ids=scope)
+        if after > 0 and (not page or page[0].id > after + 1):
+            # Ids have no gaps: a hole right after `after` can only be retention at work.
+            bounds = await storage.event_bounds()
+            oldest = bounds.oldest if bounds.oldest is not None else bounds.last + 1
+            if oldest > after + 1:
+                raise ApiError(
+                    f"events after {after} were pruned (the oldest kept is {oldest}, see "
+                    "storage.event_log): resync from /api/conversations, then follow the feed from "
+                    f"after={bounds.last}",
+                    code="events_expired",
+                    status_code=410,
+                )
+        more = len(page) > limit
+        page = page[:limit]
+        body = encode_event_page(page, page[-1].id if more else None)
+        return Response(body, media_type="application/json")
+
+
+def _event_types(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    wanted = [t.strip() for v in values for t in v.split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in EVENT_TYPES]
+    if unknown:
+        raise ValidationFailed(
+            f"types: unknown event type {unknown[0]!r}; use any of {', '.join(EVENT_TYPES)}"
+        )
+    return wanted or None
+
+
+CONTROLLERS: tuple[type[Controller], ...] = (
+    ConversationController,
+    MessageController,
+    ContactController,
+    EventController,
+)
 """The ``/api`` controllers, in the order the router registers them."""
 
 

@@ -198,11 +198,9 @@ class OutboxWorker:
                 delay = min(delay * 2, 5.0)
         try:
             if accepted is not None:
-                await self.host.events.publish(
-                    "on_message_sent", message=accepted.message, conversation=accepted.conversation
-                )
+                self.host.events.message_sent(accepted)
             for change in changes:
-                await self.host.events.publish_status(change)
+                self.host.events.status_changed(change)
         except Exception:
             log.exception(
                 "message %s: sent as %s and stored, but publishing its events failed", item.message.id, wamid
@@ -264,4 +262,4 @@ class OutboxWorker:
         self.host.metrics.outbound.labels(outcome="failed").inc()
         event = await self.host.storage.outbox_failed(item.id, code=code, title=title)
         if event is not None:
-            await self.host.events.publish_status(event)
+            self.host.events.status_changed(event)

@@ -90,8 +90,9 @@ async def test_payloads_match_the_contract_field_for_field(z: Zaphub) -> None:
             "phone_number": wb.DEFAULT_FROM,
         },
         "phoneNumberId": PNID,
+        "eventId": event["eventId"],
     }
-    assert all(isinstance(event[k], int) for k in ("conversationId",))
+    assert all(isinstance(event[k], int) for k in ("conversationId", "eventId"))
     assert isinstance(message_id, int)
 
     assert (await client.call("join_conversation", {"conversationId": conversation_id})) == {"ok": True}
@@ -116,14 +117,18 @@ async def test_payloads_match_the_contract_field_for_field(z: Zaphub) -> None:
         "type": "sent",
         "platform": "whatsapp",
         "phoneNumberId": PNID,
+        "eventId": sent["eventId"],
     }
+    assert sent["eventId"] > event["eventId"]
     assert ISO_Z.match(sent["message"]["delivered_at"])
     read = await client.wait("whatsapp:message_status", lambda d: d["status"] == "read")
-    assert set(read) == {"messageId", "status", "timestamp", "conversationId"}
+    assert set(read) == {"messageId", "status", "timestamp", "conversationId", "eventId"}
     assert read["messageId"] == accepted["messageId"]
     assert read["timestamp"].isdigit()  # Meta's string of Unix seconds
     statuses = [d["status"] for d in client.of("whatsapp:message_status")]
     assert statuses == ["sent", "delivered", "read"]
+    ids = [d["eventId"] for d in client.of("whatsapp:message_status")]
+    assert ids == sorted(ids) and ids[0] > sent["eventId"]
 
 
 async def test_media_automated_and_failed_payloads(z: Zaphub) -> None:

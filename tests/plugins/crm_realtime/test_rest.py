@@ -64,6 +64,7 @@ async def test_every_endpoint_needs_a_valid_bearer_token(z: Zaphub) -> None:
         ("POST", "/api/conversations/1/read"),
         ("POST", "/api/conversations/1/typing"),
         ("PATCH", "/api/conversations/1"),
+        ("GET", "/api/events"),
     ]
     headers_and_reasons = [
         ({}, "missing bearer token"),
@@ -498,7 +499,7 @@ async def test_openapi_declares_the_bearer_scheme_on_every_api_operation(z: Zaph
         if path.startswith("/api/")
         for method, operation in item.items()
     ]
-    assert len(api_operations) == 13
+    assert len(api_operations) == 14
     for path, method, operation in api_operations:
         assert operation["security"] == [{"bearerAuth": []}], (method, path)
         assert all(p["name"] != "Authorization" for p in operation.get("parameters", [])), (method, path)

@@ -1,0 +1,187 @@
+"""The payloads of zaphub's events, as the CRM contract spells them (docs/events.md).
+
+Storage builds each payload once, in the transaction of the change it reports, and keeps it
+encoded in the event log (:mod:`core.storage.events`); Socket.IO, the REST change feed and
+outgoing webhooks all send those stored bytes. The builders live in core, not in a plugin,
+because the log is core's.
+
+Keys keep the seed's spelling exactly: camelCase at the top level (``conversationId``) and
+snake_case inside ``message`` and ``contact`` (``sender_type``). Keys beyond the seed's
+(``type``, ``wamid``, ``phoneNumberId``…) are additions the contract allows.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from core.models import Contact, Conversation, Message, StatusChange, iso_z
+
+__all__ = [
+    "EVENT_MESSAGE",
+    "EVENT_SENT",
+    "EVENT_STATUS",
+    "EVENT_TYPES",
+    "EventContact",
+    "EventMessage",
+    "MediaRef",
+    "MessageEvent",
+    "MessageSentEvent",
+    "MessageStatusEvent",
+    "StatusError",
+    "encode_payload",
+    "media_url",
+    "message_event",
+    "message_sent_event",
+    "message_status_event",
+]
+
+EVENT_MESSAGE = "whatsapp:message"
+"""An inbound message was stored."""
+EVENT_SENT = "whatsapp:message_sent"
+"""Graph accepted an outbound message."""
+EVENT_STATUS = "whatsapp:message_status"
+"""A message's status moved forward (``failed`` included)."""
+
+EVENT_TYPES: tuple[str, ...] = (EVENT_MESSAGE, EVENT_SENT, EVENT_STATUS)
+"""Every event type the log holds (the ``types=`` filter accepts these)."""
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_payload(payload: msgspec.Struct) -> bytes:
+    """The JSON bytes of a payload, as stored in the log and sent to clients."""
+    return _encoder.encode(payload)
+
+
+class MediaRef(msgspec.Struct, frozen=True):
+    """Where a client downloads a message's media (``GET``, same bearer token)."""
+
+    url: str
+    mime_type: str | None
+
+
+class StatusError(msgspec.Struct, frozen=True):
+    """Why a message failed: Meta's error code and title."""
+
+    code: int | None
+    title: str | None
+
+
+class EventMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``message`` inside ``whatsapp:message`` and ``whatsapp:message_sent``."""
+
+    id: int
+    body: str | None
+    sender_type: Literal["contact", "user"]
+    delivered_at: str | None
+    type: str
+    media: MediaRef | None = None
+    automated: bool = False
+    wamid: str | None = None
+    error: StatusError | None = None
+    """Inbound content Meta could not deliver (``unsupported``): Meta's code and title."""
+
+
+class EventContact(msgspec.Struct, frozen=True):
+    """``contact`` inside ``whatsapp:message``."""
+
+    id: int
+    name: str | None
+    phone_number: str
+
+
+class MessageEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``whatsapp:message``: an inbound message was stored."""
+
+    conversation_id: int
+    message: EventMessage
+    contact: EventContact
+    phone_number_id: str
+
+
+class MessageSentEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """``whatsapp:message_sent``: Graph accepted an outbound message."""
+
+    message_id: int
+    conversation_id: int
+    message: EventMessage
+    # No defaults on the two constant keys: omit_defaults would leave them out.
+    type: Literal["sent"]
+    platform: Literal["whatsapp"]
+    phone_number_id: str
+    automated: bool = False
+
+
+class MessageStatusEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """``whatsapp:message_status``: a message's status moved forward."""
+
+    message_id: int
+    status: str
+    timestamp: str
+    conversation_id: int
+    error: StatusError | None = None
+
+
+def media_url(public_url: str, message_id: int) -> str:
+    """The REST URL serving a message's media bytes."""
+    return f"{public_url}/api/messages/{message_id}/media"
+
+
+def _event_message(message: Message, public_url: str) -> EventMessage:
+    media = None
+    if message.media_id is not None and message.is_inbound:
+        media = MediaRef(media_url(public_url, message.id), message.media_mime_type)
+    return EventMessage(
+        id=message.id,
+        body=message.body,
+        sender_type=message.sender_type,
+        delivered_at=iso_z(message.delivered_at),
+        type=message.type,
+        media=media,
+        automated=message.automated,
+        wamid=message.wamid,
+        error=StatusError(message.error_code, message.error_title)
+        if message.is_inbound and message.error_code is not None
+        else None,
+    )
+
+
+def message_event(
+    message: Message, conversation: Conversation, contact: Contact, public_url: str
+) -> MessageEvent:
+    """The ``whatsapp:message`` payload of a stored inbound message."""
+    return MessageEvent(
+        conversation_id=conversation.id,
+        message=_event_message(message, public_url),
+        contact=EventContact(contact.id, contact.name, contact.phone_number or contact.wa_id),
+        phone_number_id=conversation.phone_number_id,
+    )
+
+
+def message_sent_event(message: Message, conversation: Conversation, public_url: str) -> MessageSentEvent:
+    """The ``whatsapp:message_sent`` payload of a message Graph accepted."""
+    return MessageSentEvent(
+        message_id=message.id,
+        conversation_id=conversation.id,
+        message=_event_message(message, public_url),
+        type="sent",
+        platform="whatsapp",
+        phone_number_id=conversation.phone_number_id,
+        automated=message.automated,
+    )
+
+
+def message_status_event(change: StatusChange, conversation: Conversation) -> MessageStatusEvent:
+    """The ``whatsapp:message_status`` payload of a status change (``error`` only for ``failed``)."""
+    error = None
+    if change.status == "failed":
+        error = StatusError(change.error_code, change.error_title)
+    return MessageStatusEvent(
+        message_id=change.message_id,
+        status=change.status,
+        timestamp=change.timestamp,
+        conversation_id=conversation.id,
+        error=error,
+    )
