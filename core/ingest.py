@@ -28,25 +28,52 @@ log = logging.getLogger("zaphub.events")  # the name it had in core/events.py; l
 
 
 class _Submission:
-    __slots__ = ("future", "messages", "statuses")
+    __slots__ = ("future", "messages", "rest", "statuses")
 
     def __init__(
         self,
         messages: Sequence[InboundMessage],
         statuses: Sequence[InboundStatus],
         future: asyncio.Future[None],
+        rest: list[tuple[Sequence[InboundMessage], Sequence[InboundStatus]]] | None = None,
     ) -> None:
         self.messages = messages
         self.statuses = statuses
         self.future = future
+        self.rest = rest or []
+        """Later chunks of a large webhook: queued (at the back) once this one is committed."""
+
+    @property
+    def size(self) -> int:
+        return len(self.messages) + len(self.statuses)
+
+
+def _chunks(
+    messages: Sequence[InboundMessage], statuses: Sequence[InboundStatus], size: int
+) -> list[tuple[Sequence[InboundMessage], Sequence[InboundStatus]]]:
+    """Messages then statuses, at most ``size`` items per chunk (statuses after their messages)."""
+    out: list[tuple[Sequence[InboundMessage], Sequence[InboundStatus]]] = [
+        (messages[i : i + size], []) for i in range(0, len(messages), size)
+    ]
+    start = 0
+    if out and len(out[-1][0]) < size:  # top up the last message chunk with statuses
+        start = size - len(out[-1][0])
+        out[-1] = (out[-1][0], statuses[:start])
+    out.extend(([], statuses[i : i + size]) for i in range(start, len(statuses), size))
+    return out
 
 
 class IngestBatcher:
     """Group commit of inbound batches; see the module docstring."""
 
-    def __init__(self, host: Host, *, max_webhooks: int = 200) -> None:
+    def __init__(self, host: Host, *, max_webhooks: int = 200, max_items: int = 500) -> None:
         self.host = host
         self.max_webhooks = max_webhooks
+        self.max_items = max_items
+        """Messages + statuses per transaction. A larger webhook is stored in chunks, each queued
+        behind the webhooks that arrived meanwhile, so one huge batch (15,000 new contacts) cannot
+        hold small webhooks for the whole of its transaction; it is answered once every chunk is
+        committed (a crash in between is harmless: Meta retries it, unique keys absorb the rest)."""
         self._pending: list[_Submission] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -77,7 +104,11 @@ class IngestBatcher:
         if self._closed:
             raise RuntimeError("the host is shutting down")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Submission(messages, statuses, future))
+        if len(messages) + len(statuses) > self.max_items:
+            (first_msgs, first_statuses), *rest = _chunks(messages, statuses, self.max_items)
+            self._pending.append(_Submission(first_msgs, first_statuses, future, rest))
+        else:
+            self._pending.append(_Submission(messages, statuses, future))
         self._idle.clear()
         self._wake.set()
         await future
@@ -91,7 +122,7 @@ class IngestBatcher:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch, self._pending = self._pending[: self.max_webhooks], self._pending[self.max_webhooks :]
+                batch = self._take()
                 try:
                     await self._store(batch)
                 except Exception as exc:  # never leave a webhook waiting on a dead writer
@@ -103,6 +134,17 @@ class IngestBatcher:
                 self._idle.set()
             if self._closed and not self._pending:
                 return
+
+    def _take(self) -> list[_Submission]:
+        """The next transaction's submissions: at most ``max_webhooks`` and ``max_items`` (at least one)."""
+        taken, items = 0, 0
+        for sub in self._pending:
+            if taken and (taken >= self.max_webhooks or items + sub.size > self.max_items):
+                break
+            taken += 1
+            items += sub.size
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        return batch
 
     async def _store(self, batch: list[_Submission]) -> None:
         started = time.perf_counter()
@@ -124,7 +166,10 @@ class IngestBatcher:
         metrics.ingest_seconds.observe(time.perf_counter() - started)
         metrics.ingest_batch.observe(len(batch))
         for sub in batch:
-            if not sub.future.done():
+            if sub.rest:  # a large webhook: its next chunk waits behind what arrived meanwhile
+                (msgs, sts), *rest = sub.rest
+                self._pending.append(_Submission(msgs, sts, sub.future, rest))
+            elif not sub.future.done():
                 sub.future.set_result(None)
         try:
             self._publish(result)
