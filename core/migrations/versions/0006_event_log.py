@@ -1,7 +1,7 @@
 """event log, its sequence and named cursors
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 """
 
 from datetime import UTC, datetime
@@ -11,8 +11,8 @@ from alembic import op
 
 import core.storage.schema
 
-revision = "0004"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
