@@ -39,7 +39,13 @@ MESSAGE = Message(
 )
 
 # Every argument of on_message_received / reply_for_message but `settings` (the runner adds it).
-RECEIVED: dict[str, Any] = {"host": None, "message": MESSAGE, "conversation": CONVERSATION, "contact": None}
+RECEIVED: dict[str, Any] = {
+    "host": None,
+    "message": MESSAGE,
+    "conversation": CONVERSATION,
+    "contact": None,
+    "event": None,
+}
 
 
 class Named(msgspec.Struct, forbid_unknown_fields=True):
@@ -215,7 +221,7 @@ async def test_sync_and_async_implementations_are_awaited_and_get_their_own_sett
         {"sync": {"name": "S"}, "async": {"name": "A"}, "quiet": {}},
     )
     results = await hooks.call(
-        "on_message_received", host=None, message=MESSAGE, conversation=CONVERSATION, contact=None
+        "on_message_received", host=None, message=MESSAGE, conversation=CONVERSATION, contact=None, event=None
     )
     assert sorted(results) == ["async:A", "sync:S"]  # awaited values, Nones dropped
     assert sync.seen == [(MESSAGE, Named(name="S"))]
