@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-from core.models import Contact, Conversation, Message, StatusChange, iso_z
+from core.models import Contact, Conversation, Event, Message, StatusChange, iso_z
 
 __all__ = [
     "EVENT_MESSAGE",
@@ -25,12 +25,14 @@ __all__ = [
     "EVENT_TYPES",
     "EventContact",
     "EventMessage",
+    "FeedEvent",
     "MediaRef",
     "MessageEvent",
     "MessageSentEvent",
     "MessageStatusEvent",
     "StatusError",
     "encode_payload",
+    "feed_event",
     "media_url",
     "message_event",
     "message_sent_event",
@@ -184,4 +186,31 @@ def message_status_event(change: StatusChange, conversation: Conversation) -> Me
         timestamp=change.timestamp,
         conversation_id=conversation.id,
         error=error,
+    )
+
+
+class FeedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One event as the outside world reads it from the log.
+
+    An item of ``GET /api/events`` and the body of an outgoing webhook; ``data`` is the stored
+    payload, sent as stored.
+    """
+
+    id: int
+    type: str
+    conversation_id: int | None
+    phone_number_id: str | None
+    created_at: str | None
+    data: msgspec.Raw
+
+
+def feed_event(event: Event) -> FeedEvent:
+    """The outside shape of a stored event; its payload bytes are copied, never re-encoded."""
+    return FeedEvent(
+        id=event.id,
+        type=event.type,
+        conversation_id=event.conversation_id,
+        phone_number_id=event.phone_number_id,
+        created_at=iso_z(event.created_at),
+        data=msgspec.Raw(event.data),
     )

@@ -21,11 +21,13 @@ import msgspec
 from core.event_payloads import (
     EventContact,
     EventMessage,
+    FeedEvent,
     MediaRef,
     MessageEvent,
     MessageSentEvent,
     MessageStatusEvent,
     StatusError,
+    feed_event,
     media_url,
     message_event,
     message_sent_event,
@@ -460,17 +462,6 @@ def api_conversation(
 # ---------------------------------------------------------------------------------------------
 
 
-class FeedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """One event of ``GET /api/events``; ``data`` is the stored payload, sent as stored."""
-
-    id: int
-    type: str
-    conversation_id: int | None
-    phone_number_id: str | None
-    created_at: str | None
-    data: msgspec.Raw
-
-
 class EventPage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """A page of the change feed, oldest first."""
 
@@ -510,17 +501,7 @@ def encode_event_page(events: list[Event], next_after: int | None) -> bytes:
     """The JSON of a feed page; each payload is copied from storage, never re-encoded."""
     return _page_encoder.encode(
         EventPage(
-            events=[
-                FeedEvent(
-                    id=e.id,
-                    type=e.type,
-                    conversation_id=e.conversation_id,
-                    phone_number_id=e.phone_number_id,
-                    created_at=iso_z(e.created_at),
-                    data=msgspec.Raw(e.data),
-                )
-                for e in events
-            ],
+            events=[feed_event(e) for e in events],
             next_after=next_after,
         )
     )
