@@ -249,8 +249,9 @@ class Webhooks:
         self._supervisor: asyncio.Task[None] | None = None
 
     async def place_new_subscribers(self) -> None:
-        """Give each subscriber without a cursor one at the end of the log: it starts with the events
-        written from its first start on (not the whole history).
+        """Give each subscriber without a cursor one at the end of the log.
+
+        A subscriber starts with the events written from its first start on, not the whole history.
         """
         storage = self.host.storage
         last: int | None = None

@@ -60,6 +60,15 @@ async def post_texts(server: ZaphubProcess, texts: list[str]) -> None:
             assert r.status_code == 200, r.text
 
 
+async def metrics_text(server: ZaphubProcess) -> str:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return (await client.get(f"{server.url}/metrics")).text
+
+
+async def _has(server: ZaphubProcess, text: str) -> bool:
+    return text in await metrics_text(server)
+
+
 def zaphub_cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "core.cli", "webhooks", "--config", str(cfg), *args],
@@ -76,7 +85,9 @@ def first_seen(ids: list[int]) -> list[int]:
     return [i for i in ids if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
 
 
-async def test_failures_stalls_and_429_then_everything_once_in_order(storage_url: str, tmp_path: Path) -> None:
+async def test_failures_stalls_and_429_then_everything_once_in_order(
+    storage_url: str, tmp_path: Path
+) -> None:
     def flaky(request: Request, n: int) -> Answer:
         if n == 1:
             return (500, {})
@@ -101,13 +112,11 @@ async def test_failures_stalls_and_429_then_everything_once_in_order(storage_url
             await asyncio.to_thread(server.wait_ready)
             texts = [f"mensagem {i}" for i in range(20)]
             await post_texts(server, texts)
-            await wait_for(
-                lambda: len(set(receiver.accepted_ids())) == 20, timeout=60, what="20 deliveries"
-            )
+            await wait_for(lambda: len(set(receiver.accepted_ids())) == 20, timeout=60, what="20 deliveries")
             # Lag is measured for a stuck subscriber too (its task is busy retrying event 1).
             dead_lag = 'zaphub_webhook_lag_events{subscriber="dead"} 20.0'
-            await wait_for(lambda: dead_lag in httpx.get(f"{server.url}/metrics").text, what=dead_lag)
-            metrics = httpx.get(f"{server.url}/metrics").text
+            await wait_for(lambda: _has(server, dead_lag), what=dead_lag)
+            metrics = await metrics_text(server)
         finally:
             server.stop()
 
@@ -185,8 +194,8 @@ async def test_poison_event_is_dead_lettered_listed_and_replayed(storage_url: st
         try:
             await asyncio.to_thread(server.wait_ready)
             await post_texts(server, ["before", "poison", "after"])
-            await wait_for(lambda: 3 in receiver.accepted_ids(), timeout=30, what="the event after the poison")
-            metrics = httpx.get(f"{server.url}/metrics").text
+            await wait_for(lambda: 3 in receiver.accepted_ids(), timeout=30, what="the event after poison")
+            metrics = await metrics_text(server)
             assert 'zaphub_webhook_deliveries_total{outcome="dead_lettered",subscriber="crm"} 1.0' in metrics
             assert "dead-lettered" in server.log()
 
@@ -215,7 +224,8 @@ async def test_poison_event_is_dead_lettered_listed_and_replayed(storage_url: st
             assert "replayed 1 of 1 to crm" in replayed.stdout
             assert zaphub_cli(cfg, "dead-letters").stdout.strip() == "no dead letters"
             status = zaphub_cli(cfg, "status")
-            assert "crm\t" in status.stdout and "behind=0" in status.stdout and "dead_letters=0" in status.stdout
+            assert "crm\t" in status.stdout
+            assert "behind=0" in status.stdout and "dead_letters=0" in status.stdout
         finally:
             server.stop()
 
