@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
 from plugins.webhooks.config import DEV_SECRET, WebhooksSettings
+from tests.helpers import REPO
 
 GOOD = {"url": "https://crm.example.com/hook", "secret": "s" * 32}
 
@@ -61,3 +65,22 @@ def test_unsafe_secrets_are_findings() -> None:
     assert "published example" in dev[0].message
     short = settings({**GOOD, "secret": "short"}).findings()
     assert "shorter than 16 bytes" in short[0].message
+
+
+def test_zaphub_check_reports_an_example_secret(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "plugins:\n  webhooks:\n    subscribers:\n"
+        f"      - {{url: 'https://crm.example.com/hook', secret: {DEV_SECRET}}}\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "core.cli", "check", "--config", str(cfg)],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "plugins.webhooks.subscribers[0].secret: is the published example" in done.stderr

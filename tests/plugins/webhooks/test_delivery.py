@@ -233,3 +233,29 @@ async def test_poison_event_is_dead_lettered_listed_and_replayed(storage_url: st
     assert last.event["id"] == 2 and last.event["data"]["message"]["body"] == "poison"
     assert last.signature_ok(SUB_SECRET)
     assert json.loads(receiver.attempts_of(2)[0].body) == last.event, "the replay sends the same body"
+
+
+@pytest.mark.postgres
+async def test_two_processes_deliver_once_and_take_over(fresh_postgres_url: str, tmp_path: Path) -> None:
+    """Two hosts on one PostgreSQL database: one delivers, each event once and in order, whichever
+    host stored it; when that host is killed the other carries on without skipping."""
+    with running_receiver(Receiver()) as receiver:
+        cfg = config(tmp_path, fresh_postgres_url, [subscriber(receiver.url, name="crm")])
+        a, b = ZaphubProcess(cfg).start(), ZaphubProcess(cfg).start()
+        try:
+            await asyncio.gather(asyncio.to_thread(a.wait_ready), asyncio.to_thread(b.wait_ready))
+            await asyncio.gather(
+                post_texts(a, [f"a{i}" for i in range(15)]), post_texts(b, [f"b{i}" for i in range(15)])
+            )
+            await wait_for(lambda: len(receiver.accepted) >= 30, timeout=60, what="30 deliveries")
+            assert receiver.accepted_ids() == list(range(1, 31)), "once each, in order, from one process"
+            leader = a if "delivering to 1 subscriber" in a.log() else b
+            other = b if leader is a else a
+            assert "delivering to 1 subscriber" not in other.log()
+            leader.kill()
+            await post_texts(other, [f"c{i}" for i in range(5)])
+            await wait_for(lambda: len(set(receiver.accepted_ids())) == 35, timeout=60, what="takeover")
+        finally:
+            a.stop()
+            b.stop()
+    assert first_seen(receiver.accepted_ids()) == list(range(1, 36))
