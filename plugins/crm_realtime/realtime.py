@@ -46,6 +46,7 @@ from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.crm_realtime.models import ConversationUpdatedEvent
 from plugins.crm_realtime.relay import ListenerLog, RelayHealth
+from plugins.crm_realtime.resume import DeliveryGate, parse_last_event_id
 
 if TYPE_CHECKING:
     from core.host import Host
@@ -77,6 +78,9 @@ EVENT_MESSAGE = "whatsapp:message"
 EVENT_SENT = "whatsapp:message_sent"
 EVENT_STATUS = "whatsapp:message_status"
 EVENT_CONVERSATION = "whatsapp:conversation_updated"
+EVENT_RESYNC = "resync_required"
+REPLAY_PAGE = 500
+"""Events read from the log (and sent) at a time when replaying to a resuming socket."""
 
 
 def scope_room(phone_number_id: str) -> str:
@@ -119,13 +123,42 @@ def parse_id(value: Any, what: str) -> int:
 
 
 class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socketio is untyped
-    """python-socketio's manager, minus one asyncio task per recipient and emit.
+    """python-socketio's manager, minus one asyncio task per recipient and emit, plus the resume gate.
 
     ``AsyncManager.emit`` wraps each recipient's send in a task and waits for them all. Each send
     only appends to that client's own unbounded Engine.IO queue (its writer task does the I/O), so
     the tasks buy no concurrency and cost about half the CPU of a 1,000-client fan-out. Emits
     with an ack callback, which need a packet per client, keep the library's path.
+
+    Every live emit of an event (a payload with ``eventId``) passes :attr:`gate`, which keeps it
+    back from a socket being replayed to and skips what the replay already sent
+    (:mod:`plugins.crm_realtime.resume`).
     """
+
+    gate: DeliveryGate
+
+    def frames(self, event: str, data: Any, namespace: str) -> list[engineio.packet.Packet]:
+        """The Engine.IO frames of one Socket.IO event, encoded once for every recipient."""
+        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        encoded = self.server.packet_class(
+            socketio.packet.EVENT, namespace=namespace, data=[event, *args]
+        ).encode()
+        return [
+            engineio.packet.Packet(engineio.packet.MESSAGE, part)
+            for part in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+
+    async def send_frames(self, sid: str, namespace: str, frames: list[engineio.packet.Packet]) -> bool:
+        """Send encoded frames to one socket; ``False`` when it is gone."""
+        eio_sid = self.eio_sid_from_sid(sid, namespace)
+        if eio_sid is None:
+            return False
+        try:
+            for frame in frames:
+                await self.server._send_eio_packet(eio_sid, frame)
+        except Exception:  # a socket closing under us: nothing left to deliver to it
+            return False
+        return True
 
     async def emit(
         self,
@@ -145,28 +178,19 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
                 event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
             )
             return
-        if isinstance(data, tuple):
-            args = list(data)
-        elif data is not None:
-            args = [data]
-        else:
-            args = []
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
-        encoded = self.server.packet_class(
-            socketio.packet.EVENT, namespace=namespace, data=[event, *args]
-        ).encode()
-        frames = [
-            engineio.packet.Packet(engineio.packet.MESSAGE, part)
-            for part in (encoded if isinstance(encoded, list) else [encoded])
-        ]
+        frames = self.frames(event, data, namespace)
+        gate = self.gate
+        event_id = None if gate.idle or not isinstance(data, dict) else data.get("eventId")
         for sid, eio_sid in self.get_participants(namespace, room):
-            if sid in skip:
+            if sid in skip or (event_id is not None and not gate.admit(sid, event_id, frames)):
                 continue
             try:
                 for frame in frames:
                     await self.server._send_eio_packet(eio_sid, frame)
             except Exception:  # a socket closing under us: nothing left to deliver to it
                 log.debug("emit %s: client %s is gone", event, sid)
+        gate.passed(event_id)
 
 
 class _RedisDirectEmit(socketio.AsyncRedisManager, _DirectEmit):  # type: ignore[misc]  # untyped library
@@ -234,7 +258,7 @@ class Realtime:
         self.ns = settings.namespace
         redis = host.config.redis
         self.relay: RelayHealth | None = None
-        self.manager: socketio.AsyncManager
+        self.manager: _DirectEmit
         if redis.url:
             self.relay = RelayHealth(host.metrics.registry, redact_url(redis.url))
             relay_manager = _RedisDirectEmit(
@@ -248,6 +272,8 @@ class Realtime:
             self.manager = relay_manager
         else:
             self.manager = _DirectEmit()
+        self.gate = DeliveryGate()
+        self.manager.gate = self.gate
         origins: Any = settings.cors_allowed_origins
         if origins is not None and "*" in origins:
             origins = "*"
@@ -306,6 +332,17 @@ class Realtime:
             "zaphub_crm_joins_refused",
             "join_conversation/join_message refused before any lookup, by reason: rate, in_flight.",
             ["reason"],
+            registry=registry,
+        )
+        self.m_replayed = Counter(
+            "zaphub_crm_events_replayed",
+            "Events replayed from the event log to resuming sockets (lastEventId), by event.",
+            ["event"],
+            registry=registry,
+        )
+        self.m_resyncs = Counter(
+            "zaphub_crm_resync_required",
+            "resync_required sent: a lastEventId older than the retention (or unknown to this log).",
             registry=registry,
         )
         self.m_idle_closed = Counter(
@@ -455,7 +492,16 @@ class Realtime:
             log.info("Socket.IO client refused: %s", exc.reason)
             self.close_soon(sid, self.ns)
             raise socketio.exceptions.ConnectionRefusedError("unauthorized", {"reason": exc.reason}) from None
+        try:
+            after = parse_last_event_id(auth.get("lastEventId") if isinstance(auth, dict) else None)
+        except ValueError as exc:
+            self.m_refused.labels(reason="last_event_id").inc()
+            self.close_soon(sid, self.ns)
+            raise socketio.exceptions.ConnectionRefusedError("bad request", {"reason": str(exc)}) from None
         self.agents[sid] = agent
+        if after is not None:
+            # Live events are kept back from before the socket enters its rooms (resume.py).
+            self._spawn(self._resume(sid, self.gate.hold(sid), after, "connect", None))
         self._agent_sockets[agent.sub] += 1
         rooms = [ALL_ROOM] if agent.scope is None else [scope_room(n) for n in sorted(agent.scope)]
         for room in rooms:
@@ -467,6 +513,7 @@ class Realtime:
 
     def disconnected(self, sid: str) -> None:
         """Forget a socket (its rooms are left by python-socketio)."""
+        self.gate.forget(sid)
         agent = self.agents.pop(sid, None)
         if agent is not None:
             self.m_sockets.dec()
@@ -484,7 +531,10 @@ class Realtime:
         if sid not in self.agents:
             return
         log.info("Socket.IO client %s disconnected: token expired", sid)
-        task = asyncio.create_task(self.sio.disconnect(sid, namespace=self.ns))
+        self._spawn(self.sio.disconnect(sid, namespace=self.ns))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -602,6 +652,10 @@ class Realtime:
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
         room = conversation_room(ident) if kind == "conversation" else message_room(ident)
+        try:
+            after = parse_last_event_id(data.get("lastEventId") if isinstance(data, dict) else None)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
         if leave:
             await self.sio.leave_room(sid, room, namespace=self.ns)
             return {"ok": True}
@@ -631,8 +685,74 @@ class Realtime:
             return {"ok": False, "error": f"forbidden: {refusal}"}
         if sid not in self.agents:  # disconnected while we looked it up
             return {"ok": False, "error": "disconnected"}
+        if after is not None:
+            self._spawn(self._resume(sid, self.gate.hold(sid), after, kind, ident))
         await self.sio.enter_room(sid, room, namespace=self.ns)
         return {"ok": True}
+
+    # -- resume ------------------------------------------------------------------------------
+
+    async def _resume(self, sid: str, lock: asyncio.Lock, after: int, kind: str, ident: int | None) -> None:
+        """Replay the log after ``after`` to ``sid``, then send the live events kept back meanwhile.
+
+        ``kind`` is ``connect`` (the messages of the token's scope) or ``conversation`` /
+        ``message`` (that room's statuses). If the log cannot be read, the transport is closed:
+        the client reconnects with the last ``eventId`` it got, and the replay starts over there.
+        """
+        gate = self.gate
+        try:
+            async with lock:
+                try:
+                    await self._replay(sid, after, kind, ident)
+                finally:
+                    if gate.release(sid):
+                        while (held := gate.next_held(sid)) is not None:
+                            await self.manager.send_frames(sid, self.ns, held[1])
+        except Exception as exc:
+            self._throttle.error("replaying events to a resuming socket failed", exc_info=exc)
+            eio_sid = self.manager.eio_sid_from_sid(sid, self.ns)
+            if eio_sid is not None:
+                await self._close_transport(eio_sid)
+
+    async def _replay(self, sid: str, after: int, kind: str, ident: int | None) -> None:
+        agent = self.agents.get(sid)
+        if agent is None:
+            return
+        storage = self.host.storage
+        bounds = await storage.event_bounds()
+        oldest = bounds.oldest if bounds.oldest is not None else bounds.last + 1
+        if after + 1 < oldest or after > bounds.last:
+            # Pruned by retention (or from another database): only a REST resync is complete.
+            self.m_resyncs.inc()
+            notice: dict[str, Any] = {"lastEventId": after, "oldestEventId": oldest}
+            if kind != "connect":
+                notice[f"{kind}Id"] = ident
+            frames = self.manager.frames(EVENT_RESYNC, notice, self.ns)
+            await self.manager.send_frames(sid, self.ns, frames)
+            return
+        scope = sorted(agent.scope) if agent.scope is not None else None
+        types = [EVENT_MESSAGE, EVENT_SENT] if kind == "connect" else [EVENT_STATUS]
+        cursor = after
+        while True:
+            page = await storage.read_events(
+                cursor,
+                REPLAY_PAGE,
+                types=types,
+                phone_number_ids=scope,
+                conversation_id=ident if kind == "conversation" else None,
+                message_id=ident if kind == "message" else None,
+            )
+            for event in page:
+                data = event.payload()
+                data["eventId"] = event.id
+                frames = self.manager.frames(event.type, data, self.ns)
+                if not await self.manager.send_frames(sid, self.ns, frames):
+                    return  # gone
+                self.gate.replayed(sid, event.id)
+                self.m_replayed.labels(event=event.type).inc()
+            if len(page) < REPLAY_PAGE:
+                return
+            cursor = page[-1].id
 
 
 class _OtherNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python-socketio is untyped

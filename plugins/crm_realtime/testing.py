@@ -72,13 +72,24 @@ class SocketClient:
         self.sio.on("connect_error", on_connect_error, namespace=namespace)
         self.sio.on("disconnect", on_disconnect, namespace=namespace)
 
-    async def connect(self, url: str, token: str | None, *, transports: list[str] | None = None) -> None:
+    async def connect(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        transports: list[str] | None = None,
+        last_event_id: int | None = None,
+    ) -> None:
         """Connect (websocket unless ``transports`` says otherwise).
+
+        ``last_event_id`` resumes: the server first replays every event after it.
 
         Raises:
             socketio.exceptions.ConnectionError: refused (see :attr:`connect_error`).
         """
-        auth = {"token": token} if token is not None else None
+        auth: dict[str, Any] | None = {"token": token} if token is not None else None
+        if auth is not None and last_event_id is not None:
+            auth["lastEventId"] = last_event_id
         await self.sio.connect(
             url,
             namespaces=[self.namespace],
