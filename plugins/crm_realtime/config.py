@@ -125,8 +125,8 @@ class CrmRealtimeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     max_joins_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 4
     """Joins one socket may have waiting for their ack; more are refused at once."""
     event_queue_size: Annotated[int, msgspec.Meta(ge=100)] = 10_000
-    """Events waiting to be emitted (per process). When full, new events are dropped and counted
-    (``zaphub_crm_events_dropped_total``): clients resync over REST with ``after_id``."""
+    """Events waiting to be emitted (per process). When full, new events are not queued (counted in
+    ``zaphub_crm_events_dropped_total``) and are delivered a moment later from the event log."""
     max_page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
     """Largest ``limit`` accepted by the REST list endpoints."""
     console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)

@@ -18,10 +18,12 @@ without a connected namespace holds a file descriptor for nothing, so it is clos
 after a refused connect (the ``connect_error`` is delivered first), or ``connect_timeout_seconds``
 after it opened.
 
-Hooks only enqueue (``put_nowait``): one task emits in order. An emit writes each recipient's
-packet to that client's own Engine.IO queue and returns, so a slow or dead client delays nobody;
-it is dropped by the heartbeat (``ping_interval + ping_timeout``). If the queue itself overflows
-(Redis unreachable, say), new events are dropped and counted; clients resync over REST.
+Hooks only enqueue (``put_nowait``): one task emits in order (:class:`plugins.crm_realtime.feed.SocketFeed`,
+which also takes events relayed by other processes and reads the log for anything missed). An emit
+writes each recipient's packet to that client's own Engine.IO queue and returns, so a slow or dead
+client delays nobody; it is dropped by the heartbeat (``ping_interval + ping_timeout``). A client
+that reconnects with ``lastEventId`` gets what it missed from the log
+(:mod:`plugins.crm_realtime.resume`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from core.logs import Throttle
 from core.models import Conversation, Event, Message
 from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden_message
 from plugins.crm_realtime.config import CrmRealtimeSettings
+from plugins.crm_realtime.feed import SocketFeed, relay_message, relayed_event
 from plugins.crm_realtime.models import ConversationUpdatedEvent
 from plugins.crm_realtime.relay import ListenerLog, RelayHealth
 from plugins.crm_realtime.resume import DeliveryGate, parse_last_event_id
@@ -202,6 +205,7 @@ class _RedisDirectEmit(socketio.AsyncRedisManager, _DirectEmit):  # type: ignore
     """
 
     health: RelayHealth
+    feed: SocketFeed
 
     async def _publish(self, data: Any) -> None:
         # One attempt, its outcome recorded. The library's version retries once and logs two
@@ -216,9 +220,17 @@ class _RedisDirectEmit(socketio.AsyncRedisManager, _DirectEmit):  # type: ignore
             self.health.worked("publish")
 
     async def _listen(self) -> Any:
-        async for data in super()._listen():
+        async for raw in super()._listen():
             self.health.worked("listen")  # our own publishes come back too
-            yield data
+            try:
+                data = self.json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+            except ValueError:
+                continue
+            event = relayed_event(data) if isinstance(data, dict) else None
+            if event is None:
+                yield data
+            elif data.get("host_id") != self.host_id:
+                self.feed.offer(event, relay=False)
 
     async def probe(self) -> None:
         """Publish a no-op on the channel: its echo tells the listener is back (see ``_listen``)."""
@@ -234,12 +246,6 @@ class _RedisDirectEmit(socketio.AsyncRedisManager, _DirectEmit):  # type: ignore
 
 def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
-
-
-class _Emit(msgspec.Struct, frozen=True, array_like=True):
-    event: str
-    data: dict[str, Any]
-    rooms: list[str]
 
 
 class Realtime:
@@ -273,7 +279,10 @@ class Realtime:
         else:
             self.manager = _DirectEmit()
         self.gate = DeliveryGate()
+        self.feed = SocketFeed(self, settings.event_queue_size)
         self.manager.gate = self.gate
+        if isinstance(self.manager, _RedisDirectEmit):
+            self.manager.feed = self.feed
         origins: Any = settings.cors_allowed_origins
         if origins is not None and "*" in origins:
             origins = "*"
@@ -297,11 +306,9 @@ class Realtime:
         """Authenticated sockets of this process, by sid."""
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self._queue: asyncio.Queue[_Emit | None] = asyncio.Queue(settings.event_queue_size)
         self._task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
-        self._dropped_logged_at = 0.0
         self._close_at: dict[str, float] = {}
         """Engine.IO sessions without a connected namespace, by when they are closed."""
         self._joins_in_flight: collections.Counter[str] = collections.Counter()
@@ -315,19 +322,12 @@ class Realtime:
         self.m_sockets = Gauge(
             "zaphub_crm_sockets", "CRM Socket.IO clients connected to this process.", registry=registry
         )
-        self.m_events = Counter(
-            "zaphub_crm_events", "Events emitted to CRM clients, by event.", ["event"], registry=registry
-        )
-        self.m_dropped = Counter(
-            "zaphub_crm_events_dropped", "Events dropped because the emit queue was full.", registry=registry
-        )
         self.m_refused = Counter(
             "zaphub_crm_auth_refused",
             "Socket.IO connections refused, by reason.",
             ["reason"],
             registry=registry,
         )
-        self.m_emit_errors = Counter("zaphub_crm_emit_errors", "Emits that raised.", registry=registry)
         self.m_joins_refused = Counter(
             "zaphub_crm_joins_refused",
             "join_conversation/join_message refused before any lookup, by reason: rate, in_flight.",
@@ -355,7 +355,7 @@ class Realtime:
 
     def start(self) -> None:
         """Start the emit loop and the reaper of idle connections (host tasks)."""
-        self._task = self.host.spawn(self._run(), name="crm-realtime-emit")
+        self._task = self.host.spawn(self.feed.run(), name="crm-realtime-emit")
         self._reaper = self.host.spawn(self._reap(), name="crm-realtime-reaper")
         if isinstance(self.manager, _RedisDirectEmit):
             self._prober = self.host.spawn(self._probe_relay(self.manager), name="crm-realtime-relay-probe")
@@ -363,8 +363,7 @@ class Realtime:
     async def close(self, grace_seconds: float = 5.0) -> None:
         """Emit what is queued (bounded), stop Socket.IO and its Redis listener."""
         if self._task is not None and not self._task.done():
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(None)
+            self.feed.stop()
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
             except TimeoutError:
@@ -398,75 +397,59 @@ class Realtime:
         """``None`` while events flow; else what is wrong (for ``GET /ready``)."""
         if self._task is None or self._task.done():
             return "the emit loop is not running"
-        if self._queue.full():
-            return f"the emit queue is full ({self._queue.maxsize} events): events are being dropped"
+        if self.feed.queue.full():
+            return (
+                f"the emit queue is full ({self.feed.queue.maxsize} events): events are delivered late, "
+                "from the event log"
+            )
         return None
 
     # -- hooks → events ------------------------------------------------------------------------
 
     def message_received(self, event: Event) -> None:
-        """Queue ``whatsapp:message`` for every socket allowed to see the business number."""
-        self.publish(event, [ALL_ROOM, scope_room(event.phone_number_id or "")])
+        """Deliver ``whatsapp:message`` to every socket allowed to see the business number."""
+        self.feed.offer(event, relay=True)
 
     def message_sent(self, event: Event) -> None:
-        """Queue ``whatsapp:message_sent`` for every socket allowed to see the business number."""
-        self.publish(event, [ALL_ROOM, scope_room(event.phone_number_id or "")])
+        """Deliver ``whatsapp:message_sent`` to every socket allowed to see the business number."""
+        self.feed.offer(event, relay=True)
 
     def status_changed(self, event: Event) -> None:
-        """Queue ``whatsapp:message_status`` for the conversation's and the message's rooms."""
-        self.publish(
-            event, [conversation_room(event.conversation_id or 0), message_room(event.message_id or 0)]
-        )
+        """Deliver ``whatsapp:message_status`` to the conversation's and the message's rooms."""
+        self.feed.offer(event, relay=True)
 
     def conversation_updated(self, conversation: Conversation) -> None:
-        """Queue ``whatsapp:conversation_updated`` for its room and every socket allowed to see it."""
+        """Queue ``whatsapp:conversation_updated`` for its room and every socket allowed to see it.
+
+        Not in the event log yet (no ``eventId``): relayed as a plain emit, not replayed.
+        """
         payload = ConversationUpdatedEvent(
             conversation_id=conversation.id,
             mode=conversation.mode,
             phone_number_id=conversation.phone_number_id,
         )
         rooms = [conversation_room(conversation.id), ALL_ROOM, scope_room(conversation.phone_number_id)]
-        self._queue_emit(EVENT_CONVERSATION, msgspec.to_builtins(payload), rooms)
+        self.feed.offer_unlogged(EVENT_CONVERSATION, msgspec.to_builtins(payload), rooms)
 
-    def publish(self, event: Event, rooms: list[str]) -> None:
-        """Queue the emit of a logged event (its stored payload plus ``eventId``); never waits."""
-        data = event.payload()
-        data["eventId"] = event.id
-        self._queue_emit(event.type, data, rooms)
+    @staticmethod
+    def rooms(event: Event) -> list[str]:
+        """The rooms of an event: a status's conversation and message, else the business number's."""
+        if event.type == EVENT_STATUS:
+            return [conversation_room(event.conversation_id or 0), message_room(event.message_id or 0)]
+        return [ALL_ROOM, scope_room(event.phone_number_id or "")]
 
-    def _queue_emit(self, name: str, data: dict[str, Any], rooms: list[str]) -> None:
-        """Queue one emit; never waits. Drops (and counts) the event when the queue is full."""
-        if not rooms:  # python-socketio reads an empty room list as "everyone"
-            raise ValueError("an emit needs at least one room")
-        item = _Emit(name, data, rooms)
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.m_dropped.inc()
-            now = time.monotonic()
-            if now - self._dropped_logged_at > 10:
-                self._dropped_logged_at = now
-                log.error(
-                    "CRM emit queue full (%d events): dropping %s; clients must resync over REST (after_id)",
-                    self._queue.maxsize,
-                    name,
-                )
+    async def emit_local(self, event: Event, data: dict[str, Any]) -> None:
+        """Emit to this process's sockets only (the relay carries events, not emits)."""
+        await self.manager.emit(event.type, data, self.ns, room=self.rooms(event), ignore_queue=True)
 
-    async def _run(self) -> None:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                self._queue.task_done()
-                return
-            try:
-                await self.sio.emit(item.event, item.data, to=item.rooms, namespace=self.ns)
-            except Exception as exc:
-                self.m_emit_errors.inc()
-                self._throttle.error("emitting %s failed", item.event, exc_info=exc)
-            else:
-                self.m_events.labels(event=item.event).inc()
-            finally:
-                self._queue.task_done()
+    async def emit_unlogged(self, name: str, data: dict[str, Any], rooms: list[str]) -> None:
+        """Emit an event the log does not hold to the sockets of every process (Redis relays it)."""
+        await self.sio.emit(name, data, to=rooms, namespace=self.ns)
+
+    async def relay_event(self, event: Event) -> None:
+        """Publish ``event`` to the other processes (no-op without Redis; failures are counted)."""
+        if isinstance(self.manager, _RedisDirectEmit):
+            await self.manager._publish(relay_message(event, self.manager.host_id))
 
     def log_failure(self, msg: str, *args: object, exc: BaseException) -> None:
         """Log an unexpected failure, once a minute per kind (a flood must not flood the log)."""
@@ -474,7 +457,7 @@ class Realtime:
 
     async def drain(self) -> None:
         """Wait until every event queued so far has been emitted (tests, benchmarks)."""
-        await self._queue.join()
+        await self.feed.queue.join()
 
     # -- connections ---------------------------------------------------------------------------
 

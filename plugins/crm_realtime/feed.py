@@ -1,0 +1,193 @@
+"""The emit path: every logged event to this process's sockets, once and in id order.
+
+Events reach a process three ways:
+
+- **locally**: the hook dispatcher (one process at a time, see :mod:`core.events`) hands each
+  event to :meth:`SocketFeed.offer` right after its commit; that process also relays it;
+- **relayed**: the other processes hear it on the Redis channel (``zaphub:event`` messages);
+- **from the log**: when an event arrives after a gap (ids are dense and in commit order, so a
+  gap is always real: the relay lost something, or the queue was full), and after
+  ``TICK_SECONDS`` without any event (Redis down, or the last event of a burst lost), the feed
+  reads the log after its cursor.
+
+The cursor (:attr:`SocketFeed.position`) is the highest id delivered with every id below it
+delivered too; anything at or below it is a duplicate and skipped. Offering never waits: when the
+queue is full the event is left to the log. Sockets therefore get every event whether Redis is up,
+down, or back with a backlog; ``zaphub_crm_events_from_log_total`` counts the ones the relay or the
+queue missed, and ``GET /ready`` reports the relay itself (check ``relay``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from prometheus_client import Counter
+
+from core.logs import Throttle
+from core.models import Event
+
+if TYPE_CHECKING:
+    from plugins.crm_realtime.realtime import Realtime
+
+__all__ = ["RELAY_METHOD", "TICK_SECONDS", "SocketFeed"]
+
+log = logging.getLogger("zaphub.crm_realtime")
+
+TICK_SECONDS = 1.0
+"""How long the feed waits without events before it checks the log."""
+LOG_PAGE = 500
+RELAY_METHOD = "zaphub:event"
+"""The ``method`` of the Redis messages carrying an event between processes."""
+
+
+class _Unlogged(msgspec.Struct, frozen=True, array_like=True):
+    """An event the log does not hold (``whatsapp:conversation_updated`` for now)."""
+
+    name: str
+    data: dict[str, Any]
+    rooms: list[str]
+
+
+class SocketFeed:
+    """Delivers logged events to the sockets of this process; see the module docstring."""
+
+    def __init__(self, realtime: Realtime, queue_size: int) -> None:
+        self.rt = realtime
+        self.position: int | None = None
+        """The last event id delivered, every one below it delivered too (``None`` before start)."""
+        self.queue: asyncio.Queue[tuple[Event, bool] | _Unlogged | None] = asyncio.Queue(queue_size)
+        self._throttle = Throttle(log)
+        registry = realtime.host.metrics.registry
+        self.m_events = Counter(
+            "zaphub_crm_events", "Events emitted to CRM clients, by event.", ["event"], registry=registry
+        )
+        self.m_from_log = Counter(
+            "zaphub_crm_events_from_log",
+            "Events this process read from the event log because neither the relay nor its own queue "
+            "brought them in time (Redis down, a gap, a full queue), by event.",
+            ["event"],
+            registry=registry,
+        )
+        self.m_queue_full = Counter(
+            "zaphub_crm_events_dropped",
+            "Events not queued because the emit queue was full (logged ones are delivered later from "
+            "the event log).",
+            registry=registry,
+        )
+        self.m_emit_errors = Counter("zaphub_crm_emit_errors", "Emits that raised.", registry=registry)
+
+    def offer(self, event: Event, *, relay: bool) -> None:
+        """Queue ``event`` for delivery (``relay``: publish it to the other processes too); never waits."""
+        try:
+            self.queue.put_nowait((event, relay))
+        except asyncio.QueueFull:
+            self.m_queue_full.inc()  # the log has it: the next gap or tick reads it back
+
+    def offer_unlogged(self, name: str, data: dict[str, Any], rooms: list[str]) -> None:
+        """Queue an event the log does not hold (no ``eventId``).
+
+        It is emitted in turn and relayed, never replayed; lost (and counted) when the queue is full.
+        """
+        if not rooms:  # python-socketio reads an empty room list as "everyone"
+            raise ValueError("an emit needs at least one room")
+        try:
+            self.queue.put_nowait(_Unlogged(name, data, rooms))
+        except asyncio.QueueFull:
+            self.m_queue_full.inc()
+
+    async def run(self) -> None:
+        """Deliver until :meth:`stop`; starts at the end of the log (earlier events are replays)."""
+        while self.position is None:
+            try:
+                self.position = (await self.rt.host.storage.event_bounds()).last
+            except Exception as exc:
+                self._throttle.error("the CRM feed cannot read the event log yet", exc_info=exc)
+                await asyncio.sleep(TICK_SECONDS)
+        while True:
+            try:
+                item = await asyncio.wait_for(self.queue.get(), TICK_SECONDS)
+            except TimeoutError:
+                await self._guarded(self._catch_up(None))
+                continue
+            try:
+                if item is None:
+                    return
+                if isinstance(item, _Unlogged):
+                    await self._guarded(self._emit_unlogged(item))
+                else:
+                    await self._guarded(self._take(*item))
+            finally:
+                self.queue.task_done()
+
+    def stop(self) -> None:
+        """Stop after what is queued (the sentinel waits its turn)."""
+        with contextlib.suppress(asyncio.QueueFull):  # then run() ends cancelled instead
+            self.queue.put_nowait(None)
+
+    async def _guarded(self, work: Any) -> None:
+        try:
+            await work
+        except Exception as exc:  # the database or an emit failed: the next tick retries from the log
+            self._throttle.error("delivering events to CRM sockets failed", exc_info=exc)
+
+    async def _take(self, event: Event, relay: bool) -> None:
+        assert self.position is not None
+        if relay:  # first: the other processes need not wait for our sockets
+            await self.rt.relay_event(event)
+        if event.id <= self.position:
+            return  # already delivered (read from the log before the relay brought it)
+        if event.id > self.position + 1:
+            await self._catch_up(event.id - 1)
+        if event.id == self.position + 1:
+            await self._deliver(event)
+
+    async def _emit_unlogged(self, item: _Unlogged) -> None:
+        try:
+            await self.rt.emit_unlogged(item.name, item.data, item.rooms)
+        except Exception as exc:
+            self.m_emit_errors.inc()
+            self._throttle.error("emitting %s failed", item.name, exc_info=exc)
+        else:
+            self.m_events.labels(event=item.name).inc()
+
+    async def _catch_up(self, until: int | None) -> None:
+        """Deliver the logged events after the cursor (up to ``until``)."""
+        assert self.position is not None
+        while True:
+            page = await self.rt.host.storage.read_events(self.position, LOG_PAGE, until=until)
+            for event in page:
+                self.m_from_log.labels(event=event.type).inc()
+                await self._deliver(event)
+            if len(page) < LOG_PAGE:
+                return
+
+    async def _deliver(self, event: Event) -> None:
+        data = event.payload()
+        data["eventId"] = event.id
+        try:
+            await self.rt.emit_local(event, data)
+        except Exception as exc:
+            self.m_emit_errors.inc()
+            self._throttle.error("emitting %s failed", event.type, exc_info=exc)
+        else:
+            self.m_events.labels(event=event.type).inc()
+        self.position = event.id
+
+
+def relay_message(event: Event, host_id: str) -> dict[str, Any]:
+    """The Redis message carrying ``event`` to the other processes."""
+    return {"method": RELAY_METHOD, "host_id": host_id, "event": msgspec.json.encode(event).decode()}
+
+
+def relayed_event(message: dict[str, Any]) -> Event | None:
+    """The event of a relay message (``None`` when it is not one, or malformed)."""
+    if message.get("method") != RELAY_METHOD:
+        return None
+    try:
+        return msgspec.json.decode(message["event"], type=Event)
+    except (KeyError, TypeError, msgspec.DecodeError):
+        return None
