@@ -6,8 +6,8 @@ redis... retrying", "... giving up") and one per listener retry, and nothing say
 :class:`RelayHealth` replaces that with a state: it is fed by the publishing side (every emit) and
 the listening side (every message heard, every listener error), logs the change to ``down`` once
 and the change back to ``up`` once, counts outages and failed relays in metrics, and answers
-``GET /ready`` (check ``relay``). Events are not queued meanwhile: clients of other processes
-resync over REST.
+``GET /ready`` (check ``relay``). Nothing is lost meanwhile: each process reads the events the
+relay did not bring from the event log (:mod:`plugins.crm_realtime.feed`).
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ class RelayHealth:
         self.m_up.set(0)
         self.m_outages.inc()
         log.error(
-            "Redis relay DOWN (%s: %s, %s): events are not relayed between processes until it is back, "
-            "so clients of other processes miss them and must resync over REST; counted in "
-            "zaphub_crm_relay_failures_total",
+            "Redis relay DOWN (%s: %s, %s): until it is back, events reach the other processes from the "
+            "event log (about a second late, counted in zaphub_crm_events_from_log_total); failures are "
+            "counted in zaphub_crm_relay_failures_total",
             side,
             cause,
             self.describe,
@@ -87,7 +87,11 @@ class RelayHealth:
         lost, self._lost = self._lost, 0
         self._down_since = None
         self.m_up.set(1)
-        log.warning("Redis relay back after %.0f s; %d events could not be relayed meanwhile", lasted, lost)
+        log.warning(
+            "Redis relay back after %.0f s; %d events could not be relayed meanwhile (read from the log)",
+            lasted,
+            lost,
+        )
 
     def problem(self) -> str | None:
         """``None`` while up; else what is broken (for ``GET /ready``)."""

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from core.config import convert_section
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.whatsapp import webhook_builders as wb
-from tests.helpers import wait_for
+from tests.helpers import ZaphubProcess, free_port, wait_for
 from tests.plugins.crm_realtime.harness import (
     APP_SECRET,
     CrmClient,
@@ -25,6 +25,9 @@ from tests.plugins.crm_realtime.harness import (
     issue_token,
     two_processes,
 )
+from tests.plugins.crm_realtime.test_relay import metric, redis_server_binary, start_redis
+
+__all__ = ["redis_server_binary"]  # a fixture, imported for the outage test
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -115,3 +118,63 @@ async def test_events_cross_processes_through_redis(
 
 async def _at_least(count: Any, n: int) -> bool:
     return bool(await count >= n)
+
+
+async def test_redis_killed_and_restarted_mid_stream_loses_and_repeats_nothing(
+    tmp_path: Path, fresh_postgres_url: str, redis_server_binary: str, redis_channel: str
+) -> None:
+    # A Redis of this test's own on a free port (never the shared one): killed, then restarted.
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    redis = [start_redis(redis_server_binary, redis_url, tmp_path)]
+    try:
+        with two_processes(tmp_path, fresh_postgres_url, redis_url, redis_channel) as (a, b):
+            section = crm_config(fresh_postgres_url, 0)["plugins"]["crm_realtime"]
+            settings = convert_section(section, CrmRealtimeSettings, "plugins.crm_realtime")
+            token = issue_token(settings, sub="ana")
+            clients = []
+            for proc in (a, b):
+                client = CrmClient()
+                await client.connect(proc.url, token)
+                clients.append(client)
+            await wait_for(lambda: _at_least(subscribers(redis_url, redis_channel), 2), what="2 subscribers")
+            sent: list[str] = []
+            async with httpx.AsyncClient(timeout=10) as http:
+
+                async def inbound(proc: ZaphubProcess, text: str) -> None:
+                    body, headers = wb.signed(
+                        wb.envelope(messages=[wb.text(text, from_="5511933334444")]), APP_SECRET
+                    )
+                    response = await http.post(
+                        f"{proc.url}/meta-whatsapp/webhook", content=body, headers=headers
+                    )
+                    assert response.status_code == 200, response.text
+                    sent.append(text)
+
+                for i in range(60):
+                    if i == 20:
+                        redis[0].kill()  # SIGKILL: no goodbye to the subscribers
+                        redis[0].wait(10)
+                    if i == 40:
+                        redis.append(start_redis(redis_server_binary, redis_url, tmp_path))
+                    await inbound(a if i % 2 else b, f"m{i}")
+                await inbound(b, "fim")
+                for client in clients:
+                    await client.wait("whatsapp:message", lambda d: d["message"]["body"] == "fim", within=60)
+                metrics = [(await http.get(f"{proc.url}/metrics")).text for proc in (a, b)]
+            for client in clients:
+                got = client.of("whatsapp:message")
+                assert [d["message"]["body"] for d in got] == sent, "a gap, a duplicate or a reorder"
+                ids = [d["eventId"] for d in got]
+                assert ids == sorted(set(ids))
+            # The process that does not dispatch hooks got part of the stream from the log.
+            from_log = sum(
+                metric(text, 'zaphub_crm_events_from_log_total{event="whatsapp:message"}', default=0)
+                for text in metrics
+            )
+            assert from_log > 0
+            for client in clients:
+                await client.close()
+    finally:
+        for proc in redis:
+            proc.kill()
+            proc.wait(10)

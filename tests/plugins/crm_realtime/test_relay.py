@@ -22,11 +22,13 @@ from tests.plugins.crm_realtime.harness import zaphub
 pytestmark = pytest.mark.redis
 
 
-def metric(text: str, name: str) -> float:
+def metric(text: str, name: str, default: float | None = None) -> float:
     """The value of one sample of ``/metrics`` (``name`` with its labels)."""
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[-1])
+    if default is not None:
+        return default
     raise AssertionError(f"{name} not in /metrics")
 
 
