@@ -685,8 +685,14 @@ def test_the_console_resumes_from_the_last_event_it_saw(context: Any, stack: Sta
 
     def event_of(text: str) -> int:
         """The id of the ``whatsapp:message`` event of the customer's message ``text``."""
-        feed = stack.api("GET", "events?after=0&limit=1000&types=whatsapp:message").json()
-        return next(int(e["id"]) for e in feed["events"] if e["data"]["message"]["body"] == text)
+        after: int | None = 0
+        while after is not None:  # the feed pages by 200 at most (max_page_size)
+            feed = stack.api("GET", f"events?after={after}&limit=200&types=whatsapp:message").json()
+            for e in feed["events"]:
+                if e["data"]["message"]["body"] == text:
+                    return int(e["id"])
+            after = feed["nextAfter"]
+        raise AssertionError(f"no whatsapp:message event for {text!r} in the feed")
 
     def seen_up_to(text: str) -> bool:
         return (page.evaluate("window.zaphubConsole.state().lastEventId") or 0) >= event_of(text)
