@@ -1,4 +1,5 @@
-"""What both benchmarks share: starting a real ``zaphub run``, and raw HTTP/1.1 for webhooks.
+"""What the benchmarks share: starting a real ``zaphub run`` (and the floor app), its CPU time,
+and raw HTTP/1.1 for webhooks.
 
 The load generator speaks HTTP itself (pre-built requests on keep-alive connections) because a
 full client library would use more of the CPU it shares with the server than the server does.
@@ -23,28 +24,107 @@ from plugins.whatsapp import webhook_builders as wb
 REPO = Path(__file__).resolve().parent.parent
 
 
-def start_zaphub(workdir: Path, config: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
-    """Run ``zaphub run`` with ``config`` (its ``server.port`` is chosen here); return it and its URL."""
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_zaphub(
+    workdir: Path, config: dict[str, Any], run_args: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run ``zaphub run`` with ``config`` (its ``server.port`` is chosen here); return it and its URL."""
+    port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     (workdir / "config.yaml").write_text(json.dumps(config))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "run", "--config", str(workdir / "config.yaml")],
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "run",
+            "--config",
+            str(workdir / "config.yaml"),
+            *(run_args or []),
+        ],
         cwd=workdir,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    url = f"http://127.0.0.1:{port}"
+    return proc, _wait_ready(proc, f"http://127.0.0.1:{port}", "/ready", "zaphub", ready=(200,))
+
+
+def start_floor(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Run the floor app (``bench/_floor.py``, a bare Litestar route); return it and its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench._floor", "--port", str(port)],
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    # GET on the POST-only route: 405 means it serves.
+    return proc, _wait_ready(
+        proc, f"http://127.0.0.1:{port}", "/meta-whatsapp/webhook", "the floor app", ready=(405,)
+    )
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes], url: str, path: str, what: str, *, ready: tuple[int, ...]
+) -> str:
     for _ in range(300):
         try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
+            if httpx.get(url + path, timeout=1).status_code in ready:
+                return url
         except httpx.HTTPError:
             pass
+        if proc.poll() is not None:
+            break
         time.sleep(0.1)
     proc.kill()
-    raise SystemExit("zaphub did not become ready")
+    raise SystemExit(f"{what} did not become ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then wait for the process (and its workers) to exit."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _stat(pid: int) -> list[str]:
+    # The command name (field 2) may hold spaces: split after its closing parenthesis.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of process ``pid`` and all its descendants (Linux ``/proc``).
+
+    Children still running are found through their parent ids; children already waited for are in
+    the parent's ``cutime``/``cstime``. Take the difference of two readings.
+    """
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):  # exited meanwhile
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    ticks = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        todo.extend(parents.get(p, []))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def webhook_request(host: str, body: bytes, secret: str) -> bytes:

@@ -8,7 +8,10 @@ a temp dir, one process):
   The rate is ``--rate`` but capped so that N x rate stays within ``--delivery-budget`` events/s,
   because the clients run in one Python process on the same cores and must not be the bottleneck;
 - **throughput**: webhooks posted as fast as the host acknowledges them; events/s is webhooks
-  fanned out completely (received by all N clients) per second, deliveries/s is N times that.
+  fanned out completely (received by all N clients) per second, deliveries/s is N times that;
+  next to it the server's CPU time (user + system) per webhook and per delivered event;
+- **floor**: the burst's load against a bare Litestar route reading the same body under the same
+  uvicorn configuration (``bench/_floor.py``), with its CPU per request.
 
     python bench/fanout.py                           # 1, 10, 100, 1000 clients
     python bench/fanout.py --clients 10 --rate 1000  # DESIGN.md's point: p99 at 1,000 webhooks/s, 10 sockets
@@ -24,7 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._host import read_status, start_zaphub, webhook_request  # noqa: E402
+from bench import _host  # noqa: E402
 from plugins.whatsapp import webhook_builders as wb  # noqa: E402
 
 APP_SECRET = "bench-app-secret-0123456789abcdef0123"
@@ -123,8 +125,8 @@ async def post_webhooks(
                         await asyncio.sleep(delay)
                 body = templates[seq].replace(b"{sent}", f"{time.time():.6f}".encode())
                 t0 = time.perf_counter()
-                writer.write(webhook_request(f"{host}:{port}", body, APP_SECRET))
-                status = await read_status(reader)
+                writer.write(_host.webhook_request(f"{host}:{port}", body, APP_SECRET))
+                status = await _host.read_status(reader)
                 acks.append(time.perf_counter() - t0)
                 if status != 200:
                     raise SystemExit(f"webhook answered {status}")
@@ -138,19 +140,13 @@ async def post_webhooks(
     return acks, wall_start
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    return start_zaphub(
+    return _host.start_zaphub(
         workdir,
         {
             "storage": {"url": f"sqlite:///{workdir / 'bench.db'}"},
@@ -190,10 +186,10 @@ async def run_level(
     acks, _ = await post_webhooks(host, int(port), "lat", lat_count, rate=lat_rate, concurrency=32)
     lat_achieved = lat_count / (time.perf_counter() - lat_started)
     await asyncio.sleep(1)  # let the latency phase drain before the burst
-    cpu_before = cpu_seconds(server_pid)
+    cpu_before = _host.cpu_seconds(server_pid)
     _, thr_start = await post_webhooks(host, int(port), "thr", thr_count, rate=0, concurrency=16)
     await asyncio.wait_for(receiver.wait(), 600)
-    server_cpu = cpu_seconds(server_pid) - cpu_before
+    server_cpu = _host.cpu_seconds(server_pid) - cpu_before
     result = json.loads(out.read_text())
     latencies = [r[1] / 1000 for r in result["records"] if r[0] == "lat"]
     thr_done = max(r[2] for r in result["records"] if r[0] == "thr")
@@ -212,8 +208,24 @@ async def run_level(
         "deliveries_per_s": thr_count * n / thr_seconds,
         # Server CPU per webhook of the burst: ingest + hooks + one emit to n clients.
         "server_cpu_ms_per_event": server_cpu * 1000 / thr_count,
+        "server_cpu_us_per_delivery": server_cpu * 1e6 / (thr_count * n),
         "complete": complete,
     }
+
+
+async def run_floor(workdir: Path, count: int = 2000) -> dict[str, float]:
+    """The burst's load against a bare Litestar route (``bench/_floor.py``): rate, CPU per request."""
+    proc, url = _host.start_floor(workdir)
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        cpu_before = _host.cpu_seconds(proc.pid)
+        started = time.perf_counter()
+        await post_webhooks(host, int(port), "floor", count, rate=0, concurrency=16)
+        elapsed = time.perf_counter() - started
+        cpu = _host.cpu_seconds(proc.pid) - cpu_before
+    finally:
+        _host.stop(proc)
+    return {"requests": count, "per_s": count / elapsed, "cpu_us": cpu * 1e6 / count}
 
 
 async def main() -> None:
@@ -231,6 +243,12 @@ async def main() -> None:
         help="cap on N x rate in the latency phase (what one Python process of clients decodes unqueued)",
     )
     parser.add_argument("--seconds", type=float, default=3, help="length of the latency phase")
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the floor (the burst's load against a bare Litestar route, bench/_floor.py)",
+    )
     parser.add_argument(
         "--receive", nargs=5, metavar=("URL", "TOKEN", "N", "EXPECTED", "OUT"), help=argparse.SUPPRESS
     )
@@ -254,20 +272,25 @@ async def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
         finally:
-            proc.terminate()
-            proc.wait(30)
+            _host.stop(proc)
+        floor = await run_floor(Path(tmp)) if args.floor else None
     print(
         "| clients | latency phase | webhook→socket p50 | p99 | max | ack p99 | events/s (all clients) "
-        "| deliveries/s | server CPU per webhook |"
+        "| deliveries/s | server CPU per webhook | per delivery |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         flag = "" if r["complete"] else " (incomplete)"
         print(
             f"| {r['clients']:,} | {r['lat_events']} webhooks at {r['lat_rate']:,.0f}/s | {r['p50']:.1f} ms "
             f"| {r['p99']:.1f} ms | {r['max']:.1f} ms | {r['ack_p99']:.1f} ms "
             f"| {r['events_per_s']:,.0f}{flag} | {r['deliveries_per_s']:,.0f} "
-            f"| {r['server_cpu_ms_per_event']:.2f} ms |"
+            f"| {r['server_cpu_ms_per_event']:.2f} ms | {r['server_cpu_us_per_delivery']:.1f} µs |"
+        )
+    if floor is not None:
+        print(
+            f"\nfloor (bare Litestar route, same uvicorn config, {floor['requests']} webhooks, "
+            f"16 connections): {floor['per_s']:,.0f}/s, CPU {floor['cpu_us']:.0f} µs per request"
         )
 
 

@@ -10,7 +10,11 @@ minimal HTTP/1.1 client (a heavyweight client would eat the CPU it shares with t
     python bench/webhooks.py --url http://127.0.0.1:3000 --secret "$WHATSAPP_APP_SECRET"
 
 Each webhook carries one text message with a unique wamid (the realistic worst case: every one
-is stored). Prints acks/s, latency p50/p90/p99/max, non-200 answers, and the server's RSS.
+is stored). Prints acks/s, latency p50/p90/p99/max, non-200 answers, the server's RSS and its CPU
+time (user + system, worker processes included) per webhook; then the **floor**: the same load for
+``--floor-duration`` seconds against a bare Litestar route reading the same body under the same
+uvicorn configuration (``bench/_floor.py``), and its CPU per request. The last line,
+``result: {…}``, is all of it as JSON (CPU in µs) for scripts.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._host import read_status, start_zaphub, webhook_request  # noqa: E402
+from bench import _host  # noqa: E402
 from plugins.whatsapp import webhook_builders as wb  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef0123"
@@ -42,7 +46,7 @@ def build_requests(n: int, host: str, secret: str, contacts: int) -> Iterator[by
     """Raw signed HTTP requests, each with a new wamid."""
     for i in range(n):
         msg = wb.text(f"Olá, mensagem {i}", from_=f"55119{i % contacts:08d}")
-        yield webhook_request(host, wb.encode(wb.envelope(messages=[msg])), secret)
+        yield _host.webhook_request(host, wb.encode(wb.envelope(messages=[msg])), secret)
 
 
 async def drive(
@@ -73,7 +77,7 @@ async def drive(
                     return
                 t0 = time.perf_counter()
                 writer.write(req)
-                status = await read_status(reader)
+                status = await _host.read_status(reader)
                 latencies.append(time.perf_counter() - t0)
                 codes[status] = codes.get(status, 0) + 1
         finally:
@@ -164,7 +168,37 @@ def start_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Po
     storage: dict[str, Any] = {"url": args.storage_url or f"sqlite:///{workdir / 'bench.db'}"}
     if args.sync:
         storage["sqlite_synchronous"] = args.sync
-    return start_zaphub(workdir, {"storage": storage, "logging": {"level": "warning"}, "plugins": plugins})
+    return _host.start_zaphub(
+        workdir, {"storage": storage, "logging": {"level": "warning"}, "plugins": plugins}
+    )
+
+
+async def drained(clients: list[RawCrmSocket], webhooks: int, timeout: float = 10) -> None:
+    """Wait (bounded) until every socket has an event per acknowledged webhook: fan-out is
+    part of each webhook's CPU cost, and it runs after the ``200``."""
+    deadline = time.monotonic() + timeout
+    while clients and min(c.events for c in clients) < webhooks and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def run_floor(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    """The same load against the floor app (``bench/_floor.py``); its rate and CPU per request."""
+    proc, url = _host.start_floor(workdir)
+    try:
+        host, port = url.split("//")[1].split(":")
+        duration = args.floor_duration
+        count = int((args.rate or 20_000) * duration * 1.2) + 1000
+        requests = list(build_requests(min(count, 400_000), f"{host}:{port}", args.secret, args.contacts))
+        cpu_before = _host.cpu_seconds(proc.pid)
+        lat, codes, elapsed = await drive(
+            host, int(port), requests, concurrency=args.concurrency, rate=args.rate, duration=duration
+        )
+        cpu = _host.cpu_seconds(proc.pid) - cpu_before
+    finally:
+        _host.stop(proc)
+    if set(codes) != {200}:
+        raise SystemExit(f"the floor app answered {codes}")
+    return {"per_s": len(lat) / elapsed, "cpu_us": cpu * 1e6 / len(lat), "p50_ms": pct(lat, 50)}
 
 
 async def main() -> None:
@@ -185,6 +219,12 @@ async def main() -> None:
         "--sync", choices=["FULL", "NORMAL"], help="storage.sqlite_synchronous of the started host"
     )
     parser.add_argument("--rss-every", type=float, default=0, help="print the server's RSS every N seconds")
+    parser.add_argument(
+        "--floor-duration",
+        type=float,
+        default=5,
+        help="seconds of the same load against a bare Litestar route afterwards (0 = no floor)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,6 +232,7 @@ async def main() -> None:
         url = args.url
         if url is None:
             proc, url = start_server(args, Path(tmp))
+        result: dict[str, Any] = {"sockets": args.sockets, "concurrency": args.concurrency}
         try:
             host, port = url.split("//")[1].split(":")
             expected = int((args.rate or 6000) * args.duration * 1.2) + 1000
@@ -204,6 +245,7 @@ async def main() -> None:
             sampler = None
             if proc is not None and args.rss_every:
                 sampler = asyncio.create_task(sample_rss(proc.pid, args.rss_every))
+            cpu_before = _host.cpu_seconds(proc.pid) if proc is not None else 0.0
             lat, codes, elapsed = await drive(
                 host,
                 int(port),
@@ -212,12 +254,14 @@ async def main() -> None:
                 rate=args.rate,
                 duration=args.duration,
             )
+            ok = codes.get(200, 0)
+            await drained(clients, ok)
+            cpu = _host.cpu_seconds(proc.pid) - cpu_before if proc is not None else None
             if sampler is not None:
                 sampler.cancel()
             events = [c.events for c in clients]
             for c in clients:
                 await c.disconnect()
-            ok = codes.get(200, 0)
             print(
                 f"webhooks: {len(lat)} in {elapsed:.1f} s = {len(lat) / elapsed:,.0f}/s (200: {ok}, other: "
                 f"{ {k: v for k, v in codes.items() if k != 200} })"
@@ -227,14 +271,39 @@ async def main() -> None:
                 f"max {max(lat) * 1000:.1f}  mean {statistics.fmean(lat) * 1000:.1f}"
             )
             print(f"rate asked: {args.rate or 'max'}; concurrency {args.concurrency}; sockets {args.sockets}")
+            result |= {
+                "webhooks": len(lat),
+                "per_s": round(len(lat) / elapsed, 1),
+                "ok": ok,
+                "ack_p50_ms": round(pct(lat, 50), 2),
+                "ack_p99_ms": round(pct(lat, 99), 2),
+            }
             if events:
                 print(f"events received per socket: min {min(events)}, max {max(events)} (webhooks: {ok})")
+                result["events_min"] = min(events)
             if proc is not None:
                 print(f"server RSS: {rss_mb(proc.pid):.0f} MB")
+                result["rss_mb"] = round(rss_mb(proc.pid) or 0)
+            if cpu is not None and lat:
+                # Server CPU (user + system, with any worker processes) while driving and fanning out.
+                print(f"server CPU: {cpu:.2f} s = {cpu * 1e6 / len(lat):.0f} µs per webhook")
+                result["cpu_us"] = round(cpu * 1e6 / len(lat), 1)
         finally:
             if proc is not None:
-                proc.terminate()
-                proc.wait(30)
+                _host.stop(proc)
+        if args.floor_duration and proc is not None:
+            floor = await run_floor(args, Path(tmp))
+            print(
+                f"floor (bare Litestar route, same uvicorn config, {args.floor_duration:g} s): "
+                f"{floor['per_s']:,.0f}/s, CPU {floor['cpu_us']:.0f} µs per request"
+                + (
+                    f"; zaphub − floor = {result['cpu_us'] - floor['cpu_us']:.0f} µs"
+                    if "cpu_us" in result
+                    else ""
+                )
+            )
+            result |= {"floor_per_s": round(floor["per_s"], 1), "floor_cpu_us": round(floor["cpu_us"], 1)}
+        print("result: " + json.dumps(result))
 
 
 if __name__ == "__main__":
