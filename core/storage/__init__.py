@@ -16,6 +16,7 @@ in-memory caches, make repeated webhooks harmless across processes and restarts.
 - ``state``: each plugin's key-value store (:class:`PluginStore`): expiry, listing, compare-and-set.
 - ``events``: the event log (appended in the transaction of each change), its readers, named
   cursors, retention, and the lock that picks the one process dispatching events.
+- ``pages``: the order and cursor of conversation pages (the listing and the search share it).
 - ``rows`` (row → model converters), ``results`` (what the methods return), ``schema``, ``migrate``.
 """
 

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from core.models import Contact, Conversation, Message, search_key, utcnow
 from core.storage.engine import StorageEngine
+from core.storage.pages import conversation_page
 from core.storage.rows import contact_from_row, conversation_from_row, message_from_row
 from core.storage.schema import contacts, conversations, messages
 
@@ -80,19 +81,13 @@ class DirectoryMixin(StorageEngine):
         phone_number_ids: Sequence[str] | None = None,
     ) -> list[Conversation]:
         """Like ``list_conversations``, keeping those whose contact matches ``q`` and in ``mode``."""
-        order_ts = sa.func.coalesce(conversations.c.last_message_at, conversations.c.created_at)
-        query = sa.select(conversations).order_by(order_ts.desc(), conversations.c.id.desc()).limit(limit)
+        query = conversation_page(limit=limit, before=before, phone_number_ids=phone_number_ids)
         if q is not None:
             query = query.join(contacts, contacts.c.id == conversations.c.contact_id).where(
                 contact_matches(q)
             )
         if mode is not None:
             query = query.where(conversations.c.mode == mode)
-        if before is not None:
-            ts, cid = before
-            query = query.where(sa.or_(order_ts < ts, sa.and_(order_ts == ts, conversations.c.id < cid)))
-        if phone_number_ids is not None:
-            query = query.where(conversations.c.phone_number_id.in_(list(phone_number_ids)))
         async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return [conversation_from_row(r) for r in rows]

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from core.models import Contact, Conversation, Message
 from core.storage.engine import StorageEngine
+from core.storage.pages import conversation_page
 from core.storage.rows import contact_from_row, conversation_from_row, message_from_row
 from core.storage.schema import contacts, conversations, messages, statuses
 
 __all__ = ["ReadsMixin"]
+
+_Model = TypeVar("_Model")
 
 
 class ReadsMixin(StorageEngine):
@@ -35,12 +38,7 @@ class ReadsMixin(StorageEngine):
 
     async def get_conversations(self, conversation_ids: Iterable[int]) -> dict[int, Conversation]:
         """Conversations by id (missing ids are absent from the result)."""
-        ids = list(set(conversation_ids))
-        if not ids:
-            return {}
-        async with self.read() as conn:
-            rows = (await conn.execute(sa.select(conversations).where(conversations.c.id.in_(ids)))).all()
-        return {r.id: conversation_from_row(r) for r in rows}
+        return await self._by_ids(conversations, conversation_ids, conversation_from_row)
 
     async def get_contact(self, contact_id: int) -> Contact | None:
         """One contact by zaphub id."""
@@ -56,21 +54,22 @@ class ReadsMixin(StorageEngine):
 
     async def get_contacts(self, contact_ids: Iterable[int]) -> dict[int, Contact]:
         """Contacts by id (missing ids are absent from the result)."""
-        ids = list(set(contact_ids))
-        if not ids:
-            return {}
-        async with self.read() as conn:
-            rows = (await conn.execute(sa.select(contacts).where(contacts.c.id.in_(ids)))).all()
-        return {r.id: contact_from_row(r) for r in rows}
+        return await self._by_ids(contacts, contact_ids, contact_from_row)
 
     async def get_messages(self, message_ids: Iterable[int]) -> dict[int, Message]:
         """Messages by id (missing ids are absent from the result)."""
-        ids = list(set(message_ids))
-        if not ids:
+        return await self._by_ids(messages, message_ids, message_from_row)
+
+    async def _by_ids(
+        self, table: sa.Table, ids: Iterable[int], convert: Callable[[Any], _Model]
+    ) -> dict[int, _Model]:
+        # One query for a whole page's related rows (the REST listing, the event feed).
+        wanted = list(set(ids))
+        if not wanted:
             return {}
         async with self.read() as conn:
-            rows = (await conn.execute(sa.select(messages).where(messages.c.id.in_(ids)))).all()
-        return {r.id: message_from_row(r) for r in rows}
+            rows = (await conn.execute(sa.select(table).where(table.c.id.in_(wanted)))).all()
+        return {r.id: convert(r) for r in rows}
 
     async def list_conversations(
         self,
@@ -80,13 +79,7 @@ class ReadsMixin(StorageEngine):
         phone_number_ids: Sequence[str] | None = None,
     ) -> list[Conversation]:
         """Newest activity first; ``before`` is the (last_message_at, id) cursor of the previous page."""
-        order_ts = sa.func.coalesce(conversations.c.last_message_at, conversations.c.created_at)
-        query = sa.select(conversations).order_by(order_ts.desc(), conversations.c.id.desc()).limit(limit)
-        if before is not None:
-            ts, cid = before
-            query = query.where(sa.or_(order_ts < ts, sa.and_(order_ts == ts, conversations.c.id < cid)))
-        if phone_number_ids is not None:
-            query = query.where(conversations.c.phone_number_id.in_(list(phone_number_ids)))
+        query = conversation_page(limit=limit, before=before, phone_number_ids=phone_number_ids)
         async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return [conversation_from_row(r) for r in rows]

@@ -234,6 +234,17 @@ async def test_search_by_name_ignores_case_and_accents_and_by_phone_compares_dig
     assert await conversation_names(q="LIVIA", mode="bot") == ["Lívia Sá"]
     assert await conversation_names(q="livia", mode="human") == []
     assert len(await conversation_names(q="  ")) == len(ids)  # blank: no filter
+    # A search pages with the listing's cursor: one match a page, none repeated, none skipped.
+    first = (
+        await zb.http.get("/api/conversations", params={"q": "livi", "limit": 1}, headers=zb.auth())
+    ).json()
+    after = {"q": "livi", "limit": 1, "before": first["next_before"]}
+    second = (await zb.http.get("/api/conversations", params=after, headers=zb.auth())).json()
+    assert [c["contact"]["name"] for c in first["conversations"] + second["conversations"]] == [
+        "LIVIO_50%",
+        "Lívia Sá",
+    ]
+    assert second["next_before"] is None
     error_of(await zb.http.get("/api/contacts", headers=zb.auth()), 400, "validation_error")
     error_of(await zb.http.get("/api/contacts", params={"q": ""}, headers=zb.auth()), 400, "validation_error")
     bad_mode = await zb.http.get("/api/conversations", params={"mode": "robot"}, headers=zb.auth())
