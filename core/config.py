@@ -93,6 +93,9 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Connections kept open to PostgreSQL (ignored for SQLite)."""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """SQLite durability: ``FULL`` survives power loss; ``NORMAL`` survives process crashes only."""
+    ready_probe_after_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    """SQLite: ``GET /ready`` trusts a write committed this recently (none failing since) and
+    writes its own probe only after this long without one; 0 probes on every call."""
     event_log: EventLogConfig = msgspec.field(default_factory=EventLogConfig)
     """Retention of the event log (``storage.event_log.max_age_hours``, ``max_events``)."""
 

@@ -7,7 +7,7 @@ in-memory caches, make repeated webhooks harmless across processes and restarts.
 
 :class:`Storage` is the one object callers use; its parts live in one module each:
 
-- ``engine``: database URL, engine, open/close/ping, ``write()``/``read()`` transactions.
+- ``engine``: database URL, engine, open/close, ``write()``/``read()`` transactions.
 - ``ingest``: inbound batches (contacts, conversations, messages, statuses).
 - ``statuses``: the status machine, early statuses parked, sends linked by callback data.
 - ``outbox``: queueing sends with idempotency keys, leasing them, recording outcomes.
@@ -16,6 +16,7 @@ in-memory caches, make repeated webhooks harmless across processes and restarts.
 - ``state``: each plugin's key-value store (:class:`PluginStore`): expiry, listing, compare-and-set.
 - ``events``: the event log (appended in the transaction of each change), its readers, named
   cursors, retention, and the lock that picks the one process dispatching events.
+- ``health``: ``ping()``, whether the database takes writes (``GET /ready``), off SQLite's write lock.
 - ``pages``: the order and cursor of conversation pages (the listing and the search share it).
 - ``rows`` (row → model converters), ``results`` (what the methods return), ``schema``, ``migrate``.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 from core.storage.directory import DirectoryMixin
 from core.storage.engine import StorageError, database_url
 from core.storage.events import EventBounds, EventLogMixin, LeaderLock, PendingEvent
+from core.storage.health import HealthMixin
 from core.storage.ingest import IngestMixin
 from core.storage.outbox import OutboxMixin
 from core.storage.reads import ReadsMixin
@@ -49,5 +51,7 @@ __all__ = [
 ]
 
 
-class Storage(IngestMixin, OutboxMixin, ReadsMixin, DirectoryMixin, PluginStateMixin, EventLogMixin):
+class Storage(
+    IngestMixin, OutboxMixin, ReadsMixin, DirectoryMixin, PluginStateMixin, EventLogMixin, HealthMixin
+):
     """The database behind a host. Create, :meth:`open`, use, :meth:`close`."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +104,10 @@ class StorageEngine:
             kwargs.update(pool_size=config.pool_size, max_overflow=config.pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        from core.storage.health import WriteRecord  # health builds on this module
+
+        self.writes = WriteRecord()
+        """What the writers' transactions said last: ``GET /ready`` reads it (core/storage/health.py)."""
         if self.dialect == "sqlite":
             synchronous = config.sqlite_synchronous
 
@@ -139,25 +142,6 @@ class StorageEngine:
         """Close every pooled connection."""
         await self.engine.dispose()
 
-    async def ping(self) -> None:
-        """Raise :class:`StorageError` unless the database accepts a committed write.
-
-        ``SELECT 1`` passes on a full disk; a small committed write (one ``plugin_state`` row,
-        overwritten each time) fails there as real writes do, on both backends.
-        """
-        from core.storage.schema import plugin_state
-
-        now = datetime.now(UTC)
-        ins = self.insert(plugin_state)
-        probe = ins.on_conflict_do_update(
-            index_elements=[plugin_state.c.plugin, plugin_state.c.key],
-            set_={"value": ins.excluded.value, "updated_at": ins.excluded.updated_at},
-        )
-        async with self.write() as conn:
-            await conn.execute(
-                probe, {"plugin": "core", "key": "write_probe", "value": now.isoformat(), "updated_at": now}
-            )
-
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: committed on exit, rolled back on error.
@@ -166,11 +150,16 @@ class StorageEngine:
             StorageError: the database failed (SQLAlchemy's exception is its ``__cause__``).
         """
         lock = self._write_lock or contextlib.nullcontext()
+        wrote = False
         try:
             async with lock, self.engine.begin() as conn:
                 yield conn
+                wrote = self.dialect == "sqlite" and await self.writes.wrote(conn)
         except _DB_ERRORS as exc:
+            self.writes.failed(exc)
             raise storage_error(exc, "a database write") from exc
+        if wrote:
+            self.writes.committed()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
