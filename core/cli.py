@@ -123,7 +123,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         sock.close()
         raise ConfigError(
-            f"cannot listen on {server.host}:{server.port}: {exc.strerror}; pick another with --port",
+            f"cannot listen on {server.host}:{server.port}: {exc.strerror} (is zaphub already running?): "
+            "stop what uses it, or pick another port with --port or ZAPHUB_PORT",
             "server.port",
         ) from exc
     server = msgspec.structs.replace(server, port=sock.getsockname()[1])

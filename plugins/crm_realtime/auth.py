@@ -55,6 +55,16 @@ REFUSAL_CODES = frozenset(
 """Every :attr:`AuthError.code`: the label values of ``zaphub_crm_auth_refused_total{reason}``."""
 
 
+#: Why a signature does not verify, by whether the token is HMAC-signed: a token made for another
+#: host, or with another secret than this host's (a variable set in one shell but not the other).
+_BAD_SIGNATURE = {
+    True: "bad signature: the token was not signed with this host's plugins.crm_realtime.jwt_secret "
+    "(CRM_JWT_SECRET); `zaphub token --sub NAME`, run with the same config, makes one",
+    False: "bad signature: the token was not signed by the private key of "
+    "plugins.crm_realtime.jwt_public_key",
+}
+
+
 class AuthError(TokenRefused):
     """A token was refused.
 
@@ -115,7 +125,10 @@ class TokenVerifier:
                 or issuer, or a malformed scope claim.
         """
         if not isinstance(token, str) or not token.strip():
-            raise AuthError("missing_token", "missing token")
+            raise AuthError(
+                "missing_token",
+                "missing token: connect with auth {token: '<JWT>'} (`zaphub token --sub NAME` makes one)",
+            )
         token = token.strip()
         if token[:7].lower() == "bearer ":
             token = token[7:].strip()
@@ -159,7 +172,7 @@ class TokenVerifier:
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError("missing_claim", f"token has no {exc.claim} claim") from None
         except jwt.InvalidSignatureError:
-            raise AuthError("bad_signature", "bad signature") from None
+            raise AuthError("bad_signature", _BAD_SIGNATURE[alg in HMAC_ALGORITHMS]) from None
         except jwt.PyJWTError:
             raise AuthError("invalid_token", "invalid token") from None
         sub = claims.get("sub")

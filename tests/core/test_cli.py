@@ -224,7 +224,7 @@ def test_run_on_a_busy_port_says_so_and_how_to_fix_it(tmp_path: Path) -> None:
         result = zaphub("run", "--config", str(path), "--port", str(port), cwd=tmp_path)
     assert result.returncode == 2
     assert f"server.port: cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "pick another with --port" in result.stderr
+    assert "stop what uses it, or pick another port with --port or ZAPHUB_PORT" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -29,6 +29,11 @@ async def z(tmp_path: Path) -> Any:
 
 
 MALFORMED = "malformed token: expected a JWT (three base64url parts; `zaphub token --sub NAME` makes one)"
+MISSING = "missing token: connect with auth {token: '<JWT>'} (`zaphub token --sub NAME` makes one)"
+BAD_SIGNATURE = (
+    "bad signature: the token was not signed with this host's plugins.crm_realtime.jwt_secret "
+    "(CRM_JWT_SECRET); `zaphub token --sub NAME`, run with the same config, makes one"
+)
 
 
 async def refused(z: Zaphub, token: str | None, **kwargs: Any) -> dict[str, Any]:
@@ -42,12 +47,12 @@ async def refused(z: Zaphub, token: str | None, **kwargs: Any) -> dict[str, Any]
 async def test_clients_without_a_valid_token_are_refused_with_unauthorized(z: Zaphub) -> None:
     now = time.time()
     cases = {
-        None: "missing token",
-        "": "missing token",
+        None: MISSING,
+        "": MISSING,
         "not-a-jwt": MALFORMED,
         z.token(ttl=-10): "token expired",
         z.token(extra={"nbf": int(now) + 600}): "token not yet valid (nbf)",
-        z.token() + "x": "bad signature",
+        z.token() + "x": BAD_SIGNATURE,
         z.token(extra={"sub": ""}): "token has no sub claim",
         z.token(extra={"phone_number_ids": []}): "claim phone_number_ids lists no business number",
     }
@@ -58,7 +63,7 @@ async def test_clients_without_a_valid_token_are_refused_with_unauthorized(z: Za
     import jwt
 
     forged = jwt.encode({"sub": "eve", "exp": int(now) + 60}, "another-secret-0123456789abcdef0123", "HS256")
-    assert (await refused(z, forged))["data"] == {"reason": "bad signature"}
+    assert (await refused(z, forged))["data"] == {"reason": BAD_SIGNATURE}
     unsigned = jwt.encode({"sub": "eve", "exp": int(now) + 60}, None, "none")
     assert (await refused(z, unsigned))["message"] == "unauthorized"
     # Refusals are counted by reason (a fixed set of codes, never the client's words).
