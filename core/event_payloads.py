@@ -19,10 +19,12 @@ import msgspec
 from core.models import Contact, Conversation, Event, Message, StatusChange, iso_z
 
 __all__ = [
+    "EVENT_CONVERSATION",
     "EVENT_MESSAGE",
     "EVENT_SENT",
     "EVENT_STATUS",
     "EVENT_TYPES",
+    "ConversationUpdatedEvent",
     "EventContact",
     "EventMessage",
     "FeedEvent",
@@ -31,6 +33,7 @@ __all__ = [
     "MessageSentEvent",
     "MessageStatusEvent",
     "StatusError",
+    "conversation_updated_event",
     "encode_payload",
     "feed_event",
     "media_url",
@@ -46,7 +49,10 @@ EVENT_SENT = "whatsapp:message_sent"
 EVENT_STATUS = "whatsapp:message_status"
 """A message's status moved forward (``failed`` included)."""
 
-EVENT_TYPES: tuple[str, ...] = (EVENT_MESSAGE, EVENT_SENT, EVENT_STATUS)
+EVENT_CONVERSATION = "whatsapp:conversation_updated"
+"""A conversation's mode changed (``bot`` ↔ ``human``)."""
+
+EVENT_TYPES: tuple[str, ...] = (EVENT_MESSAGE, EVENT_SENT, EVENT_STATUS, EVENT_CONVERSATION)
 """Every event type the log holds (the ``types=`` filter accepts these)."""
 
 _encoder = msgspec.json.Encoder()
@@ -126,6 +132,14 @@ class MessageStatusEvent(msgspec.Struct, frozen=True, kw_only=True, rename="came
     error: StatusError | None = None
 
 
+class ConversationUpdatedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``whatsapp:conversation_updated``: the conversation's mode changed."""
+
+    conversation_id: int
+    mode: Literal["bot", "human"]
+    phone_number_id: str
+
+
 def media_url(public_url: str, message_id: int) -> str:
     """The REST URL serving a message's media bytes."""
     return f"{public_url}/api/messages/{message_id}/media"
@@ -186,6 +200,15 @@ def message_status_event(change: StatusChange, conversation: Conversation) -> Me
         timestamp=change.timestamp,
         conversation_id=conversation.id,
         error=error,
+    )
+
+
+def conversation_updated_event(conversation: Conversation) -> ConversationUpdatedEvent:
+    """The ``whatsapp:conversation_updated`` payload of a conversation whose mode just changed."""
+    return ConversationUpdatedEvent(
+        conversation_id=conversation.id,
+        mode=conversation.mode,
+        phone_number_id=conversation.phone_number_id,
     )
 
 

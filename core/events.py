@@ -37,13 +37,15 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from core.event_payloads import EVENT_MESSAGE, EVENT_SENT, EVENT_STATUS
+import msgspec
+
+from core.event_payloads import EVENT_CONVERSATION, EVENT_MESSAGE, EVENT_SENT, EVENT_STATUS
 from core.models import Contact, Conversation, Event, Message, StatusChange
 from core.storage.events import LeaderLock
 
 if TYPE_CHECKING:
     from core.host import Host
-    from core.storage import MessageEvent, StatusEvent
+    from core.storage import MessageEvent, ModeEvent, StatusEvent
 
 __all__ = ["HOOKS_CURSOR", "Dispatch", "EventDispatcher", "register_event_loader"]
 
@@ -61,7 +63,7 @@ class Dispatch:
     def __init__(self, event: Event, hook: str | None, kwargs: dict[str, Any]) -> None:
         self.event = event
         self.hook = hook
-        """``None`` for an event no hook reports (it is only stepped over)."""
+        """``None`` for an event no per-type hook reports (only ``on_event`` sees it)."""
         self.kwargs = kwargs
 
 
@@ -104,10 +106,21 @@ def _load_status(
     return Dispatch(event, "on_status_changed", {"message": message, "conversation": conv, "change": change})
 
 
+def _load_conversation(
+    event: Event, _: Message | None, conv: Conversation | None, __: Contact | None
+) -> Dispatch | None:
+    if conv is None:
+        return None
+    # The conversation as stored now, in the mode this event reports (it may have changed since).
+    conversation = msgspec.structs.replace(conv, mode=event.payload()["mode"])
+    return Dispatch(event, "on_conversation_updated", {"conversation": conversation})
+
+
 _LOADERS: dict[str, EventLoader] = {
     EVENT_MESSAGE: _load_message,
     EVENT_SENT: _load_sent,
     EVENT_STATUS: _load_status,
+    EVENT_CONVERSATION: _load_conversation,
 }
 
 
@@ -202,13 +215,9 @@ class EventDispatcher:
                 )
             )
 
-    async def publish(self, hook: str, **kwargs: Any) -> None:
-        """Call ``hook`` now, for a change that is not written to the event log yet.
-
-        At most once, like every hook before the log (``on_conversation_updated`` uses it until
-        mode changes append their own events); logged events go through the producers above.
-        """
-        await self.host.hooks.call(hook, host=self.host, **kwargs)
+    def conversation_updated(self, change: ModeEvent) -> None:
+        """Hand over a conversation whose mode changed (``on_conversation_updated``)."""
+        self.offer(Dispatch(change.event, "on_conversation_updated", {"conversation": change.conversation}))
 
     def hold(self, event: Event, work: asyncio.Future[Any]) -> None:
         """Keep the saved cursor before ``event`` until ``work`` is done.
@@ -422,12 +431,14 @@ class EventDispatcher:
         return items
 
     async def _call(self, item: Dispatch, path: str) -> None:
-        if item.hook is not None:
-            try:
+        try:
+            if item.hook is not None:
                 await self.host.hooks.call(item.hook, host=self.host, event=item.event, **item.kwargs)
-            except Exception:  # the runner isolates hook failures; this guards the loop itself
-                log.exception("dispatching event %d (%s) failed", item.event.id, item.event.type)
-            self.host.metrics.events_dispatched.labels(path=path).inc()
+            # Every logged event, whatever its type: plugins that forward events need no per-type hook.
+            await self.host.hooks.call("on_event", host=self.host, event=item.event)
+        except Exception:  # the runner isolates hook failures; this guards the loop itself
+            log.exception("dispatching event %d (%s) failed", item.event.id, item.event.type)
+        self.host.metrics.events_dispatched.labels(path=path).inc()
         self.position = item.event.id
         self._progress.set()
 

@@ -2,7 +2,7 @@
 
 ``bot``: automated replies may answer (``autoreply``, and third-party bots, which see
 ``conversation.mode``). ``human``: an agent owns the conversation; bots stay silent. The mode
-changes three ways, each reported once to ``on_conversation_updated`` (``crm_realtime`` emits
+changes three ways, each logged once and reported to ``on_conversation_updated`` (``crm_realtime`` emits
 ``whatsapp:conversation_updated``):
 
 - an agent sets it (``PATCH /api/conversations/{id}``, :meth:`HandoffService.set_mode`);
@@ -11,8 +11,10 @@ changes three ways, each reported once to ``on_conversation_updated`` (``crm_rea
 - a ``human`` conversation with no agent activity (a manual reply or a takeover) for
   ``handoff.return_to_bot_seconds`` returns to ``bot`` (:meth:`HandoffService.run`).
 
-Every change is one conditional ``UPDATE … RETURNING``, so with several processes each change is
-made, and reported, by exactly one of them.
+Every change is one conditional ``UPDATE … RETURNING`` that appends its
+``whatsapp:conversation_updated`` to the event log in the same transaction, so with several
+processes each change is made and logged by exactly one of them, and the event dispatcher
+reports it to the hooks at least once (:mod:`core.events`), after a crash too.
 """
 
 from __future__ import annotations
@@ -45,29 +47,25 @@ class HandoffService:
         return self.host.config.handoff.return_to_bot_seconds
 
     async def set_mode(self, conversation_id: int, mode: ConversationMode) -> Conversation:
-        """Put a conversation in ``mode``; reports the change (nothing when it already was).
+        """Put a conversation in ``mode``; the change is logged and reported (nothing when it already was).
 
         Raises:
             NotFoundError: no such conversation.
         """
-        conversation, changed = await self.host.storage.set_mode(conversation_id, mode)
+        conversation, change = await self.host.storage.set_mode(conversation_id, mode)
         if conversation is None:
             raise NotFoundError(f"conversation {conversation_id} does not exist")
-        if changed:
-            await self.changed(conversation)
+        if change is not None:
+            self.host.events.conversation_updated(change)
         return conversation
-
-    async def changed(self, conversation: Conversation) -> None:
-        """Report a stored mode change to ``on_conversation_updated``."""
-        await self.host.events.publish("on_conversation_updated", conversation=conversation)
 
     async def release_idle(self) -> list[Conversation]:
         """Return every ``human`` conversation idle for ``idle_seconds`` to ``bot``; reports each."""
         cutoff = utcnow() - timedelta(seconds=self.idle_seconds)
         released = await self.host.storage.release_idle(cutoff)
-        for conversation in released:
-            await self.changed(conversation)
-        return released
+        for change in released:
+            self.host.events.conversation_updated(change)
+        return [change.conversation for change in released]
 
     async def run(self) -> None:
         """Sweep idle conversations until cancelled (a tenth of the idle time, 0.5 to 30 s apart)."""

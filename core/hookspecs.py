@@ -19,7 +19,8 @@ Arguments that mean the same thing always have the same name and type:
   ``event.id`` (increasing, in commit order), ``event.type`` (the Socket.IO event name) and
   ``event.data`` (the contract payload's JSON bytes; ``event.payload()`` decodes it).
 
-Event hooks (``on_message_received``, ``on_message_sent``, ``on_status_changed``) are fed from
+Event hooks (``on_message_received``, ``on_message_sent``, ``on_status_changed``,
+``on_conversation_updated``, and ``on_event`` for every event of any type) are fed from
 the event log behind a persisted cursor: **at least once**. After a crash, the events since the
 last saved cursor position are dispatched again, so a hook with effects outside zaphub must be
 idempotent per ``event.id`` (or per message, as ``autoreply`` claims each reply in storage).
@@ -176,18 +177,34 @@ def on_status_changed(
     """
 
 
+@hookspec
+def on_event(host: Host, settings: Any, event: Event) -> Awaitable[None] | None:
+    """Any logged event, whatever its type, after the hook of its type (if any) returned.
+
+    For plugins that forward events (``crm_realtime`` emits each to Socket.IO): every event of the
+    log reaches it, at least once and in ``event.id`` order, including types added by later
+    releases (``event.type`` names it; ``event.payload()`` is the contract payload). May be async;
+    slow work delays every later event, so it belongs in a task of your own.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # Outbound
 # ---------------------------------------------------------------------------------------------
 
 
 @hookspec
-def on_conversation_updated(host: Host, settings: Any, conversation: Conversation) -> Awaitable[None] | None:
-    """A conversation's ``mode`` changed (``bot`` ↔ ``human``); ``conversation`` is as stored after it.
+def on_conversation_updated(
+    host: Host, settings: Any, conversation: Conversation, event: Event
+) -> Awaitable[None] | None:
+    """A conversation's ``mode`` changed (``bot`` ↔ ``human``).
 
-    Fires once per change, whoever made it: an agent (``PATCH /api/conversations/{id}``), an
-    agent's manual reply (``handoff.agent_reply_takes_over``), or the return to ``bot`` after
-    ``handoff.return_to_bot_seconds`` without agent activity. May be async.
+    Whoever made the change (an agent with ``PATCH /api/conversations/{id}``, an agent's manual
+    reply with ``handoff.agent_reply_takes_over``, or the return to ``bot`` after
+    ``handoff.return_to_bot_seconds`` without agent activity), it is logged once (``event``, a
+    ``whatsapp:conversation_updated``) and the hook sees it at least once (see the module
+    docstring). ``conversation`` is as stored when the hook runs, with ``mode`` as of this event.
+    May be async.
     """
 
 

@@ -25,6 +25,7 @@ from core.models import Conversation, Message, OutgoingMessage, utcnow
 
 if TYPE_CHECKING:
     from core.host import Host
+    from core.storage import ModeEvent
 
 __all__ = ["Channel", "SendPolicy", "SendService"]
 
@@ -173,12 +174,12 @@ class SendService:
                 _encoder.encode([conversation_id, type_, content, context_wamid])
             ).hexdigest()
             idempotency = (idempotency_scope, idempotency_key, digest)
-        took_over: list[Conversation] | None = [] if self.host.config.handoff.agent_reply_takes_over else None
+        took_over: list[ModeEvent] | None = [] if self.host.config.handoff.agent_reply_takes_over else None
         message, created = await storage.queue_outbound(
             conversation, contact.wa_id, outgoing, idempotency=idempotency, took_over=took_over
         )
-        for changed in took_over or ():
-            await self.host.handoff.changed(changed)
+        for change in took_over or ():
+            self.host.events.conversation_updated(change)
         if created:
             self.host.metrics.outbound.labels(outcome="queued").inc()
             for listener in self._queued_listeners:

@@ -30,7 +30,7 @@ from core.storage.health import HealthMixin
 from core.storage.ingest import IngestMixin
 from core.storage.outbox import OutboxMixin
 from core.storage.reads import ReadsMixin
-from core.storage.results import IngestResult, MessageEvent, OutboxItem, StatusEvent
+from core.storage.results import IngestResult, MessageEvent, ModeEvent, OutboxItem, StatusEvent
 from core.storage.schema import metadata
 from core.storage.state import PluginStateMixin, PluginStore, StateEntry
 
@@ -39,6 +39,7 @@ __all__ = [
     "IngestResult",
     "LeaderLock",
     "MessageEvent",
+    "ModeEvent",
     "OutboxItem",
     "PendingEvent",
     "PluginStore",

@@ -15,8 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from core.models import Contact, Conversation, Message, search_key, utcnow
-from core.storage.engine import StorageEngine
+from core.storage.events import EventLogMixin, mode_changed_event
 from core.storage.pages import conversation_page
+from core.storage.results import ModeEvent
 from core.storage.rows import contact_from_row, conversation_from_row, message_from_row
 from core.storage.schema import contacts, conversations, messages
 
@@ -44,7 +45,7 @@ def contact_matches(q: str) -> Any:
     return sa.or_(*conditions) if conditions else sa.false()
 
 
-class DirectoryMixin(StorageEngine):
+class DirectoryMixin(EventLogMixin):
     """Search contacts and conversations; find or create a conversation to start one."""
 
     async def search_contacts(
@@ -134,8 +135,13 @@ class DirectoryMixin(StorageEngine):
             ).one()
         return conversation_from_row(row)
 
-    async def set_mode(self, conversation_id: int, mode: str) -> tuple[Conversation | None, bool]:
-        """Put a conversation in ``mode``: the conversation (``None`` if missing) and whether it changed."""
+    async def set_mode(self, conversation_id: int, mode: str) -> tuple[Conversation | None, ModeEvent | None]:
+        """Put a conversation in ``mode``, logging ``whatsapp:conversation_updated`` in the same transaction.
+
+        Returns:
+            The conversation (``None`` if missing) and the change (``None`` when it already was
+            in ``mode``: nothing is logged).
+        """
         now = utcnow()
         async with self.write() as conn:
             row = (
@@ -147,17 +153,19 @@ class DirectoryMixin(StorageEngine):
                 )
             ).first()
             if row is not None:
-                return conversation_from_row(row), True
+                changed = conversation_from_row(row)
+                (event,) = await self.append_events(conn, [mode_changed_event(changed)], now)
+                return changed, ModeEvent(changed, event)
             row = (
                 await conn.execute(sa.select(conversations).where(conversations.c.id == conversation_id))
             ).first()
-        return (conversation_from_row(row) if row else None), False
+        return (conversation_from_row(row) if row else None), None
 
-    async def release_idle(self, cutoff: datetime) -> list[Conversation]:
+    async def release_idle(self, cutoff: datetime) -> list[ModeEvent]:
         """Switch ``human`` conversations without agent activity since ``cutoff`` back to ``bot``.
 
         Activity is a manual send (``last_agent_at``) or the switch to ``human`` itself. One
-        conditional UPDATE: each conversation is released, and returned, by one caller only.
+        conditional UPDATE: each conversation is released, logged and returned by one caller only.
         """
         now = utcnow()
         idle = sa.and_(
@@ -174,7 +182,9 @@ class DirectoryMixin(StorageEngine):
                     .returning(*conversations.c)
                 )
             ).all()
-        return [conversation_from_row(r) for r in rows]
+            released = sorted((conversation_from_row(r) for r in rows), key=lambda c: c.id)
+            events = await self.append_events(conn, [mode_changed_event(c) for c in released], now)
+        return [ModeEvent(c, e) for c, e in zip(released, events, strict=True)]
 
     async def last_inbound_message(self, conversation_id: int) -> Message | None:
         """The newest message the contact sent in a conversation (by id: arrival order)."""

@@ -1,8 +1,8 @@
 """The event log: appending in the transaction of a change, reading, named cursors, pruning.
 
 Every change that the outside world hears about (an inbound message stored, a send accepted or
-failed, a status moved forward) appends a row here in the *same transaction* as the change, so
-an event exists exactly when its change does, across ``kill -9`` too.
+failed, a status moved forward, a conversation's mode changed) appends a row here in the *same
+transaction* as the change, so an event exists exactly when its change does, across ``kill -9`` too.
 
 Ordering across concurrent writers (several processes on PostgreSQL). A sequence hands out ids
 in call order but transactions commit in any order, so a reader that remembers "the highest id
@@ -33,9 +33,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.event_payloads import (
+    EVENT_CONVERSATION,
     EVENT_MESSAGE,
     EVENT_SENT,
     EVENT_STATUS,
+    conversation_updated_event,
     encode_payload,
     message_event,
     message_sent_event,
@@ -99,6 +101,17 @@ def status_changed_event(message: Message, conversation: Conversation, change: S
         phone_number_id=conversation.phone_number_id,
         message_id=message.id,
         data=encode_payload(message_status_event(change, conversation)),
+    )
+
+
+def mode_changed_event(conversation: Conversation) -> PendingEvent:
+    """``whatsapp:conversation_updated`` for a conversation whose mode just changed."""
+    return PendingEvent(
+        type=EVENT_CONVERSATION,
+        conversation_id=conversation.id,
+        phone_number_id=conversation.phone_number_id,
+        message_id=None,
+        data=encode_payload(conversation_updated_event(conversation)),
     )
 
 

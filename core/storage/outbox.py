@@ -21,8 +21,8 @@ from core.models import (
     StatusChange,
     utcnow,
 )
-from core.storage.events import message_accepted_event, status_changed_event
-from core.storage.results import OutboxItem, StatusEvent
+from core.storage.events import message_accepted_event, mode_changed_event, status_changed_event
+from core.storage.results import ModeEvent, OutboxItem, StatusEvent
 from core.storage.rows import conversation_from_row, message_from_row
 from core.storage.schema import conversations, idempotency_keys, messages, outbox, statuses
 from core.storage.statuses import StatusMixin
@@ -40,7 +40,7 @@ class OutboxMixin(StatusMixin):
         outgoing: OutgoingMessage,
         *,
         idempotency: tuple[str, str, str] | None = None,
-        took_over: list[Conversation] | None = None,
+        took_over: list[ModeEvent] | None = None,
     ) -> tuple[Message, bool]:
         """Store an outbound message and its outbox row in one transaction.
 
@@ -51,7 +51,8 @@ class OutboxMixin(StatusMixin):
             idempotency: ``(scope, key, request_hash)``: a repeated key with the same hash returns
                 the first message; with another hash raises :class:`ConflictError`.
             took_over: when given, a manual (not automated) send switches a ``bot`` conversation
-                to ``human`` in the same transaction, and the conversation switched is appended.
+                to ``human`` in the same transaction (logging ``whatsapp:conversation_updated``),
+                and the change is appended.
 
         Returns:
             The message and whether it was created now (``False`` for an idempotent repeat).
@@ -132,6 +133,7 @@ class OutboxMixin(StatusMixin):
             await conn.execute(
                 conversations.update().where(conversations.c.id == conversation.id).values(**values)
             )
+            switched = None
             if took_over is not None and not outgoing.automated:
                 switched = (
                     await conn.execute(
@@ -141,14 +143,16 @@ class OutboxMixin(StatusMixin):
                         .returning(*conversations.c)
                     )
                 ).first()
-                if switched is not None:
-                    took_over.append(conversation_from_row(switched))
             if idem_id is not None:
                 await conn.execute(
                     idempotency_keys.update()
                     .where(idempotency_keys.c.id == idem_id)
                     .values(message_id=message.id)
                 )
+            if switched is not None and took_over is not None:
+                changed = conversation_from_row(switched)
+                (event,) = await self.append_events(conn, [mode_changed_event(changed)], now)  # last
+                took_over.append(ModeEvent(changed, event))
         return message, True
 
     async def claim_outbox(self, *, limit: int = 50, lease_seconds: float = 60.0) -> list[OutboxItem]:

@@ -8,7 +8,7 @@ import msgspec
 
 from core.models import Contact, Conversation, Event, Message, StatusChange
 
-__all__ = ["IngestResult", "MessageEvent", "OutboxItem", "StatusEvent"]
+__all__ = ["IngestResult", "MessageEvent", "ModeEvent", "OutboxItem", "StatusEvent"]
 
 
 class MessageEvent(msgspec.Struct, frozen=True):
@@ -30,6 +30,14 @@ class StatusEvent(msgspec.Struct, frozen=True):
     event: Event | None = None
     """Its row in the event log (``whatsapp:message_status``, or ``whatsapp:message_sent`` for
     the ``accepted`` change of ``outbox_sent``)."""
+
+
+class ModeEvent(msgspec.Struct, frozen=True):
+    """A conversation whose mode changed, as stored after the change, for hooks."""
+
+    conversation: Conversation
+    event: Event
+    """Its row in the event log (``whatsapp:conversation_updated``)."""
 
 
 class IngestResult(msgspec.Struct, kw_only=True):

@@ -22,7 +22,7 @@ from core.config import parse_config
 from core.errors import ApiError, ConfigError, PluginError, SendVetoed, ValidationFailed
 from core.host import MediaStream
 from core.metrics import Metrics
-from core.models import Conversation, InboundMessage, Message, OutgoingMessage, Reply, Veto
+from core.models import Conversation, Event, InboundMessage, Message, OutgoingMessage, Reply, Veto
 from core.plugins import HookRunner, build_plugin_manager, installed_plugins, validate_plugin_settings
 from tests.helpers import serve, wait_for
 
@@ -748,10 +748,12 @@ async def test_hook_register_channels(tmp_path: Path) -> None:
 class ModeRecorder:
     def __init__(self) -> None:
         self.modes: list[tuple[int, str]] = []
+        self.events: list[Event] = []
 
     @hookimpl
-    def on_conversation_updated(self, conversation: Conversation) -> None:
+    def on_conversation_updated(self, conversation: Conversation, event: Event) -> None:
         self.modes.append((conversation.id, conversation.mode))
+        self.events.append(event)
 
 
 async def test_hook_on_conversation_updated(tmp_path: Path) -> None:
@@ -782,5 +784,38 @@ async def test_hook_on_conversation_updated(tmp_path: Path) -> None:
         await wait_for(lambda: len(recorder.modes) == 4, what="the idle conversation to return to the bot")
         assert recorder.modes[-1] == (conversation_id, "bot")
         assert (await host.storage.get_conversation(conversation_id)).mode == "bot"
+        # Each change is its logged whatsapp:conversation_updated, in id order.
+        assert [e.type for e in recorder.events] == ["whatsapp:conversation_updated"] * 4
+        assert [
+            (e.payload()["conversationId"], e.payload()["mode"]) for e in recorder.events
+        ] == recorder.modes
+        ids = [e.id for e in recorder.events]
+        assert ids == sorted(set(ids))
+        logged = await host.storage.read_events(0, 100, types=["whatsapp:conversation_updated"])
+        assert [e.id for e in logged] == ids
         with pytest.raises(ApiError, match="does not exist"):
             await host.handoff.set_mode(999_999, "human")
+
+
+class EveryEvent:
+    def __init__(self) -> None:
+        self.seen: list[Event] = []
+
+    @hookimpl
+    async def on_event(self, event: Event) -> None:
+        self.seen.append(event)
+
+
+async def test_hook_on_event(tmp_path: Path) -> None:
+    config = parse_config({"storage": {"url": f"sqlite:///{tmp_path / 'z.db'}"}, "plugins": {"every": {}}})
+    plugin = EveryEvent()
+    app = create_app(config, extra_plugins={"every": plugin})
+    host = app.state.host
+    async with serve(app):
+        conversation_id = await _one_conversation(host)
+        await host.handoff.set_mode(conversation_id, "human")
+        await host.events.drain()
+        # Every logged event, whatever its type, once each and in id order.
+        logged = await host.storage.read_events(0, 100)
+        assert [e.type for e in logged] == ["whatsapp:message", "whatsapp:conversation_updated"]
+        assert plugin.seen == logged
