@@ -14,7 +14,7 @@ from core import hookimpl
 from core.cli_types import Command
 from core.config import ConfigFinding
 from core.host import Host, ReadinessCheck
-from core.models import Conversation, Event
+from core.models import Event
 from core.stash import StashKey
 from plugins.crm_realtime.auth import TokenVerifier
 from plugins.crm_realtime.config import CrmRealtimeSettings
@@ -115,32 +115,8 @@ async def on_shutdown(host: Host) -> None:
 
 
 @hookimpl
-def on_message_received(host: Host, event: Event) -> None:
-    """Emit ``whatsapp:message`` (the logged payload, with ``eventId``)."""
+def on_event(host: Host, event: Event) -> None:
+    """Emit every logged event to the sockets its route names (``realtime.ROUTES``), with ``eventId``."""
     realtime = host.stash.get(REALTIME)
     if realtime is not None:
-        realtime.message_received(event)
-
-
-@hookimpl
-def on_message_sent(host: Host, event: Event) -> None:
-    """Emit ``whatsapp:message_sent`` (the logged payload, with ``eventId``)."""
-    realtime = host.stash.get(REALTIME)
-    if realtime is not None:
-        realtime.message_sent(event)
-
-
-@hookimpl
-def on_status_changed(host: Host, event: Event) -> None:
-    """Emit ``whatsapp:message_status`` (with ``error`` for ``failed``, and ``eventId``)."""
-    realtime = host.stash.get(REALTIME)
-    if realtime is not None:
-        realtime.status_changed(event)
-
-
-@hookimpl
-def on_conversation_updated(host: Host, conversation: Conversation) -> None:
-    """Emit ``whatsapp:conversation_updated`` (the bot or an agent answers now)."""
-    realtime = host.stash.get(REALTIME)
-    if realtime is not None:
-        realtime.conversation_updated(conversation)
+        realtime.deliver(event)

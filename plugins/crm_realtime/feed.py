@@ -44,14 +44,6 @@ RELAY_METHOD = "zaphub:event"
 """The ``method`` of the Redis messages carrying an event between processes."""
 
 
-class _Unlogged(msgspec.Struct, frozen=True, array_like=True):
-    """An event the log does not hold (``whatsapp:conversation_updated`` for now)."""
-
-    name: str
-    data: dict[str, Any]
-    rooms: list[str]
-
-
 class SocketFeed:
     """Delivers logged events to the sockets of this process; see the module docstring."""
 
@@ -59,7 +51,7 @@ class SocketFeed:
         self.rt = realtime
         self.position: int | None = None
         """The last event id delivered, every one below it delivered too (``None`` before start)."""
-        self.queue: asyncio.Queue[tuple[Event, bool] | _Unlogged | None] = asyncio.Queue(queue_size)
+        self.queue: asyncio.Queue[tuple[Event, bool] | None] = asyncio.Queue(queue_size)
         self._throttle = Throttle(log)
         registry = realtime.host.metrics.registry
         self.m_events = Counter(
@@ -87,18 +79,6 @@ class SocketFeed:
         except asyncio.QueueFull:
             self.m_queue_full.inc()  # the log has it: the next gap or tick reads it back
 
-    def offer_unlogged(self, name: str, data: dict[str, Any], rooms: list[str]) -> None:
-        """Queue an event the log does not hold (no ``eventId``).
-
-        It is emitted in turn and relayed, never replayed; lost (and counted) when the queue is full.
-        """
-        if not rooms:  # python-socketio reads an empty room list as "everyone"
-            raise ValueError("an emit needs at least one room")
-        try:
-            self.queue.put_nowait(_Unlogged(name, data, rooms))
-        except asyncio.QueueFull:
-            self.m_queue_full.inc()
-
     async def run(self) -> None:
         """Deliver until :meth:`stop`; starts at the end of the log (earlier events are replays)."""
         while self.position is None:
@@ -116,10 +96,7 @@ class SocketFeed:
             try:
                 if item is None:
                     return
-                if isinstance(item, _Unlogged):
-                    await self._guarded(self._emit_unlogged(item))
-                else:
-                    await self._guarded(self._take(*item))
+                await self._guarded(self._take(*item))
             finally:
                 self.queue.task_done()
 
@@ -144,15 +121,6 @@ class SocketFeed:
             await self._catch_up(event.id - 1)
         if event.id == self.position + 1:
             await self._deliver(event)
-
-    async def _emit_unlogged(self, item: _Unlogged) -> None:
-        try:
-            await self.rt.emit_unlogged(item.name, item.data, item.rooms)
-        except Exception as exc:
-            self.m_emit_errors.inc()
-            self._throttle.error("emitting %s failed", item.name, exc_info=exc)
-        else:
-            self.m_events.labels(event=item.name).inc()
 
     async def _catch_up(self, until: int | None) -> None:
         """Deliver the logged events after the cursor (up to ``until``)."""

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from core.event_payloads import (
+    ConversationUpdatedEvent,
     EventContact,
     EventMessage,
     FeedEvent,
@@ -87,19 +88,6 @@ __all__ = [
     "message_status_event",
     "send_content",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Socket.IO events not in the event log yet (the others are core's: core.event_payloads)
-# ---------------------------------------------------------------------------------------------
-
-
-class ConversationUpdatedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """``whatsapp:conversation_updated``: the conversation's mode changed."""
-
-    conversation_id: int
-    mode: Literal["bot", "human"]
-    phone_number_id: str
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,13 @@ Rooms (per process; with Redis, emits reach the rooms of every process):
 - ``conversation:{id}`` / ``message:{id}``: joined on request, after checking that the
   conversation or message exists and is in the token's scope.
 
-``whatsapp:message`` and ``whatsapp:message_sent`` are emitted once to
-``["scope:all", "pnid:{n}"]``; ``whatsapp:message_status`` once to ``["conversation:{c}",
-"message:{m}"]``. python-socketio merges the members of the rooms of one emit into one set
-(``BaseManager.get_participants``), so a socket in several of them gets the event once.
+Which rooms an event goes to is one line per event type in :data:`ROUTES` (a logged type
+without a line is not emitted, and logged as a mistake): ``whatsapp:message`` and
+``whatsapp:message_sent`` go to ``["scope:all", "pnid:{n}"]``; ``whatsapp:message_status`` to
+``["conversation:{c}", "message:{m}"]``; ``whatsapp:conversation_updated`` to
+``["conversation:{c}", "scope:all", "pnid:{n}"]``. The same line decides which resume replays it
+(:meth:`Realtime._replay`). python-socketio merges the members of the rooms of one emit into one
+set (``BaseManager.get_participants``), so a socket in several of them gets the event once.
 
 A client must connect ``/crm`` (the configured namespace): any other namespace, ``/``
 included, is refused with a ``connect_error`` naming the right one. An Engine.IO connection
@@ -42,12 +45,12 @@ from prometheus_client import Counter, Gauge
 
 from core.config import redact_url
 from core.errors import StorageError
+from core.event_payloads import EVENT_CONVERSATION, EVENT_MESSAGE, EVENT_SENT, EVENT_STATUS
 from core.logs import Throttle
 from core.models import Conversation, Event, Message
 from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden_message
 from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.crm_realtime.feed import SocketFeed, relay_message, relayed_event
-from plugins.crm_realtime.models import ConversationUpdatedEvent
 from plugins.crm_realtime.relay import ListenerLog, RelayHealth
 from plugins.crm_realtime.resume import DeliveryGate, parse_last_event_id
 
@@ -57,8 +60,10 @@ if TYPE_CHECKING:
 __all__ = [
     "ALL_ROOM",
     "MAX_ID",
+    "ROUTES",
     "CrmNamespace",
     "Realtime",
+    "Route",
     "conversation_room",
     "message_room",
     "parse_id",
@@ -77,13 +82,42 @@ REAP_INTERVAL_SECONDS = 0.25
 RELAY_PROBE_SECONDS = 1.0
 RELAY_CONNECT_TIMEOUT_SECONDS = 2.0
 
-EVENT_MESSAGE = "whatsapp:message"
-EVENT_SENT = "whatsapp:message_sent"
-EVENT_STATUS = "whatsapp:message_status"
-EVENT_CONVERSATION = "whatsapp:conversation_updated"
 EVENT_RESYNC = "resync_required"
 REPLAY_PAGE = 500
 """Events read from the log (and sent) at a time when replaying to a resuming socket."""
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    """Which sockets receive an event type, live and when resuming.
+
+    The same rule serves live emits and replays, so a socket resuming gets exactly what it
+    would have got connected.
+    """
+
+    scope: bool = False
+    """Every socket whose token may see the event's business number (rooms ``scope:all`` and
+    ``pnid:{phoneNumberId}``). Replayed on connect with ``lastEventId``."""
+    conversation: bool = False
+    """Sockets in the room ``conversation:{conversationId}``. Replayed by ``join_conversation``
+    with ``lastEventId``, unless ``scope`` (then the connect's replay sent it)."""
+    message: bool = False
+    """Sockets in the room ``message:{messageId}``. Replayed by ``join_message`` likewise."""
+
+
+ROUTES: dict[str, Route] = {
+    EVENT_MESSAGE: Route(scope=True),
+    EVENT_SENT: Route(scope=True),
+    EVENT_STATUS: Route(conversation=True, message=True),
+    EVENT_CONVERSATION: Route(scope=True, conversation=True),
+}
+"""Every logged event type's audience: one line per type (docs/events.md, "Who receives what")."""
+
+
+def replayed_types(kind: str) -> list[str]:
+    """The event types a resume replays: ``connect``, or a join of ``conversation`` / ``message``."""
+    if kind == "connect":
+        return [t for t, r in ROUTES.items() if r.scope]
+    return [t for t, r in ROUTES.items() if not r.scope and getattr(r, kind)]
 
 
 def scope_room(phone_number_id: str) -> str:
@@ -406,45 +440,35 @@ class Realtime:
 
     # -- hooks → events ------------------------------------------------------------------------
 
-    def message_received(self, event: Event) -> None:
-        """Deliver ``whatsapp:message`` to every socket allowed to see the business number."""
+    def deliver(self, event: Event) -> None:
+        """Queue a logged event for the sockets :data:`ROUTES` names (relayed to other processes too)."""
         self.feed.offer(event, relay=True)
 
-    def message_sent(self, event: Event) -> None:
-        """Deliver ``whatsapp:message_sent`` to every socket allowed to see the business number."""
-        self.feed.offer(event, relay=True)
-
-    def status_changed(self, event: Event) -> None:
-        """Deliver ``whatsapp:message_status`` to the conversation's and the message's rooms."""
-        self.feed.offer(event, relay=True)
-
-    def conversation_updated(self, conversation: Conversation) -> None:
-        """Queue ``whatsapp:conversation_updated`` for its room and every socket allowed to see it.
-
-        Not in the event log yet (no ``eventId``): relayed as a plain emit, not replayed.
-        """
-        payload = ConversationUpdatedEvent(
-            conversation_id=conversation.id,
-            mode=conversation.mode,
-            phone_number_id=conversation.phone_number_id,
-        )
-        rooms = [conversation_room(conversation.id), ALL_ROOM, scope_room(conversation.phone_number_id)]
-        self.feed.offer_unlogged(EVENT_CONVERSATION, msgspec.to_builtins(payload), rooms)
-
-    @staticmethod
-    def rooms(event: Event) -> list[str]:
-        """The rooms of an event: a status's conversation and message, else the business number's."""
-        if event.type == EVENT_STATUS:
-            return [conversation_room(event.conversation_id or 0), message_room(event.message_id or 0)]
-        return [ALL_ROOM, scope_room(event.phone_number_id or "")]
+    def rooms(self, event: Event) -> list[str]:
+        """The rooms of an event, by its :data:`ROUTES` line (empty: no line, or no id to route by)."""
+        route = ROUTES.get(event.type)
+        if route is None:
+            return []
+        rooms = []
+        if route.conversation and event.conversation_id is not None:
+            rooms.append(conversation_room(event.conversation_id))
+        if route.message and event.message_id is not None:
+            rooms.append(message_room(event.message_id))
+        if route.scope and event.phone_number_id is not None:
+            rooms += [ALL_ROOM, scope_room(event.phone_number_id)]
+        return rooms
 
     async def emit_local(self, event: Event, data: dict[str, Any]) -> None:
         """Emit to this process's sockets only (the relay carries events, not emits)."""
-        await self.manager.emit(event.type, data, self.ns, room=self.rooms(event), ignore_queue=True)
-
-    async def emit_unlogged(self, name: str, data: dict[str, Any], rooms: list[str]) -> None:
-        """Emit an event the log does not hold to the sockets of every process (Redis relays it)."""
-        await self.sio.emit(name, data, to=rooms, namespace=self.ns)
+        rooms = self.rooms(event)
+        if not rooms:  # python-socketio reads an empty room list as "every socket": never that
+            self._throttle.error(
+                "event %s has no audience: add a line for it to ROUTES in plugins/crm_realtime/realtime.py",
+                event.type,
+                key=("unrouted", event.type),
+            )
+            return
+        await self.manager.emit(event.type, data, self.ns, room=rooms, ignore_queue=True)
 
     async def relay_event(self, event: Event) -> None:
         """Publish ``event`` to the other processes (no-op without Redis; failures are counted)."""
@@ -714,7 +738,7 @@ class Realtime:
             await self.manager.send_frames(sid, self.ns, frames)
             return
         scope = sorted(agent.scope) if agent.scope is not None else None
-        types = [EVENT_MESSAGE, EVENT_SENT] if kind == "connect" else [EVENT_STATUS]
+        types = replayed_types(kind)
         cursor = after
         while True:
             page = await storage.read_events(

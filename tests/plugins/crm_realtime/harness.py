@@ -60,14 +60,21 @@ def crm_config(
 
 @contextlib.contextmanager
 def two_processes(
-    tmp_path: Path, postgres_url: str, redis_url: str, channel: str, **whatsapp: Any
+    tmp_path: Path,
+    postgres_url: str,
+    redis_url: str,
+    channel: str,
+    *,
+    handoff: dict[str, Any] | None = None,
+    **whatsapp: Any,
 ) -> Iterator[list[ZaphubProcess]]:
     """Two real ``zaphub run`` on one PostgreSQL and one Redis (websocket only: no sticky sessions)."""
     procs = []
+    top: dict[str, Any] = {"handoff": handoff} if handoff is not None else {}
     try:
         for name in ("a", "b"):
             port = free_port()
-            data = crm_config(postgres_url, port, redis={"url": redis_url, "channel": channel})
+            data = crm_config(postgres_url, port, redis={"url": redis_url, "channel": channel}, **top)
             data["plugins"]["crm_realtime"]["transports"] = ["websocket"]
             data["plugins"]["whatsapp"].update(whatsapp)
             config = write_config(tmp_path / f"{name}.yaml", data)

@@ -15,6 +15,10 @@ from typing import Any
 import pytest
 import socketio
 
+from core.event_payloads import EVENT_TYPES
+from core.models import utcnow
+from core.storage import PendingEvent
+from plugins.crm_realtime.realtime import ROUTES
 from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import wait_for
 from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, CrmClient, Zaphub, zaphub
@@ -255,6 +259,30 @@ async def test_every_socket_gets_each_event_once_and_statuses_only_in_rooms(z: Z
     await z.settle()
     assert len(in_conversation.of("whatsapp:message_status")) == before
     assert [d["status"] for d in in_message.of("whatsapp:message_status")] == ["failed"]
+
+
+def test_every_logged_event_type_has_its_audience() -> None:
+    """A logged type without a line in ROUTES would reach no socket: add one with the type."""
+    assert sorted(ROUTES) == sorted(EVENT_TYPES)
+
+
+async def test_a_logged_type_without_a_route_reaches_no_one_and_says_so(
+    z: Zaphub, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await z.connect()
+    odd = PendingEvent(
+        type="whatsapp:from_the_future",
+        conversation_id=None,
+        phone_number_id=PNID,
+        message_id=None,
+        data=b"{}",
+    )
+    async with z.host.storage.write() as conn:
+        await z.host.storage.append_events(conn, [odd], utcnow())
+    await z.inbound("depois")  # the next event: the feed has passed the odd one when it arrives
+    await client.wait("whatsapp:message")
+    assert [name for name, _ in client.events if name.startswith("whatsapp:")] == ["whatsapp:message"]
+    assert "event whatsapp:from_the_future has no audience: add a line for it to ROUTES" in caplog.text
 
 
 async def test_join_answers_errors_for_unknown_and_malformed_ids(z: Zaphub) -> None:
