@@ -4,9 +4,10 @@ uvicorn offers a connection limit (``limit_concurrency``: requests beyond it are
 and a keep-alive timeout, but times neither a request's headers nor its body: a client that sends
 a header byte every few seconds (slowloris) or a body that never ends holds its connection, and a
 file descriptor, for as long as it likes. zaphub times headers in the protocol
-(:class:`HeaderTimedH11Protocol`: the connection is closed) and bodies at the ASGI level
-(:func:`body_timeout`: ``408``). The connection limit defaults to what the file-descriptor
-limit leaves after the database, Redis and files (:func:`connection_limit`).
+(:class:`HeaderTimedHttpToolsProtocol` on uvicorn's httptools parser, or
+:class:`HeaderTimedH11Protocol` where httptools is not installed: the connection is closed) and
+bodies at the ASGI level (:func:`body_timeout`: ``408``). The connection limit defaults to what
+the file-descriptor limit leaves after the database, Redis and files (:func:`connection_limit`).
 """
 
 from __future__ import annotations
@@ -15,20 +16,33 @@ import asyncio
 import contextlib
 import logging
 import resource
-from typing import Any
+from typing import Any, Literal
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+try:  # uvicorn's C parser (llhttp, through httptools): installed with uvicorn[standard]
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    HTTPTOOLS = True
+except ImportError:  # pragma: no cover - a trimmed install; h11 serves the same protocol, slower
+    # A base for the class below to be defined on; http_protocol() never picks it then.
+    HttpToolsProtocol = H11Protocol  # type: ignore[assignment,misc]
+    HTTPTOOLS = False
+
 from core.config import ServerConfig
 
 __all__ = [
     "FD_RESERVE",
+    "HTTPTOOLS",
+    "MAX_HEADER_BYTES",
     "HeaderTimedH11Protocol",
+    "HeaderTimedHttpToolsProtocol",
     "body_timeout",
     "connection_limit",
     "fd_limit",
+    "http_protocol",
     "raise_fd_limit",
     "uvicorn_config",
 ]
@@ -130,6 +144,120 @@ class HeaderTimedH11Protocol(H11Protocol):
         transport.close()
 
 
+MAX_HEADER_BYTES = 16 * 1024
+"""Incomplete request headers beyond this are answered ``400`` (uvicorn's h11 limit, kept for httptools)."""
+
+
+class HeaderTimedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing a connection whose request headers are too slow to arrive.
+
+    The same contract as :class:`HeaderTimedH11Protocol`, on the C parser: the clock starts when
+    the connection opens, and for each later request at its first byte (llhttp's
+    ``on_message_begin``); it stops when the parser has the complete headers
+    (``on_headers_complete``), so a long body upload (:func:`body_timeout` times that), a
+    long-running response and a WebSocket that took the connection over are never cut.
+
+    llhttp itself does not bound the request line and headers: like h11 in uvicorn, a connection
+    that has sent more than :data:`MAX_HEADER_BYTES` without completing its headers is answered
+    ``400`` and closed, so a fast client cannot make the parser buffer without limit during the
+    header timeout (headers completed within one read of the socket pass, as with h11).
+    Subclass with ``header_timeout`` set (see :func:`http_protocol`).
+    """
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+    _awaiting_headers = True
+    _header_bytes = 0
+    """Bytes received while the current request's headers were incomplete (bounds buffering)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows it
+        """Start the header clock."""
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; refuse headers that keep growing past :data:`MAX_HEADER_BYTES`."""
+        if self._awaiting_headers:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if (
+            self._awaiting_headers
+            and self._header_bytes > MAX_HEADER_BYTES
+            and not self.transport.is_closing()
+        ):
+            self._refuse_large_headers()
+
+    def on_message_begin(self) -> None:
+        """A request's first byte: its headers' clock starts (unless the connection's still runs)."""
+        self._awaiting_headers = True
+        if self._header_timer is None:
+            self._arm_header_timer()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        """The headers are in: stop the clock; from here the body timeout and the app decide."""
+        self._awaiting_headers = False
+        self._header_bytes = 0
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """The body is in: bytes after it belong to the next request's headers."""
+        self._awaiting_headers = True
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the clock."""
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if not self.transport.is_closing():
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
+
+    def _refuse_large_headers(self) -> None:
+        log.info("refusing %s: request line and headers over %d bytes", self.client, MAX_HEADER_BYTES)
+        self.send_400_response(f"Request line and headers exceed {MAX_HEADER_BYTES} bytes.")
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        transport = self.transport
+        # A WebSocket upgrade hands the transport to another protocol: it is not ours to close.
+        if transport.is_closing() or transport.get_protocol() is not self:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # Pipelined: the next request's headers are slow while this response is running.
+            # The response is not cut; the next request is given the full timeout once it ends.
+            self._arm_header_timer()
+            return
+        log.debug("closing %s: no complete request headers within %.0f s", self.client, self.header_timeout)
+        transport.close()
+
+
+def http_protocol(
+    header_timeout: float, parser: Literal["auto", "httptools", "h11"] = "auto"
+) -> type[asyncio.Protocol]:
+    """The HTTP/1.1 protocol class for uvicorn, with zaphub's header timeout.
+
+    Args:
+        header_timeout: seconds a request's headers may take (``server.header_timeout_seconds``).
+        parser: ``httptools`` (uvicorn's C parser, several times cheaper per request than h11),
+            ``h11`` (pure Python), or ``auto``: httptools when installed, else h11.
+    """
+    if parser == "auto":
+        parser = "httptools" if HTTPTOOLS else "h11"
+    base: type[asyncio.Protocol] = HeaderTimedH11Protocol
+    if parser == "httptools":
+        if not HTTPTOOLS:
+            raise RuntimeError("httptools is not installed: pip install httptools, or use parser='h11'")
+        base = HeaderTimedHttpToolsProtocol
+    return type(base.__name__, (base,), {"header_timeout": header_timeout})
+
+
 class _BodyTimedOut(BaseException):
     """Raised from the app's ``receive`` when the body is late.
 
@@ -205,7 +333,12 @@ def body_timeout(app: Any, seconds: float) -> Any:
 
 
 def uvicorn_config(
-    app: Any, server: ServerConfig, *, fds: int | None = None, **options: Any
+    app: Any,
+    server: ServerConfig,
+    *,
+    fds: int | None = None,
+    parser: Literal["auto", "httptools", "h11"] = "auto",
+    **options: Any,
 ) -> uvicorn.Config:
     """The uvicorn configuration of ``zaphub run`` (and of tests' in-process servers).
 
@@ -213,11 +346,10 @@ def uvicorn_config(
         app: the ASGI app (``create_app``).
         server: its ``server:`` settings (limits and timeouts).
         fds: the file-descriptor limit in force (default: :func:`fd_limit`).
+        parser: the HTTP parser (:func:`http_protocol`).
         options: more ``uvicorn.Config`` arguments (they win).
     """
-    protocol = type(
-        "HeaderTimedH11Protocol", (HeaderTimedH11Protocol,), {"header_timeout": server.header_timeout_seconds}
-    )
+    protocol = http_protocol(server.header_timeout_seconds, parser)
     settings: dict[str, Any] = {
         "host": server.host,
         "port": server.port,

@@ -74,12 +74,13 @@ async def wait_for(
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 0, **options: Any) -> AsyncIterator[str]:
     """Run an ASGI app under a real uvicorn server (lifespan included); yields its base URL.
 
     ``port=0`` picks a free port. Pass :func:`free_port` (also written to the app's
     ``server.port``) when the app must know its own URL before it starts, e.g. the in-process
-    sandbox, which posts webhooks to ``host.public_url``.
+    sandbox, which posts webhooks to ``host.public_url``. ``options`` go to
+    :func:`core.server.uvicorn_config` (``parser="h11"``, uvicorn settings).
     """
     import uvicorn
 
@@ -89,7 +90,7 @@ async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> AsyncIte
     # A zaphub app gets the limits and timeouts of `zaphub run`; any other app the defaults.
     running = getattr(getattr(app, "state", None), "host", None)
     settings = running.config.server if running is not None else ServerConfig()
-    server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=port))
+    server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=port, **options))
     task = asyncio.create_task(server.serve())
     await wait_for(lambda: server.started or task.done(), timeout=20, what="uvicorn to start")
     if task.done():

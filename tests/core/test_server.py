@@ -1,7 +1,8 @@
 """The HTTP server's limits through real sockets: slow headers, slow bodies, too many connections.
 
 uvicorn on a free port (the same configuration as ``zaphub run``, :func:`core.server.uvicorn_config`);
-the clients are raw TCP sockets that behave like attackers.
+the clients are raw TCP sockets that behave like attackers. The protocol tests run on both HTTP
+parsers: httptools (what ``zaphub run`` uses) and h11 (its fallback where httptools is missing).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from core.config import ServerConfig
-from core.server import FD_RESERVE, connection_limit
+from core.server import FD_RESERVE, MAX_HEADER_BYTES, connection_limit, http_protocol, uvicorn_config
 from tests.core.test_app import Demo, make_app
 from tests.helpers import serve
 
@@ -26,13 +27,25 @@ BOUND = 10.0
 """How long a test waits for the server to act; the server's own timeouts are well under it."""
 
 
+PARSERS = pytest.mark.parametrize("parser", ["httptools", "h11"])
+
+
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path, **server: Any) -> AsyncIterator[tuple[str, int]]:
+async def running(tmp_path: Path, parser: str = "httptools", **server: Any) -> AsyncIterator[tuple[str, int]]:
     app = make_app(tmp_path, Demo(), server=server)
-    async with serve(app) as url:
+    async with serve(app, parser=parser) as url:
         parts = urlsplit(url)
         assert parts.hostname is not None and parts.port is not None
         yield parts.hostname, parts.port
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response with a Content-Length: its head and body (fails after ``BOUND``)."""
+    async with asyncio.timeout(BOUND):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+        assert length is not None, head
+        return head, await reader.readexactly(int(length[1]))
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
@@ -41,8 +54,9 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
         return await reader.read()
 
 
-async def test_slow_headers_are_cut_off(tmp_path: Path) -> None:
-    async with running(tmp_path, header_timeout_seconds=0.5) as (host, port):
+@PARSERS
+async def test_slow_headers_are_cut_off(tmp_path: Path, parser: str) -> None:
+    async with running(tmp_path, parser, header_timeout_seconds=0.5) as (host, port):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET /health HTTP/1.1\r\nHost: zaphub\r\n")
 
@@ -62,17 +76,14 @@ async def test_slow_headers_are_cut_off(tmp_path: Path) -> None:
             assert (await client.get(f"http://{host}:{port}/health")).status_code == 200
 
 
-async def test_the_next_request_on_a_kept_alive_connection_is_timed_too(tmp_path: Path) -> None:
-    async with running(tmp_path, header_timeout_seconds=0.5, keep_alive_seconds=60) as (host, port):
+@PARSERS
+async def test_the_next_request_on_a_kept_alive_connection_is_timed_too(tmp_path: Path, parser: str) -> None:
+    async with running(tmp_path, parser, header_timeout_seconds=0.5, keep_alive_seconds=60) as (host, port):
         reader, writer = await asyncio.open_connection(host, port)
         for _ in range(2):  # idle longer than the header timeout between requests: kept alive
             writer.write(b"GET /health HTTP/1.1\r\nHost: zaphub\r\n\r\n")
-            async with asyncio.timeout(BOUND):
-                head = await reader.readuntil(b"\r\n\r\n")
-                assert head.startswith(b"HTTP/1.1 200")
-                length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
-                assert length is not None
-                await reader.readexactly(int(length[1]))
+            head, _ = await read_response(reader)
+            assert head.startswith(b"HTTP/1.1 200")
             await asyncio.sleep(1)  # idle (the keep-alive timeout is 60 s), not a wait for an event
         writer.write(b"GET /health HTTP/1.1\r\n")  # ...and the rest never comes
         try:
@@ -82,8 +93,9 @@ async def test_the_next_request_on_a_kept_alive_connection_is_timed_too(tmp_path
         assert b"HTTP/1.1" not in data.split(b"\r\n\r\n", 1)[-1]
 
 
-async def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> None:
-    async with running(tmp_path, body_timeout_seconds=0.5) as (host, port):
+@PARSERS
+async def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path, parser: str) -> None:
+    async with running(tmp_path, parser, body_timeout_seconds=0.5) as (host, port):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(
             b"POST /items HTTP/1.1\r\nHost: zaphub\r\nContent-Type: application/json\r\n"
@@ -100,6 +112,88 @@ async def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> N
         async with httpx.AsyncClient() as client:
             response = await client.post(f"http://{host}:{port}/items", json={"qty": 2})
             assert response.json() == {"qty": 2}
+
+
+@PARSERS
+async def test_a_slow_body_is_not_cut_by_the_header_timeout(tmp_path: Path, parser: str) -> None:
+    async with running(tmp_path, parser, header_timeout_seconds=0.5, body_timeout_seconds=30) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(
+                b"POST /items HTTP/1.1\r\nHost: zaphub\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 9\r\n\r\n"
+            )
+            for piece in (b'{"qty', b'":', b"3}"):  # 1.5 s of body: three header timeouts
+                await asyncio.sleep(0.5)
+                writer.write(piece)
+            head, body = await read_response(reader)
+        finally:
+            writer.close()
+        assert head.startswith(b"HTTP/1.1 201"), head
+        assert body == b'{"qty":3}'
+
+
+@PARSERS
+async def test_a_long_running_response_is_not_cut_by_the_header_timeout(parser: str) -> None:
+    release = asyncio.Event()
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async with serve(slow, http=http_protocol(0.3, parser)) as url:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: zaphub\r\n\r\n")
+            await asyncio.sleep(1.2)  # four header timeouts while the app works
+            release.set()
+            head, body = await read_response(reader)
+        finally:
+            writer.close()
+        assert head.startswith(b"HTTP/1.1 200")
+        assert body == b"done"
+
+
+@PARSERS
+async def test_request_headers_that_keep_growing_are_refused(tmp_path: Path, parser: str) -> None:
+    async with running(tmp_path, parser, header_timeout_seconds=60) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: zaphub\r\n")
+
+        async def flood() -> None:  # fast, so the header timeout never applies: only the size limit
+            with contextlib.suppress(ConnectionError):
+                for i in range(100_000):
+                    writer.write(b"X-Flood-%d: %s\r\n" % (i, b"b" * 1000))
+                    await writer.drain()
+
+        task = asyncio.create_task(flood())
+        try:
+            try:
+                answer = await closed_by_server(reader)
+            except ConnectionResetError:  # closed while our flood was still arriving
+                answer = b""
+            sent = await asyncio.wait_for(task, BOUND)
+        finally:
+            task.cancel()
+            writer.close()
+        assert sent is None
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+        # Headers under the limit are served.
+        async with httpx.AsyncClient() as client:
+            headers = {"X-Big": "a" * (MAX_HEADER_BYTES // 2)}
+            assert (await client.get(f"http://{host}:{port}/health", headers=headers)).status_code == 200
+
+
+def test_zaphub_run_uses_the_httptools_parser() -> None:
+    # The C parser costs a fraction of h11's per request (docs/benchmarks.md, "Levers: HTTP").
+    protocol = uvicorn_config(None, ServerConfig(header_timeout_seconds=3)).http
+    assert isinstance(protocol, type)
+    assert protocol.__mro__[1].__name__ == "HeaderTimedHttpToolsProtocol"
+    assert protocol.header_timeout == 3
 
 
 async def test_connections_beyond_the_limit_are_answered_503_not_left_hanging(tmp_path: Path) -> None:
