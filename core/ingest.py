@@ -11,6 +11,7 @@ when the webhook may answer ``200``. It then hands the new events to
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -190,11 +191,18 @@ class IngestBatcher:
         if result.pending_statuses:
             metrics.statuses.labels(outcome="pending").inc(result.pending_statuses)
         events = self.host.events
-        for ev in result.new_messages:
-            metrics.count_inbound(ev.message.type)
-            if ev.message.delivered_at is not None:
-                metrics.processing_lag.observe(max(0.0, (now - ev.message.delivered_at).total_seconds()))
+        new = result.new_messages
+        if new:  # metrics once per batch: a labelled counter costs microseconds per call
+            for message_type, count in collections.Counter(ev.message.type for ev in new).items():
+                metrics.count_inbound(message_type, count)
+            metrics.processing_lag.observe_many(
+                max(0.0, (now - ev.message.delivered_at).total_seconds())
+                for ev in new
+                if ev.message.delivered_at is not None
+            )
+        for ev in new:
             events.message_received(ev)
+        if result.status_changes:
+            metrics.statuses.labels(outcome="applied").inc(len(result.status_changes))
         for st in result.status_changes:
-            metrics.statuses.labels(outcome="applied").inc()
             events.status_changed(st)

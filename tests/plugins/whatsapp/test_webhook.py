@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -417,6 +418,29 @@ async def test_message_types_from_outside_count_under_a_fixed_set(client: Client
     text = (await client.get("/metrics")).text
     assert 'zaphub_inbound_messages_total{type="other"} 5.0' in text
     assert "made_up" not in text
+
+
+async def test_metrics_of_a_batch_count_each_message_and_its_lag(client: Client) -> None:
+    # Counted once per stored batch, but every message still counts: three texts, one image,
+    # Meta's timestamps 100 s and 1 hour old (the lag buckets are Prometheus' cumulative ones).
+    old = int(time.time())
+    messages = [
+        wb.text("a", timestamp=old - 100),
+        wb.text("b", timestamp=old - 100),
+        wb.text("c", timestamp=old - 3000),
+        wb.image(media_id="media-1", timestamp=old - 3000),
+    ]
+    await post(client, wb.envelope(messages=messages))
+    await post(client, wb.envelope(messages=messages))  # repeated: absorbed, not counted again
+    await settle(client)
+    text = (await client.get("/metrics")).text
+    assert 'zaphub_inbound_messages_total{type="text"} 3.0' in text
+    assert 'zaphub_inbound_messages_total{type="image"} 1.0' in text
+    assert 'zaphub_processing_lag_seconds_bucket{le="60.0"} 0.0' in text
+    assert 'zaphub_processing_lag_seconds_bucket{le="300.0"} 2.0' in text
+    assert 'zaphub_processing_lag_seconds_bucket{le="3600.0"} 4.0' in text
+    assert 'zaphub_processing_lag_seconds_bucket{le="+Inf"} 4.0' in text
+    assert "zaphub_processing_lag_seconds_count 4.0" in text
 
 
 def test_signature_helper_matches_hmac() -> None:
