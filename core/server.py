@@ -39,6 +39,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "HeaderTimedH11Protocol",
     "HeaderTimedHttpToolsProtocol",
+    "UvicornConfig",
     "body_timeout",
     "connection_limit",
     "fd_limit",
@@ -92,7 +93,7 @@ class HeaderTimedH11Protocol(H11Protocol):
     idle kept-alive connection is the keep-alive timeout's business). It only cuts a connection
     still waiting for complete headers (h11's client state ``IDLE``), so a long request, a long
     body upload (:func:`body_timeout` times that) and a WebSocket that took the connection over
-    are never cut. Subclass with ``header_timeout`` set (see :func:`uvicorn_config`).
+    are never cut. The timeout is the config's ``header_timeout`` (:class:`UvicornConfig`).
     """
 
     header_timeout: float = 10.0
@@ -101,6 +102,7 @@ class HeaderTimedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows it
         """Start the header clock."""
         super().connection_made(transport)
+        self.header_timeout = getattr(self.config, "header_timeout", self.header_timeout)
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -161,7 +163,7 @@ class HeaderTimedHttpToolsProtocol(HttpToolsProtocol):
     that has sent more than :data:`MAX_HEADER_BYTES` without completing its headers is answered
     ``400`` and closed, so a fast client cannot make the parser buffer without limit during the
     header timeout (headers completed within one read of the socket pass, as with h11).
-    Subclass with ``header_timeout`` set (see :func:`http_protocol`).
+    The timeout is the config's ``header_timeout`` (:class:`UvicornConfig`).
     """
 
     header_timeout: float = 10.0
@@ -173,6 +175,7 @@ class HeaderTimedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows it
         """Start the header clock."""
         super().connection_made(transport)
+        self.header_timeout = getattr(self.config, "header_timeout", self.header_timeout)
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -238,24 +241,33 @@ class HeaderTimedHttpToolsProtocol(HttpToolsProtocol):
         transport.close()
 
 
-def http_protocol(
-    header_timeout: float, parser: Literal["auto", "httptools", "h11"] = "auto"
-) -> type[asyncio.Protocol]:
+def http_protocol(parser: Literal["auto", "httptools", "h11"] = "auto") -> type[asyncio.Protocol]:
     """The HTTP/1.1 protocol class for uvicorn, with zaphub's header timeout.
 
     Args:
-        header_timeout: seconds a request's headers may take (``server.header_timeout_seconds``).
         parser: ``httptools`` (uvicorn's C parser, several times cheaper per request than h11),
             ``h11`` (pure Python), or ``auto``: httptools when installed, else h11.
     """
     if parser == "auto":
         parser = "httptools" if HTTPTOOLS else "h11"
-    base: type[asyncio.Protocol] = HeaderTimedH11Protocol
-    if parser == "httptools":
-        if not HTTPTOOLS:
-            raise RuntimeError("httptools is not installed: pip install httptools, or use parser='h11'")
-        base = HeaderTimedHttpToolsProtocol
-    return type(base.__name__, (base,), {"header_timeout": header_timeout})
+    if parser == "h11":
+        return HeaderTimedH11Protocol
+    if not HTTPTOOLS:
+        raise RuntimeError("httptools is not installed: pip install httptools, or use parser='h11'")
+    return HeaderTimedHttpToolsProtocol
+
+
+class UvicornConfig(uvicorn.Config):
+    """``uvicorn.Config`` carrying zaphub's header timeout to the protocols.
+
+    A setting rather than a subclass per value: worker processes (``zaphub run --workers``)
+    receive the config pickled, and a class made at run time cannot be pickled.
+    """
+
+    def __init__(self, app: Any, *, header_timeout: float = 10.0, **kwargs: Any) -> None:
+        """``kwargs`` are ``uvicorn.Config``'s; ``header_timeout`` is ``server.header_timeout_seconds``."""
+        super().__init__(app, **kwargs)
+        self.header_timeout = header_timeout
 
 
 class _BodyTimedOut(BaseException):
@@ -349,7 +361,7 @@ def uvicorn_config(
         parser: the HTTP parser (:func:`http_protocol`).
         options: more ``uvicorn.Config`` arguments (they win).
     """
-    protocol = http_protocol(server.header_timeout_seconds, parser)
+    protocol = http_protocol(parser)
     settings: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
@@ -357,6 +369,7 @@ def uvicorn_config(
         "access_log": False,
         "server_header": False,
         "http": protocol,
+        "header_timeout": server.header_timeout_seconds,
         "limit_concurrency": connection_limit(server, fd_limit() if fds is None else fds),
         "timeout_keep_alive": server.keep_alive_seconds,
         "timeout_graceful_shutdown": int(server.graceful_shutdown_seconds),
@@ -366,4 +379,4 @@ def uvicorn_config(
         "ws_per_message_deflate": False,
     }
     settings.update(options)
-    return uvicorn.Config(app, **settings)
+    return UvicornConfig(app, **settings)
