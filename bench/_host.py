@@ -72,7 +72,8 @@ def start_floor(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 def _wait_ready(
     proc: subprocess.Popen[bytes], url: str, path: str, what: str, *, ready: tuple[int, ...]
 ) -> str:
-    for _ in range(300):
+    deadline = time.monotonic() + 120  # workers (--workers) start slowly on a busy machine
+    while time.monotonic() < deadline:
         try:
             if httpx.get(url + path, timeout=1).status_code in ready:
                 return url
@@ -100,12 +101,8 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of process ``pid`` and all its descendants (Linux ``/proc``).
-
-    Children still running are found through their parent ids; children already waited for are in
-    the parent's ``cutime``/``cstime``. Take the difference of two readings.
-    """
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (children found through their parent ids)."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -114,16 +111,39 @@ def cpu_seconds(pid: int) -> float:
             except (OSError, IndexError, ValueError):  # exited meanwhile
                 continue
             parents.setdefault(ppid, []).append(int(entry.name))
-    ticks = 0
-    todo = [pid]
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
+        found.append(p)
+        todo.extend(parents.get(p, []))
+    return found
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of ``pid`` and its descendants (worker processes), in MB."""
+    total = 0
+    for p in _tree(pid):
         try:
-            fields = _stat(p)
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
         except OSError:
             continue
-        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-        todo.extend(parents.get(p, []))
+    return total / 1024 if total else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of process ``pid`` and all its descendants (Linux ``/proc``).
+
+    Children still running are found through their parent ids; children already waited for are in
+    the parent's ``cutime``/``cstime``. Take the difference of two readings.
+    """
+    ticks = 0
+    for p in _tree(pid):
+        try:
+            ticks += sum(int(f) for f in _stat(p)[11:15])  # utime, stime, cutime, cstime
+        except OSError:
+            continue
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -8,6 +8,7 @@ minimal HTTP/1.1 client (a heavyweight client would eat the CPU it shares with t
     python bench/webhooks.py                       # max rate, 10 sockets, 20 s
     python bench/webhooks.py --rate 1000           # fixed 1,000 webhooks/s: latency at load
     python bench/webhooks.py --url http://127.0.0.1:3000 --secret "$WHATSAPP_APP_SECRET"
+    python bench/webhooks.py --workers 2 --storage-url postgresql://…   # zaphub run --workers 2
 
 Each webhook carries one text message with a unique wamid (the realistic worst case: every one
 is stored). Prints acks/s, latency p50/p90/p99/max, non-200 answers, the server's RSS and its CPU
@@ -94,20 +95,10 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 async def sample_rss(pid: int, every: float) -> None:
     start = time.perf_counter()
     while True:
-        print(f"t={time.perf_counter() - start:6.0f} s  server RSS {rss_mb(pid):.0f} MB", flush=True)
+        print(f"t={time.perf_counter() - start:6.0f} s  server RSS {_host.rss_mb(pid):.0f} MB", flush=True)
         await asyncio.sleep(every)
 
 
@@ -168,9 +159,17 @@ def start_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Po
     storage: dict[str, Any] = {"url": args.storage_url or f"sqlite:///{workdir / 'bench.db'}"}
     if args.sync:
         storage["sqlite_synchronous"] = args.sync
-    return _host.start_zaphub(
-        workdir, {"storage": storage, "logging": {"level": "warning"}, "plugins": plugins}
-    )
+    config: dict[str, Any] = {"storage": storage, "logging": {"level": "warning"}, "plugins": plugins}
+    if args.redis_url or args.workers > 1:
+        config["redis"] = {
+            "url": args.redis_url or "redis://127.0.0.1:6379/0",
+            "channel": f"bench-{workdir.name}",
+        }
+    run_args = []
+    if args.workers > 1:  # workers share the port without affinity: websocket transport only
+        plugins.setdefault("crm_realtime", {"jwt_secret": JWT_SECRET})["transports"] = ["websocket"]
+        run_args = ["--workers", str(args.workers)]
+    return _host.start_zaphub(workdir, config, run_args)
 
 
 async def drained(clients: list[RawCrmSocket], webhooks: int, timeout: float = 10) -> None:
@@ -220,6 +219,15 @@ async def main() -> None:
     )
     parser.add_argument("--rss-every", type=float, default=0, help="print the server's RSS every N seconds")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="zaphub run --workers N (N > 1 needs --storage-url postgresql://…, and Redis: --redis-url)",
+    )
+    parser.add_argument(
+        "--redis-url", help="redis.url of the started host (default with --workers: local Redis)"
+    )
+    parser.add_argument(
         "--floor-duration",
         type=float,
         default=5,
@@ -232,7 +240,11 @@ async def main() -> None:
         url = args.url
         if url is None:
             proc, url = start_server(args, Path(tmp))
-        result: dict[str, Any] = {"sockets": args.sockets, "concurrency": args.concurrency}
+        result: dict[str, Any] = {
+            "sockets": args.sockets,
+            "concurrency": args.concurrency,
+            "workers": args.workers,
+        }
         try:
             host, port = url.split("//")[1].split(":")
             expected = int((args.rate or 6000) * args.duration * 1.2) + 1000
@@ -282,8 +294,8 @@ async def main() -> None:
                 print(f"events received per socket: min {min(events)}, max {max(events)} (webhooks: {ok})")
                 result["events_min"] = min(events)
             if proc is not None:
-                print(f"server RSS: {rss_mb(proc.pid):.0f} MB")
-                result["rss_mb"] = round(rss_mb(proc.pid) or 0)
+                print(f"server RSS: {_host.rss_mb(proc.pid):.0f} MB")
+                result["rss_mb"] = round(_host.rss_mb(proc.pid) or 0)
             if cpu is not None and lat:
                 # Server CPU (user + system, with any worker processes) while driving and fanning out.
                 print(f"server CPU: {cpu:.2f} s = {cpu * 1e6 / len(lat):.0f} µs per webhook")

@@ -107,7 +107,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from core.server import FD_RESERVE, connection_limit, raise_fd_limit, uvicorn_config
 
     config = load_config(args.config)
-    preflight(config)  # refuses what check refuses, before anything listens
+    checked = preflight(config)  # refuses what check refuses, before anything listens
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, not {args.workers}")
+    if args.workers > 1:
+        from core.workers import workers_problem
+
+        problem = workers_problem(config, checked.settings, args.workers)
+        if problem is not None:
+            raise ConfigError(*problem)
     server = config.server
     if args.host is not None:
         server = msgspec.structs.replace(server, host=args.host)
@@ -153,12 +161,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         server.header_timeout_seconds,
         server.body_timeout_seconds,
     )
+    listening = f"zaphub {__version__} listening on http://{server.host}:{server.port}"
+    if args.workers > 1:
+        # Migrations run here, once, before any worker starts.
+        asyncio.run(_open_storage(config))
+        return _run_workers(config, sock, fds, args.workers, listening)
     app = create_app(config)
     # A database that is missing or unreachable is one line naming storage.url and the fix
     # (raised as StorageError, printed by main), not a traceback from inside the server's startup.
     asyncio.run(_open_storage(config))
     uv = uvicorn_config(app, server, fds=fds, access_log=config.logging.access_log)
-    listening = f"zaphub {__version__} listening on http://{server.host}:{server.port}"
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -176,6 +188,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     if not uv_server.started:
         print("error: zaphub did not start; the log above says why", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_workers(config: Config, sock: socket.socket, fds: int, workers: int, listening: str) -> int:
+    """Serve ``sock`` from ``workers`` processes until SIGINT/SIGTERM (see :mod:`core.workers`)."""
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    from core.server import uvicorn_config
+    from core.workers import WorkerApp
+
+    uv = uvicorn_config(
+        WorkerApp(config, listening),
+        config.server,
+        fds=fds,
+        access_log=config.logging.access_log,
+        factory=True,
+        workers=workers,
+        # The supervisor kills a worker that does not answer its health check in time, and a
+        # worker answers only once its interpreter has imported everything: on a busy machine
+        # that takes longer than uvicorn's 5 s, and workers would be killed while starting.
+        timeout_worker_healthcheck=60,
+    )
+    print(f"zaphub {__version__}: starting {workers} workers", file=sys.stderr, flush=True)
+    supervisor = Multiprocess(uv, sockets=[sock])
+    supervisor.run()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        print("error: a zaphub worker did not start; the log above says why", file=sys.stderr)
         return 1
     return 0
 
@@ -258,6 +299,14 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     run = add("run", "serve the webhook, the CRM API and Socket.IO", "Serve HTTP and Socket.IO on one port.")
     run.add_argument("--host", default=None, help="interface to bind (overrides server.host)")
     run.add_argument("--port", type=int, default=None, help="TCP port (overrides server.port; 0 = any free)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes serving the port (default 1); more than 1 needs PostgreSQL, Redis and "
+        "Socket.IO's websocket transport (docs/operations.md)",
+    )
     run.set_defaults(func=_cmd_run)
     check = add(
         "check",

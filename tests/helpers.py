@@ -67,9 +67,16 @@ class ZaphubProcess:
     """``zaphub run`` in a subprocess: the real server, as a user starts it."""
 
     def __init__(
-        self, config_path: Path, *, port: int | None = None, env: dict[str, str] | None = None
+        self,
+        config_path: Path,
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.config_path = config_path
+        self.args = args or []
+        """More ``zaphub run`` arguments (``--workers 2``)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
@@ -92,6 +99,7 @@ class ZaphubProcess:
                 str(self.config_path),
                 "--port",
                 str(self.port),
+                *self.args,
             ],
             cwd=self.config_path.parent,
             env={**self.env, "PYTHONPATH": self.pythonpath},
