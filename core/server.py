@@ -86,7 +86,44 @@ def connection_limit(server: ServerConfig, fds: int) -> int:
     return max(16, fds - FD_RESERVE)
 
 
-class HeaderTimedH11Protocol(H11Protocol):
+class _HeaderClock:
+    """The header timeout's clock, shared by both protocols below (mixed in before uvicorn's).
+
+    The timeout is the config's ``header_timeout`` (:class:`UvicornConfig`).
+    """
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+    config: Any
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the header clock."""
+        super().connection_made(transport)  # type: ignore[misc]  # uvicorn's protocol, after this in the MRO
+        self.header_timeout = getattr(self.config, "header_timeout", self.header_timeout)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the clock."""
+        self._stop_header_clock()
+        super().connection_lost(exc)  # type: ignore[misc]  # uvicorn's protocol, after this in the MRO
+
+    def _stop_header_clock(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _arm_header_timer(self) -> None:
+        self._stop_header_clock()
+        if not self.transport.is_closing():
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
+
+    def _headers_timed_out(self) -> None:
+        raise NotImplementedError
+
+
+class HeaderTimedH11Protocol(_HeaderClock, H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request headers are too slow to arrive.
 
     The clock starts when the connection opens, and for each later request at its first byte (an
@@ -96,15 +133,6 @@ class HeaderTimedH11Protocol(H11Protocol):
     are never cut. The timeout is the config's ``header_timeout`` (:class:`UvicornConfig`).
     """
 
-    header_timeout: float = 10.0
-    _header_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows it
-        """Start the header clock."""
-        super().connection_made(transport)
-        self.header_timeout = getattr(self.config, "header_timeout", self.header_timeout)
-        self._arm_header_timer()
-
     def data_received(self, data: bytes) -> None:
         """The first bytes of a request after a response start that request's clock."""
         if self._header_timer is None and self.conn.their_state is h11.IDLE:
@@ -113,24 +141,8 @@ class HeaderTimedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         """Between requests the keep-alive timeout applies, not this one."""
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._stop_header_clock()
         super().on_response_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Stop the clock."""
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        super().connection_lost(exc)
-
-    def _arm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-        self._header_timer = None
-        if not self.transport.is_closing():
-            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
 
     def _headers_timed_out(self) -> None:
         self._header_timer = None
@@ -150,7 +162,7 @@ MAX_HEADER_BYTES = 16 * 1024
 """Incomplete request headers beyond this are answered ``400`` (uvicorn's h11 limit, kept for httptools)."""
 
 
-class HeaderTimedHttpToolsProtocol(HttpToolsProtocol):
+class HeaderTimedHttpToolsProtocol(_HeaderClock, HttpToolsProtocol):
     """uvicorn's httptools protocol, closing a connection whose request headers are too slow to arrive.
 
     The same contract as :class:`HeaderTimedH11Protocol`, on the C parser: the clock starts when
@@ -166,17 +178,9 @@ class HeaderTimedHttpToolsProtocol(HttpToolsProtocol):
     The timeout is the config's ``header_timeout`` (:class:`UvicornConfig`).
     """
 
-    header_timeout: float = 10.0
-    _header_timer: asyncio.TimerHandle | None = None
     _awaiting_headers = True
     _header_bytes = 0
     """Bytes received while the current request's headers were incomplete (bounds buffering)."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows it
-        """Start the header clock."""
-        super().connection_made(transport)
-        self.header_timeout = getattr(self.config, "header_timeout", self.header_timeout)
-        self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; refuse headers that keep growing past :data:`MAX_HEADER_BYTES`."""
@@ -201,26 +205,13 @@ class HeaderTimedHttpToolsProtocol(HttpToolsProtocol):
         """The headers are in: stop the clock; from here the body timeout and the app decide."""
         self._awaiting_headers = False
         self._header_bytes = 0
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._stop_header_clock()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         """The body is in: bytes after it belong to the next request's headers."""
         self._awaiting_headers = True
         super().on_message_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Stop the clock."""
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        super().connection_lost(exc)
-
-    def _arm_header_timer(self) -> None:
-        if not self.transport.is_closing():
-            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
 
     def _refuse_large_headers(self) -> None:
         log.info("refusing %s: request line and headers over %d bytes", self.client, MAX_HEADER_BYTES)
