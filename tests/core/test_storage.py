@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,16 +24,6 @@ PNID = "100000000000002"
 OTHER_PNID = "100000000000003"
 WA_ID = "5511999999999"
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def storage(storage_url: str) -> AsyncIterator[Storage]:
-    store = Storage(StorageConfig(url=storage_url))
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def inbound(

@@ -6,30 +6,14 @@ Real server, real HTTP, the sandbox as Meta (its request log shows what Graph wa
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import wait_for
-from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, Zaphub, zaphub
+from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, Zaphub
 from tests.plugins.crm_realtime.test_rest import error_of
 
 TEMPLATE = {"type": "template", "name": "order_update", "language": "pt_BR"}
-
-
-@pytest.fixture
-async def z(tmp_path: Path) -> Any:
-    async with zaphub(f"sqlite:///{tmp_path / 'z.db'}") as running:
-        yield running
-
-
-@pytest.fixture
-async def zb(storage_url: str) -> Any:
-    """The same host on SQLite and on PostgreSQL."""
-    async with zaphub(storage_url) as running:
-        yield running
 
 
 async def graph_requests(z: Zaphub, predicate: Any) -> list[dict[str, Any]]:

@@ -6,19 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
-
 from core.models import utcnow
 from core.storage.schema import event_log
 from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import wait_for
-from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, Zaphub, zaphub
-
-
-@pytest.fixture
-async def zb(storage_url: str) -> Any:
-    async with zaphub(storage_url) as running:
-        yield running
+from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, Zaphub
 
 
 async def feed(z: Zaphub, token: str | None = None, **params: Any) -> dict[str, Any]:

@@ -34,13 +34,6 @@ from tests.plugins.webhooks.receiver import Receiver, running_receiver
 EVENT = "whatsapp:conversation_updated"
 
 
-@pytest.fixture
-async def zb(storage_url: str) -> Any:
-    """The same host on SQLite and on PostgreSQL."""
-    async with zaphub(storage_url) as running:
-        yield running
-
-
 async def conversation_of(z: Zaphub, wa_id: str) -> dict[str, Any]:
     listed = (await z.http.get("/api/conversations", headers=z.auth())).json()["conversations"]
     return next(c for c in listed if c["contact"]["wa_id"] == wa_id)

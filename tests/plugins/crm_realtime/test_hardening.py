@@ -25,12 +25,6 @@ from plugins.crm_realtime.auth import REFUSAL_CODES
 from tests.plugins.crm_realtime.harness import CrmClient, Zaphub, zaphub
 
 
-@pytest.fixture
-async def z(tmp_path: Path) -> Any:
-    async with zaphub(f"sqlite:///{tmp_path / 'z.db'}") as running:
-        yield running
-
-
 def _b64(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 

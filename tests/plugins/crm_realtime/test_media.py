@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from plugins.whatsapp import webhook_builders as wb
 from plugins.whatsapp.sandbox import media_content
-from tests.plugins.crm_realtime.harness import Zaphub, zaphub
-
-
-@pytest.fixture
-async def z(tmp_path: Path) -> Any:
-    async with zaphub(f"sqlite:///{tmp_path / 'z.db'}") as running:
-        yield running
+from tests.plugins.crm_realtime.harness import Zaphub
 
 
 async def inbound_message_id(z: Zaphub, message: dict[str, Any]) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,15 +20,9 @@ from core.storage import PendingEvent
 from plugins.crm_realtime.realtime import ROUTES
 from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import wait_for
-from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, CrmClient, Zaphub, zaphub
+from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, CrmClient, Zaphub
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-
-@pytest.fixture
-async def z(tmp_path: Path) -> Any:
-    async with zaphub(f"sqlite:///{tmp_path / 'z.db'}") as running:
-        yield running
 
 
 MALFORMED = "malformed token: expected a JWT (three base64url parts; `zaphub token --sub NAME` makes one)"

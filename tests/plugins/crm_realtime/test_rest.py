@@ -6,26 +6,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from plugins.whatsapp import webhook_builders as wb
 from tests.helpers import wait_for
 from tests.plugins.crm_realtime.harness import OTHER_PNID, PNID, Zaphub, zaphub
 
 NUMBERS = ["5511911110001", "5511911110002", "5511911110003", "5511911110004", "5511911110005"]
-
-
-@pytest.fixture
-async def z(tmp_path: Path) -> Any:
-    async with zaphub(f"sqlite:///{tmp_path / 'z.db'}") as running:
-        yield running
-
-
-@pytest.fixture
-async def zb(storage_url: str) -> Any:
-    """The same host on SQLite and on PostgreSQL."""
-    async with zaphub(storage_url) as running:
-        yield running
 
 
 async def seed_conversations(z: Zaphub) -> dict[str, int]:

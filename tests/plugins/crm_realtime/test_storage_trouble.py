@@ -23,13 +23,6 @@ from tests.conftest import IN_CI, _pg_exec
 from tests.helpers import pg_admin_url
 from tests.plugins.crm_realtime.harness import Zaphub, zaphub
 
-
-@pytest.fixture
-async def z(tmp_path: Path) -> Zaphub:  # type: ignore[misc]
-    async with zaphub(f"sqlite:///{tmp_path / 'z.db'}") as running:
-        yield running
-
-
 # -- malformed input ---------------------------------------------------------------------------
 
 
