@@ -31,11 +31,13 @@ def config(tmp_path: Path, storage_url: str) -> Path:
     )
 
 
-async def fire(
-    url: str, bodies: list[tuple[str, bytes, dict[str, str]]], acked: set[str], stop: asyncio.Event
-) -> None:
+Webhook = tuple[str, bytes, dict[str, str]]
+"""A message's wamid, and the signed body and headers Meta posts it with."""
+
+
+async def fire(url: str, bodies: list[Webhook], acked: set[str], stop: asyncio.Event) -> None:
     """Post webhooks with 16 concurrent senders until told to stop (or the server dies)."""
-    queue: asyncio.Queue[tuple[str, bytes, dict[str, str]]] = asyncio.Queue()
+    queue: asyncio.Queue[Webhook] = asyncio.Queue()
     for item in bodies:
         queue.put_nowait(item)
 
@@ -53,43 +55,59 @@ async def fire(
     await asyncio.gather(*(sender() for _ in range(16)))
 
 
-async def stored_wamids(storage_url: str) -> list[str]:
-    url = storage_url.replace("sqlite:///", "sqlite+aiosqlite:///").replace(
-        "postgresql://", "postgresql+asyncpg://"
-    )
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            rows = (
-                await conn.execute(sa.text("SELECT wamid FROM messages WHERE direction = 'inbound'"))
-            ).all()
-    finally:
-        await engine.dispose()
-    return [r[0] for r in rows]
-
-
-async def test_kill_9_under_load_loses_nothing_acknowledged(storage_url: str, tmp_path: Path) -> None:
-    cfg = config(tmp_path, storage_url)
-    bodies: list[tuple[str, bytes, dict[str, str]]] = []
-    for i in range(4000):
-        msg = wb.text(f"mensagem {i}", from_=f"55119{i % 50:08d}")
+def signed(messages: list[dict[str, Any]]) -> list[Webhook]:
+    """One signed webhook per message, as Meta posts them."""
+    webhooks = []
+    for msg in messages:
         body, headers = wb.signed(wb.envelope(messages=[msg]), SECRET)
-        bodies.append((msg["id"], body, headers))
+        webhooks.append((msg["id"], body, headers))
+    return webhooks
 
-    server = ZaphubProcess(cfg).start()
+
+async def kill_during_load(
+    server: ZaphubProcess, bodies: list[Webhook], *, after: int, within: float
+) -> set[str]:
+    """Start ``server``, post ``bodies``, SIGKILL it once ``after`` were answered 200; the wamids acked."""
+    server.start()
     acked: set[str] = set()
     try:
         await asyncio.to_thread(server.wait_ready)
         stop = asyncio.Event()
         load = asyncio.create_task(fire(server.url, bodies, acked, stop))
-        deadline = time.monotonic() + 30
-        while len(acked) < 300 and time.monotonic() < deadline and not load.done():
+        deadline = time.monotonic() + within
+        while len(acked) < after and time.monotonic() < deadline and not load.done():
             await asyncio.sleep(0.01)
         server.kill()  # SIGKILL in the middle of the load
         stop.set()
         await load
     finally:
         server.stop()
+    return acked
+
+
+async def scalar_rows(storage_url: str, sql: str) -> list[Any]:
+    """The rows of ``sql``, read straight from the database (no zaphub in between)."""
+    url = storage_url.replace("sqlite:///", "sqlite+aiosqlite:///").replace(
+        "postgresql://", "postgresql+asyncpg://"
+    )
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(r) for r in (await conn.execute(sa.text(sql))).all()]
+    finally:
+        await engine.dispose()
+
+
+async def stored_wamids(storage_url: str) -> list[str]:
+    return [
+        r[0] for r in await scalar_rows(storage_url, "SELECT wamid FROM messages WHERE direction = 'inbound'")
+    ]
+
+
+async def test_kill_9_under_load_loses_nothing_acknowledged(storage_url: str, tmp_path: Path) -> None:
+    cfg = config(tmp_path, storage_url)
+    bodies = signed([wb.text(f"mensagem {i}", from_=f"55119{i % 50:08d}") for i in range(4000)])
+    acked = await kill_during_load(ZaphubProcess(cfg), bodies, after=300, within=30)
     assert 300 <= len(acked) < len(bodies), "the kill should land in the middle of the load"
 
     stored = await stored_wamids(storage_url)
@@ -159,18 +177,6 @@ def install_recorder(site: Path) -> dict[str, str]:
     return {"PYTHONPATH": str(site)}
 
 
-async def scalar_rows(storage_url: str, sql: str) -> list[Any]:
-    url = storage_url.replace("sqlite:///", "sqlite+aiosqlite:///").replace(
-        "postgresql://", "postgresql+asyncpg://"
-    )
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [tuple(r) for r in (await conn.execute(sa.text(sql))).all()]
-    finally:
-        await engine.dispose()
-
-
 def recorded(path: Path) -> list[int]:
     return [int(line) for line in path.read_text(encoding="utf-8").split()] if path.exists() else []
 
@@ -192,26 +198,9 @@ async def test_kill_9_between_commit_and_dispatch_dispatches_everything_and_gree
             },
         },
     )
-    bodies = []
-    for i in range(400):
-        msg = wb.text(f"oi {i}", from_=f"55118{i:08d}")  # a new conversation each: a greeting each
-        body, headers = wb.signed(wb.envelope(messages=[msg]), SECRET)
-        bodies.append((msg["id"], body, headers))
-
-    server = ZaphubProcess(cfg, env=env).start()
-    acked: set[str] = set()
-    try:
-        await asyncio.to_thread(server.wait_ready)
-        stop = asyncio.Event()
-        load = asyncio.create_task(fire(server.url, bodies, acked, stop))
-        deadline = time.monotonic() + 60
-        while len(acked) < 60 and time.monotonic() < deadline and not load.done():
-            await asyncio.sleep(0.01)
-        server.kill()
-        stop.set()
-        await load
-    finally:
-        server.stop()
+    # A new conversation each: a greeting each.
+    bodies = signed([wb.text(f"oi {i}", from_=f"55118{i:08d}") for i in range(400)])
+    acked = await kill_during_load(ZaphubProcess(cfg, env=env), bodies, after=60, within=60)
     logged = [
         r[0]
         for r in await scalar_rows(storage_url, "SELECT id FROM event_log WHERE type = 'whatsapp:message'")

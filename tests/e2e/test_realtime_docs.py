@@ -226,14 +226,14 @@ async def resume_after_a_disconnect(z: Zaphub, client: Lines, network: Network) 
     assert not any(line.startswith("resync required") for line in client.lines)
 
 
-async def test_the_python_client_of_the_docs(z: Zaphub, network: Network, tmp_path: Path) -> None:
-    script = tmp_path / "client.py"
-    script.write_text(code_block("## A complete client in Python", "python"), encoding="utf-8")
+async def run_the_client(
+    z: Zaphub, network: Network, argv: list[str], *, sub: str, cwd: Path | None = None
+) -> None:
+    """Run a docs client as a reader does (URL and token from the environment) through the loop."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-u",
-        str(script),
-        env={**os.environ, "ZAPHUB_URL": network.url, "ZAPHUB_TOKEN": z.token(sub="docs-py")},
+        *argv,
+        cwd=cwd,
+        env={**os.environ, "ZAPHUB_URL": network.url, "ZAPHUB_TOKEN": z.token(sub=sub)},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -243,6 +243,12 @@ async def test_the_python_client_of_the_docs(z: Zaphub, network: Network, tmp_pa
         await resume_after_a_disconnect(z, client, network)
     finally:
         await client.stop()
+
+
+async def test_the_python_client_of_the_docs(z: Zaphub, network: Network, tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(code_block("## A complete client in Python", "python"), encoding="utf-8")
+    await run_the_client(z, network, [sys.executable, "-u", str(script)], sub="docs-py")
 
 
 @pytest.mark.js
@@ -260,18 +266,4 @@ async def test_the_javascript_client_of_the_docs(z: Zaphub, network: Network, tm
     strict = "--no-experimental-detect-module"
     probe = await asyncio.create_subprocess_exec(node, strict, "-e", "", stderr=asyncio.subprocess.DEVNULL)
     flags = [strict] if await probe.wait() == 0 else []
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        *flags,
-        str(script),
-        cwd=tmp_path,
-        env={**os.environ, "ZAPHUB_URL": network.url, "ZAPHUB_TOKEN": z.token(sub="docs-js")},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    client = Lines(proc)
-    try:
-        await exercise(z, client)
-        await resume_after_a_disconnect(z, client, network)
-    finally:
-        await client.stop()
+    await run_the_client(z, network, [node, *flags, str(script)], sub="docs-js", cwd=tmp_path)
