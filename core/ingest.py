@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from core.logs import Throttle
 from core.models import InboundMessage, InboundStatus, utcnow
 from core.storage import IngestResult
 
@@ -80,6 +81,8 @@ class IngestBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._idle = asyncio.Event()
+        # While the database is down every webhook fails alike: one traceback a minute, with a count.
+        self._failures = Throttle(log)
         self._idle.set()
 
     def start(self) -> None:
@@ -155,7 +158,7 @@ class IngestBatcher:
             )
         except Exception as exc:
             if len(batch) == 1:
-                log.error("storing a webhook failed", exc_info=exc)
+                self._failures.error("storing a webhook failed", exc_info=exc)
                 if not batch[0].future.done():
                     batch[0].future.set_exception(exc)
                 return

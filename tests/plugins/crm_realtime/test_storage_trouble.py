@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from plugins.whatsapp import webhook_builders as wb
 from tests.conftest import IN_CI, _pg_exec
 from tests.helpers import pg_admin_url
-from tests.plugins.crm_realtime.harness import Zaphub, zaphub
+from tests.plugins.crm_realtime.harness import APP_SECRET, Zaphub, zaphub
 
 # -- malformed input ---------------------------------------------------------------------------
 
@@ -96,9 +97,17 @@ async def test_postgres_gone_gives_503_storage_unavailable_and_ready_says_so(
         ready = await z.http.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["checks"]["storage"] != "ok"
+        # Meta keeps posting: each webhook is refused (Meta retries it later), one by one.
+        for i in range(5):
+            body, headers = wb.signed(wb.envelope(messages=[wb.text(f"during {i}")]), APP_SECRET)
+            r = await z.http.post("/meta-whatsapp/webhook", content=body, headers=headers)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable"
     # Logged once (throttled), as one line: no traceback per request.
     lines = [r for r in caplog.records if "storage unavailable" in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None
+    # The ingest writer's failure stays visible with its cause, once for the outage, not per webhook.
+    stored = [r for r in caplog.records if r.getMessage().startswith("storing a webhook failed")]
+    assert len(stored) == 1 and stored[0].exc_info is not None, [r.getMessage() for r in stored]
 
 
 @contextlib.contextmanager
