@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -125,6 +128,37 @@ async def page_through(url: str, token: str, page: int) -> None:
     )
 
 
+@contextlib.contextmanager
+def filled_zaphub(
+    storage_url: str | None, events: int, batch: int, crm: dict[str, Any] | None = None
+) -> Iterator[tuple[str, str]]:
+    """A ``zaphub run`` on a database filled with ``events`` messages; yields its URL and a token.
+
+    ``storage_url`` ``None`` is SQLite in a temp dir; ``crm`` adds ``plugins.crm_realtime`` settings.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        path = None
+        if storage_url is None:
+            path = workdir / "events.db"
+            storage_url = f"sqlite:///{path}"
+        asyncio.run(fill(storage_url, events, batch, path))
+        os.environ["CRM_JWT_SECRET"] = JWT_SECRET
+        config = {
+            "storage": {"url": storage_url},
+            "logging": {"level": "warning"},
+            "plugins": {"crm_realtime": {"jwt_secret": JWT_SECRET, **(crm or {})}},
+        }
+        proc, url = start_zaphub(workdir, config)
+        try:
+            import jwt
+
+            yield url, jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, JWT_SECRET, "HS256")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -134,29 +168,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="events per transaction while filling")
     parser.add_argument("--page", type=int, default=500, help="limit of each feed request")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        path = None
-        storage_url = args.storage_url
-        if storage_url is None:
-            path = workdir / "events.db"
-            storage_url = f"sqlite:///{path}"
-        asyncio.run(fill(storage_url, args.events, args.batch, path))
-        os.environ["CRM_JWT_SECRET"] = JWT_SECRET
-        config = {
-            "storage": {"url": storage_url},
-            "logging": {"level": "warning"},
-            "plugins": {"crm_realtime": {"jwt_secret": JWT_SECRET, "max_page_size": max(args.page, 100)}},
-        }
-        proc, url = start_zaphub(workdir, config)
-        try:
-            import jwt
-
-            token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, JWT_SECRET, "HS256")
-            asyncio.run(page_through(url, token, args.page))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    crm = {"max_page_size": max(args.page, 100)}
+    with filled_zaphub(args.storage_url, args.events, args.batch, crm) as (url, token):
+        asyncio.run(page_through(url, token, args.page))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Replay speed: events/s replayed to a Socket.IO client that reconnects with ``lastEventId``.
 
 Fills a fresh database with ``--events`` ``whatsapp:message`` events (``bench/eventlog.py``'s
-``fill``: typical text messages written through ``append_events``), starts a real ``zaphub run`` on
+``filled_zaphub``: typical text messages written through ``append_events``), starts a real ``zaphub run`` on
 it, connects ``--clients`` python-socketio clients at once with ``auth: {token, lastEventId: 0}``
 and times until each has received every event (in order, once: checked).
 
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._host import start_zaphub  # noqa: E402  # after the path insert
-from bench.eventlog import JWT_SECRET, fill  # noqa: E402
+from bench.eventlog import filled_zaphub  # noqa: E402  # after the path insert
 
 
 async def replay(url: str, token: str, events: int, clients: int) -> None:
@@ -70,29 +67,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--clients", type=int, default=1)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        path = None
-        storage_url = args.storage_url
-        if storage_url is None:
-            path = workdir / "events.db"
-            storage_url = f"sqlite:///{path}"
-        asyncio.run(fill(storage_url, args.events, 500, path))
-        os.environ["CRM_JWT_SECRET"] = JWT_SECRET
-        config = {
-            "storage": {"url": storage_url},
-            "logging": {"level": "warning"},
-            "plugins": {"crm_realtime": {"jwt_secret": JWT_SECRET}},
-        }
-        proc, url = start_zaphub(workdir, config)
-        try:
-            import jwt
-
-            token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, JWT_SECRET, "HS256")
-            asyncio.run(replay(url, token, args.events, args.clients))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+    with filled_zaphub(args.storage_url, args.events, 500) as (url, token):
+        asyncio.run(replay(url, token, args.events, args.clients))
 
 
 if __name__ == "__main__":
