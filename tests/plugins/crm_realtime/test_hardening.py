@@ -87,14 +87,20 @@ class RawEngineIO:
             return str(await self.ws.recv())
 
     async def held_until_closed(self) -> list[str]:
-        """Answer pings and read until the server closes the connection (fails after ``BOUND``)."""
+        """Answer pings and read until the server closes the connection (fails after ``BOUND``).
+
+        A client read late (a loaded machine) finds the server's packets and its close already
+        buffered: answering a ping then fails on the closed connection, and the packets after
+        that ping are still to be read.
+        """
         seen = []
         with contextlib.suppress(websockets.ConnectionClosed):
             while True:
                 packet = await self.recv()
                 seen.append(packet)
                 if packet == "2":
-                    await self.ws.send("3")
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await self.ws.send("3")
         return seen
 
 
