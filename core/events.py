@@ -331,6 +331,10 @@ class EventDispatcher:
                             return
                         await self._idle(max(1.0, self.poll_seconds))
                         continue
+                    # Producers have all stopped once stop() is called; only a step begun after
+                    # that has seen their last events (a log read begun before may have missed
+                    # the final commit, whose event is then still in the backlog).
+                    stopping = self._stopping
                     progressed = await self._step()
                     await self._save(force=not progressed)
                 except Exception:  # database trouble or a bug: keep the loop alive, retry soon
@@ -340,9 +344,10 @@ class EventDispatcher:
                     await self._idle(1.0)
                     continue
                 if not progressed:
-                    if self._stopping:
+                    if stopping:
                         return
-                    await self._idle(self.poll_seconds)
+                    if not self._stopping:  # else one more step right away, seeing everything
+                        await self._idle(self.poll_seconds)
         finally:
             await self._lock.release()
 
