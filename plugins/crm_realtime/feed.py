@@ -20,6 +20,7 @@ queue missed, and ``GET /ready`` reports the relay itself (check ``relay``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,8 @@ log = logging.getLogger("zaphub.crm_realtime")
 TICK_SECONDS = 1.0
 """How long the feed waits without events before it checks the log."""
 LOG_PAGE = 500
+BATCH = 500
+"""At most this many queued events are emitted together (bounds a burst's pause of the event loop)."""
 RELAY_METHOD = "zaphub:event"
 """The ``method`` of the Redis messages carrying an event between processes."""
 
@@ -87,18 +90,24 @@ class SocketFeed:
             except Exception as exc:
                 self._throttle.error("the CRM feed cannot read the event log yet", exc_info=exc)
                 await asyncio.sleep(TICK_SECONDS)
+        queue = self.queue
         while True:
             try:
-                item = await asyncio.wait_for(self.queue.get(), TICK_SECONDS)
+                items = [await asyncio.wait_for(queue.get(), TICK_SECONDS)]
             except TimeoutError:
                 await self._guarded(self._catch_up(None))
                 continue
+            # Everything queued meanwhile goes as one batch: each socket gets its frames of the
+            # batch in one write instead of one per event.
+            while len(items) < BATCH and not queue.empty():
+                items.append(queue.get_nowait())
             try:
-                if item is None:
-                    return
-                await self._guarded(self._take(*item))
+                stop = await self._take_batch(items)
             finally:
-                self.queue.task_done()
+                for _ in items:
+                    queue.task_done()
+            if stop:
+                return
 
     def stop(self) -> None:
         """Stop after what is queued (the sentinel waits its turn)."""
@@ -111,39 +120,68 @@ class SocketFeed:
         except Exception as exc:  # the database or an emit failed: the next tick retries from the log
             self._throttle.error("delivering events to CRM sockets failed", exc_info=exc)
 
-    async def _take(self, event: Event, relay: bool) -> None:
+    async def _take_batch(self, items: list[tuple[Event, bool] | None]) -> bool:
+        """Deliver queued events in order; ``True`` when the stop sentinel was among them."""
+        stop = None in items
+        if stop:
+            items = items[: items.index(None)]
+        events = [item for item in items if item is not None]
+        if events:
+            await self._guarded(self._take(events))
+        return stop
+
+    async def _take(self, items: list[tuple[Event, bool]]) -> None:
+        """Deliver the events of ``items`` that follow the cursor, reading any gap from the log."""
+        for event, relay in items:
+            if relay:  # first: the other processes need not wait for our sockets
+                await self.rt.relay_event(event)
         assert self.position is not None
-        if relay:  # first: the other processes need not wait for our sockets
-            await self.rt.relay_event(event)
-        if event.id <= self.position:
-            return  # already delivered (read from the log before the relay brought it)
-        if event.id > self.position + 1:
-            await self._catch_up(event.id - 1)
-        if event.id == self.position + 1:
-            await self._deliver(event)
+        top = self.position
+        batch: list[Event] = []
+        for event, _ in items:
+            if event.id <= top:
+                continue  # already delivered (read from the log before the relay brought it)
+            if event.id > top + 1:  # a gap: what is batched goes first, then the log fills it
+                await self._deliver(batch)
+                batch = []
+                await self._catch_up(event.id - 1)
+                top = self.position
+            if event.id == top + 1:
+                batch.append(event)
+                top = event.id
+        await self._deliver(batch)
 
     async def _catch_up(self, until: int | None) -> None:
         """Deliver the logged events after the cursor (up to ``until``)."""
         assert self.position is not None
         while True:
             page = await self.rt.host.storage.read_events(self.position, LOG_PAGE, until=until)
-            for event in page:
-                self.m_from_log.labels(event=event.type).inc()
-                await self._deliver(event)
+            self._count(self.m_from_log, page)
+            await self._deliver(page)
             if len(page) < LOG_PAGE:
                 return
 
-    async def _deliver(self, event: Event) -> None:
-        data = event.payload()
-        data["eventId"] = event.id
+    async def _deliver(self, events: list[Event]) -> None:
+        """Emit consecutive events (the cursor's next ones) as one batch; the cursor moves past them."""
+        if not events:
+            return
         try:
-            await self.rt.emit_local(event, data)
+            await self.rt.emit_local(events)
         except Exception as exc:
             self.m_emit_errors.inc()
-            self._throttle.error("emitting %s failed", event.type, exc_info=exc)
+            self._throttle.error("emitting %d events failed", len(events), exc_info=exc)
         else:
-            self.m_events.labels(event=event.type).inc()
-        self.position = event.id
+            self._count(self.m_events, events)
+        self.position = events[-1].id
+
+    @staticmethod
+    def _count(counter: Counter, events: list[Event]) -> None:
+        """Count events by type: one increment per type and batch, not per event."""
+        if len(events) == 1:
+            counter.labels(event=events[0].type).inc()
+            return
+        for name, count in collections.Counter(event.type for event in events).items():
+            counter.labels(event=name).inc(count)
 
 
 def relay_message(event: Event, host_id: str) -> dict[str, Any]:

@@ -22,9 +22,11 @@ after a refused connect (the ``connect_error`` is delivered first), or ``connect
 after it opened.
 
 Hooks only enqueue (``put_nowait``): one task emits in order (:class:`plugins.crm_realtime.feed.SocketFeed`,
-which also takes events relayed by other processes and reads the log for anything missed). An emit
-writes each recipient's packet to that client's own Engine.IO queue and returns, so a slow or dead
-client delays nobody; it is dropped by the heartbeat (``ping_interval + ping_timeout``). A client
+which also takes events relayed by other processes and reads the log for anything missed), a
+batch of events at a time. Each event is encoded once; each recipient's frames of the batch are
+written to its websocket at once, or put on that client's own Engine.IO queue when it is busy
+(:mod:`plugins.crm_realtime.wire`), and the emit returns: a slow or dead client delays nobody; it
+is dropped by the heartbeat (``ping_interval + ping_timeout``). A client
 that reconnects with ``lastEventId`` gets what it missed from the log
 (:mod:`plugins.crm_realtime.resume`).
 """
@@ -36,9 +38,9 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import engineio
 import msgspec
 import socketio
 from prometheus_client import Counter, Gauge
@@ -53,6 +55,7 @@ from plugins.crm_realtime.config import CrmRealtimeSettings
 from plugins.crm_realtime.feed import SocketFeed, relay_message, relayed_event
 from plugins.crm_realtime.relay import ListenerLog, RelayHealth
 from plugins.crm_realtime.resume import DeliveryGate, parse_last_event_id
+from plugins.crm_realtime.wire import Frames, SocketWriter, with_event_id
 
 if TYPE_CHECKING:
     from core.host import Host
@@ -160,12 +163,13 @@ def parse_id(value: Any, what: str) -> int:
 
 
 class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socketio is untyped
-    """python-socketio's manager, minus one asyncio task per recipient and emit, plus the resume gate.
+    """python-socketio's manager, writing through :class:`SocketWriter`, plus the resume gate.
 
-    ``AsyncManager.emit`` wraps each recipient's send in a task and waits for them all. Each send
-    only appends to that client's own unbounded Engine.IO queue (its writer task does the I/O), so
-    the tasks buy no concurrency and cost about half the CPU of a 1,000-client fan-out. Emits
-    with an ack callback, which need a packet per client, keep the library's path.
+    ``AsyncManager.emit`` encodes the packet for each recipient and wraps each send in an asyncio
+    task; here an event is encoded once (:class:`Frames`) and each recipient's frames go to
+    :attr:`writer`, which writes them to the websocket at once or queues them on the client's own
+    Engine.IO queue: a slow or dead client delays nobody. Emits with an ack callback (a packet per
+    client) and emits of anything but one dict keep the library's path.
 
     Every live emit of an event (a payload with ``eventId``) passes :attr:`gate`, which keeps it
     back from a socket being replayed to and skips what the replay already sent
@@ -173,29 +177,44 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
     """
 
     gate: DeliveryGate
+    writer: SocketWriter
 
-    def frames(self, event: str, data: Any, namespace: str) -> list[engineio.packet.Packet]:
-        """The Engine.IO frames of one Socket.IO event, encoded once for every recipient."""
-        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
-        encoded = self.server.packet_class(
-            socketio.packet.EVENT, namespace=namespace, data=[event, *args]
-        ).encode()
-        return [
-            engineio.packet.Packet(engineio.packet.MESSAGE, part)
-            for part in (encoded if isinstance(encoded, list) else [encoded])
-        ]
+    def frames(self, event: str, data: dict[str, Any], namespace: str) -> Frames:
+        """One Socket.IO event, encoded once for every recipient."""
+        return Frames(namespace, event, msgspec.json.encode(data))
 
-    async def send_frames(self, sid: str, namespace: str, frames: list[engineio.packet.Packet]) -> bool:
-        """Send encoded frames to one socket; ``False`` when it is gone."""
+    async def send_frames(self, sid: str, namespace: str, frames: Sequence[Frames]) -> bool:
+        """Send encoded events to one socket, in order; ``False`` when it is gone."""
         eio_sid = self.eio_sid_from_sid(sid, namespace)
         if eio_sid is None:
             return False
-        try:
-            for frame in frames:
-                await self.server._send_eio_packet(eio_sid, frame)
-        except Exception:  # a socket closing under us: nothing left to deliver to it
-            return False
+        await self.writer.deliver({eio_sid: frames})
         return True
+
+    async def emit_frames(
+        self, namespace: str, events: Iterable[tuple[list[str], int | None, Frames]]
+    ) -> None:
+        """Emit encoded events (each to its rooms, with its ``eventId``) to this process's sockets.
+
+        Each socket gets all its frames of the batch together. Which socket gets what is decided
+        for the whole batch before the first write, without an await, as the gate requires.
+        """
+        if namespace not in self.rooms:
+            return  # nobody connected yet
+        gate = self.gate
+        batches: dict[str, list[Frames]] = {}
+        for rooms, event_id, frames in events:
+            gated = event_id is not None and not gate.idle
+            for sid, eio_sid in self.get_participants(namespace, rooms):
+                if gated and not gate.admit(sid, event_id, frames):
+                    continue
+                batch = batches.get(eio_sid)
+                if batch is None:
+                    batches[eio_sid] = [frames]
+                else:
+                    batch.append(frames)
+            gate.passed(event_id)
+        await self.writer.deliver(batches)
 
     async def emit(
         self,
@@ -210,24 +229,15 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
     ) -> None:
         """Same contract as ``socketio.AsyncManager.emit``."""
         room = to or room
-        if callback is not None or namespace not in self.rooms:
+        if callback is not None or skip_sid is not None or not isinstance(data, dict) or not room:
             await super().emit(
                 event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
             )
             return
-        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        rooms = [room] if isinstance(room, str) else list(room)
+        event_id = data.get("eventId")
         frames = self.frames(event, data, namespace)
-        gate = self.gate
-        event_id = None if gate.idle or not isinstance(data, dict) else data.get("eventId")
-        for sid, eio_sid in self.get_participants(namespace, room):
-            if sid in skip or (event_id is not None and not gate.admit(sid, event_id, frames)):
-                continue
-            try:
-                for frame in frames:
-                    await self.server._send_eio_packet(eio_sid, frame)
-            except Exception:  # a socket closing under us: nothing left to deliver to it
-                log.debug("emit %s: client %s is gone", event, sid)
-        gate.passed(event_id)
+        await self.emit_frames(namespace, [(rooms, event_id if isinstance(event_id, int) else None, frames)])
 
 
 class _RedisDirectEmit(socketio.AsyncRedisManager, _DirectEmit):  # type: ignore[misc]  # untyped library
@@ -333,6 +343,7 @@ class Realtime:
             logger=False,
             engineio_logger=False,
         )
+        self.manager.writer = SocketWriter(self.sio.eio, host.metrics.registry)
         self.sio.register_namespace(CrmNamespace(self))
         self.sio.register_namespace(_OtherNamespace(self))
         self.asgi = socketio.ASGIApp(self.sio, socketio_path=None)
@@ -458,17 +469,26 @@ class Realtime:
             rooms += [ALL_ROOM, scope_room(event.phone_number_id)]
         return rooms
 
-    async def emit_local(self, event: Event, data: dict[str, Any]) -> None:
-        """Emit to this process's sockets only (the relay carries events, not emits)."""
-        rooms = self.rooms(event)
-        if not rooms:  # python-socketio reads an empty room list as "every socket": never that
-            self._throttle.error(
-                "event %s has no audience: add a line for it to ROUTES in plugins/crm_realtime/realtime.py",
-                event.type,
-                key=("unrouted", event.type),
-            )
-            return
-        await self.manager.emit(event.type, data, self.ns, room=rooms, ignore_queue=True)
+    async def emit_local(self, events: Sequence[Event]) -> None:
+        """Emit logged events, in order, to this process's sockets only (the relay carries events, not emits).
+
+        Each is encoded once, its ``eventId`` spliced into the stored payload; each socket gets
+        the frames of all of them in one write when it can (:mod:`plugins.crm_realtime.wire`).
+        """
+        ns = self.ns
+        batch = []
+        for event in events:
+            rooms = self.rooms(event)
+            if not rooms:  # python-socketio reads an empty room list as "every socket": never that
+                self._throttle.error(
+                    "event %s has no audience: add a line for it to ROUTES in "
+                    "plugins/crm_realtime/realtime.py",
+                    event.type,
+                    key=("unrouted", event.type),
+                )
+                continue
+            batch.append((rooms, event.id, Frames(ns, event.type, with_event_id(event.data, event.id))))
+        await self.manager.emit_frames(ns, batch)
 
     async def relay_event(self, event: Event) -> None:
         """Publish ``event`` to the other processes (no-op without Redis; failures are counted)."""
@@ -713,8 +733,12 @@ class Realtime:
                     await self._replay(sid, after, kind, ident)
                 finally:
                     if gate.release(sid):
-                        while (held := gate.next_held(sid)) is not None:
-                            await self.manager.send_frames(sid, self.ns, held[1])
+                        # Taken all at once: the socket is live again when next_held says None.
+                        held: list[Frames] = []
+                        while (kept := gate.next_held(sid)) is not None:
+                            held.append(kept[1])
+                        if held:
+                            await self.manager.send_frames(sid, self.ns, held)
         except Exception as exc:
             self._throttle.error("replaying events to a resuming socket failed", exc_info=exc)
             eio_sid = self.manager.eio_sid_from_sid(sid, self.ns)
@@ -734,8 +758,7 @@ class Realtime:
             notice: dict[str, Any] = {"lastEventId": after, "oldestEventId": oldest}
             if kind != "connect":
                 notice[f"{kind}Id"] = ident
-            frames = self.manager.frames(EVENT_RESYNC, notice, self.ns)
-            await self.manager.send_frames(sid, self.ns, frames)
+            await self.manager.send_frames(sid, self.ns, [self.manager.frames(EVENT_RESYNC, notice, self.ns)])
             return
         scope = sorted(agent.scope) if agent.scope is not None else None
         types = replayed_types(kind)
@@ -749,14 +772,14 @@ class Realtime:
                 conversation_id=ident if kind == "conversation" else None,
                 message_id=ident if kind == "message" else None,
             )
+            ns = self.ns
+            frames = [Frames(ns, event.type, with_event_id(event.data, event.id)) for event in page]
+            if frames and not await self.manager.send_frames(sid, ns, frames):
+                return  # gone
             for event in page:
-                data = event.payload()
-                data["eventId"] = event.id
-                frames = self.manager.frames(event.type, data, self.ns)
-                if not await self.manager.send_frames(sid, self.ns, frames):
-                    return  # gone
                 self.gate.replayed(sid, event.id)
-                self.m_replayed.labels(event=event.type).inc()
+            for name, count in collections.Counter(event.type for event in page).items():
+                self.m_replayed.labels(event=name).inc(count)
             if len(page) < REPLAY_PAGE:
                 return
             cursor = page[-1].id
