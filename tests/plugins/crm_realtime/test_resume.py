@@ -42,8 +42,10 @@ async def connect(z: Zaphub, last_event_id: int | None, token: str | None = None
 async def test_a_client_reconnecting_with_its_last_event_id_gets_exactly_what_it_missed(z: Zaphub) -> None:
     first = await z.connect()
     await z.inbound("one")
+    # settle() means emitted, not yet read by the client: wait for it.
+    seen = await first.wait(MESSAGE)
     await z.settle()
-    [seen] = first.of(MESSAGE)
+    assert first.of(MESSAGE) == [seen]
     await first.close()
     # Missed while disconnected: two inbound messages, a send and its statuses.
     await z.inbound("two")
