@@ -3,15 +3,19 @@
 One code path for SQLite (embedded default) and PostgreSQL. SQLite allows one writer at a time;
 an in-process lock serialises our write transactions so they queue in asyncio instead of failing
 with ``database is locked``. Several processes need PostgreSQL.
+
+Write transactions written as a synchronous body (:meth:`StorageEngine.run_write`) run on SQLite in
+one hop to the dedicated writer thread (:mod:`core.storage.writer`), and on PostgreSQL through
+``run_sync`` on a pooled connection: the same body, one code path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,12 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from core.config import StorageConfig, redact_url
 from core.errors import ConfigError, StorageError
+from core.storage.writer import SqliteWriter
 
 __all__ = ["StorageEngine", "StorageError", "database_url", "storage_error"]
 
 #: What the storage layer translates into :class:`StorageError`; anything else (an ``ApiError``
 #: raised on purpose inside a transaction) passes through unchanged.
 _DB_ERRORS = (OSError, sa.exc.SQLAlchemyError)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def storage_error(exc: BaseException, doing: str) -> StorageError:
@@ -108,17 +116,23 @@ class StorageEngine:
 
         self.writes = WriteRecord()
         """What the writers' transactions said last: ``GET /ready`` reads it (core/storage/health.py)."""
+        self._writer: SqliteWriter | None = None
         if self.dialect == "sqlite":
             synchronous = config.sqlite_synchronous
 
-            @sa.event.listens_for(self.engine.sync_engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            def pragmas(dbapi_conn: Any) -> None:
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute(f"PRAGMA synchronous={synchronous}")
                 cur.execute("PRAGMA busy_timeout=10000")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
+
+            @sa.event.listens_for(self.engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                pragmas(dbapi_conn)
+
+            self._writer = SqliteWriter(self.url, pragmas)
 
     def describe(self) -> str:
         """The URL with its password (and any secret query parameter) hidden, for logs."""
@@ -139,8 +153,52 @@ class StorageEngine:
             ) from exc
 
     async def close(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and the SQLite writer's, after its last transaction)."""
+        if self._writer is not None:
+            await self._writer.close()
         await self.engine.dispose()
+
+    async def write_one(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> int:
+        """One statement in a write transaction of its own (:meth:`run_write`); its row count.
+
+        Raises:
+            StorageError: the database failed; nothing was committed.
+        """
+
+        def body(conn: sa.Connection) -> int:
+            result: sa.CursorResult[Any] = conn.execute(statement, params)
+            return result.rowcount
+
+        return await self.run_write(body)
+
+    async def run_write(
+        self, body: Callable[Concatenate[sa.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``body(conn, *args, **kwargs)`` in one write transaction; its result once committed.
+
+        ``body`` is synchronous over a :class:`sqlalchemy.Connection` and must not block on
+        anything but the database. SQLite runs it whole in the writer thread (one hop, however
+        many statements); PostgreSQL through ``AsyncConnection.run_sync``. Functions that take
+        a sync connection (``await conn.run_sync(fn)`` elsewhere) can be called from it as they are.
+
+        Raises:
+            StorageError: the database failed; nothing was committed.
+        """
+        try:
+            if self._writer is None:
+                async with self.engine.begin() as conn:
+                    return await conn.run_sync(body, *args, **kwargs)
+            assert self._write_lock is not None
+            # The lock keeps the writer and the remaining async writes (write()) from taking turns
+            # on the file's lock through busy_timeout: in-process they queue here instead.
+            async with self._write_lock:
+                result, wrote = await self._writer.run(lambda conn: body(conn, *args, **kwargs))
+        except _DB_ERRORS as exc:
+            self.writes.failed(exc)
+            raise storage_error(exc, "a database write") from exc
+        if wrote:
+            self.writes.committed()  # GET /ready trusts recent commits (core/storage/health.py)
+        return result
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

@@ -47,7 +47,7 @@ from core.models import Contact, Conversation, Event, Message, StatusChange, utc
 from core.storage.engine import StorageEngine, StorageError
 from core.storage.schema import event_cursors, event_log, event_sequence
 
-__all__ = ["EventBounds", "EventLogMixin", "LeaderLock", "PendingEvent"]
+__all__ = ["EventBounds", "EventLogMixin", "LeaderLock", "PendingEvent", "write_events"]
 
 _SEQUENCE_ROW = 1
 
@@ -115,6 +115,54 @@ def mode_changed_event(conversation: Conversation) -> PendingEvent:
     )
 
 
+def write_events(conn: sa.Connection, pending: Sequence[PendingEvent], now: datetime) -> list[Event]:
+    """Append ``pending`` to the log inside the caller's transaction; call it *last*.
+
+    The counter row stays locked until the caller commits (see the module docstring), so
+    nothing may follow this in the transaction but the commit.
+    """
+    if not pending:
+        return []
+    last = conn.execute(_ADVANCE, {"n": len(pending)}).scalar_one()
+    first = last - len(pending) + 1
+    events = [
+        Event(
+            id=first + i,
+            type=p.type,
+            conversation_id=p.conversation_id,
+            phone_number_id=p.phone_number_id,
+            message_id=p.message_id,
+            created_at=now,
+            data=p.data,
+        )
+        for i, p in enumerate(pending)
+    ]
+    conn.execute(
+        event_log.insert(),
+        [
+            {
+                "id": e.id,
+                "type": e.type,
+                "conversation_id": e.conversation_id,
+                "phone_number_id": e.phone_number_id,
+                "message_id": e.message_id,
+                "data": e.data,
+                "created_at": now,
+            }
+            for e in events
+        ],
+    )
+    return events
+
+
+_ADVANCE = (
+    event_sequence.update()
+    .where(event_sequence.c.id == _SEQUENCE_ROW)
+    .values(last_id=event_sequence.c.last_id + sa.bindparam("n"))
+    .returning(event_sequence.c.last_id)
+)
+
+
 def _event(row: sa.Row[tuple[object, ...]]) -> Event:
     m = row._mapping
     return Event(
@@ -139,50 +187,8 @@ class EventLogMixin(StorageEngine):
     async def append_events(
         self, conn: AsyncConnection, pending: Sequence[PendingEvent], now: datetime
     ) -> list[Event]:
-        """Append ``pending`` to the log inside the caller's transaction; call it *last*.
-
-        The counter row stays locked until the caller commits (see the module docstring), so
-        nothing may follow this in the transaction but the commit.
-        """
-        if not pending:
-            return []
-        last = (
-            await conn.execute(
-                event_sequence.update()
-                .where(event_sequence.c.id == _SEQUENCE_ROW)
-                .values(last_id=event_sequence.c.last_id + len(pending))
-                .returning(event_sequence.c.last_id)
-            )
-        ).scalar_one()
-        first = last - len(pending) + 1
-        events = [
-            Event(
-                id=first + i,
-                type=p.type,
-                conversation_id=p.conversation_id,
-                phone_number_id=p.phone_number_id,
-                message_id=p.message_id,
-                created_at=now,
-                data=p.data,
-            )
-            for i, p in enumerate(pending)
-        ]
-        await conn.execute(
-            event_log.insert(),
-            [
-                {
-                    "id": e.id,
-                    "type": e.type,
-                    "conversation_id": e.conversation_id,
-                    "phone_number_id": e.phone_number_id,
-                    "message_id": e.message_id,
-                    "data": e.data,
-                    "created_at": now,
-                }
-                for e in events
-            ],
-        )
-        return events
+        """:func:`write_events` for an async transaction (``write()``); call it *last*."""
+        return await conn.run_sync(write_events, pending, now)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -255,20 +261,21 @@ class EventLogMixin(StorageEngine):
         ins = self.insert(event_cursors)
         update = {"position": ins.excluded.position, "updated_at": ins.excluded.updated_at}
         where = event_cursors.c.position < ins.excluded.position if forward_only else None
-        async with self.write() as conn:
-            await conn.execute(
-                ins.on_conflict_do_update(index_elements=[event_cursors.c.name], set_=update, where=where),
-                {"name": name, "position": position, "updated_at": now},
+        upsert = ins.on_conflict_do_update(index_elements=[event_cursors.c.name], set_=update, where=where)
+
+        def body(conn: sa.Connection) -> int:
+            conn.execute(upsert, {"name": name, "position": position, "updated_at": now})
+            return int(
+                conn.execute(
+                    sa.select(event_cursors.c.position).where(event_cursors.c.name == name)
+                ).scalar_one()
             )
-            stored = (
-                await conn.execute(sa.select(event_cursors.c.position).where(event_cursors.c.name == name))
-            ).scalar_one()
-        return int(stored)
+
+        return await self.run_write(body)
 
     async def delete_cursor(self, name: str) -> None:
         """Forget a cursor (a removed subscriber)."""
-        async with self.write() as conn:
-            await conn.execute(event_cursors.delete().where(event_cursors.c.name == name))
+        await self.write_one(event_cursors.delete().where(event_cursors.c.name == name))
 
     async def list_cursors(self) -> dict[str, int]:
         """Every cursor by name."""
@@ -320,9 +327,7 @@ class EventLogMixin(StorageEngine):
                 upto = min(upto, keep_after)
             if upto is None or upto < rows[0].id:
                 return deleted
-            async with self.write() as conn:
-                result = await conn.execute(event_log.delete().where(event_log.c.id <= upto))
-            deleted += result.rowcount
+            deleted += await self.write_one(event_log.delete().where(event_log.c.id <= upto))
             if upto != rows[-1].id:
                 return deleted
 

@@ -12,12 +12,10 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.config import StorageConfig
 from core.models import Contact, Conversation, InboundMessage, InboundStatus, search_key, utcnow
-from core.storage.engine import StorageError
-from core.storage.events import message_received_event, status_changed_event
+from core.storage.events import message_received_event, status_changed_event, write_events
 from core.storage.results import IngestResult, MessageEvent, StatusEvent
 from core.storage.rows import Row, contact_from_row, conversation_from_row, message_from_row
 from core.storage.sanitize import sanitize_batch
@@ -60,16 +58,18 @@ class IngestMixin(StatusMixin):
                 result.duplicate_messages += 1
             else:
                 unique_msgs[key] = msg
-        learned: tuple[list[Contact], list[tuple[str, int]]] = ([], [])
-        try:
-            async with self.write() as conn:
-                if unique_msgs:
-                    learned = await self._ingest_messages(conn, list(unique_msgs.values()), now, result)
-                if inbound_statuses:
-                    await self._ingest_statuses(conn, inbound_statuses, now, result)
-                await self._log_ingest(conn, result, now)
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
-            raise StorageError(f"storing a webhook batch failed: {exc.__class__.__name__}: {exc}") from exc
+
+        def body(conn: sa.Connection) -> tuple[list[Contact], list[tuple[str, int]]]:
+            # The whole transaction in one go: on SQLite one hop to the writer thread.
+            learned: tuple[list[Contact], list[tuple[str, int]]] = ([], [])
+            if unique_msgs:
+                learned = self._ingest_messages(conn, list(unique_msgs.values()), now, result)
+            if inbound_statuses:
+                self._ingest_statuses(conn, inbound_statuses, now, result)
+            self._log_ingest(conn, result, now)
+            return learned
+
+        learned = await self.run_write(body)
         # Only committed rows may enter the caches (a rolled-back id would not exist).
         for contact in learned[0]:
             self._known_contacts[contact.wa_id] = contact
@@ -80,7 +80,7 @@ class IngestMixin(StatusMixin):
             del self._known_conversations[next(iter(self._known_conversations))]
         return result
 
-    async def _log_ingest(self, conn: AsyncConnection, result: IngestResult, now: datetime) -> None:
+    def _log_ingest(self, conn: sa.Connection, result: IngestResult, now: datetime) -> None:
         """Append the batch's events (messages, then statuses), last; attach them to the result."""
         pending = [
             message_received_event(m.message, m.conversation, m.contact, self.public_url)
@@ -89,14 +89,14 @@ class IngestMixin(StatusMixin):
         pending.extend(
             status_changed_event(s.message, s.conversation, s.change) for s in result.status_changes
         )
-        events = iter(await self.append_events(conn, pending, now))
+        events = iter(write_events(conn, pending, now))
         result.new_messages = [msgspec.structs.replace(m, event=next(events)) for m in result.new_messages]
         result.status_changes = [
             msgspec.structs.replace(s, event=next(events)) for s in result.status_changes
         ]
 
-    async def _ingest_messages(
-        self, conn: AsyncConnection, batch: list[InboundMessage], now: datetime, result: IngestResult
+    def _ingest_messages(
+        self, conn: sa.Connection, batch: list[InboundMessage], now: datetime, result: IngestResult
     ) -> tuple[list[Contact], list[tuple[str, int]]]:
         # Contacts: the latest non-empty profile name in the batch wins. Contacts and
         # conversations are never deleted, so ones this process already stored (with the same
@@ -116,7 +116,7 @@ class IngestMixin(StatusMixin):
         if unknown:
             unknown.sort()  # stable lock order across concurrent transactions (no deadlocks)
             ins = self.insert(contacts)
-            await conn.execute(
+            conn.execute(
                 ins.on_conflict_do_update(
                     index_elements=[contacts.c.wa_id],
                     set_={
@@ -139,14 +139,14 @@ class IngestMixin(StatusMixin):
                     for w in unknown
                 ],
             )
-            found = (await conn.execute(sa.select(contacts).where(contacts.c.wa_id.in_(unknown)))).all()
+            found = (conn.execute(sa.select(contacts).where(contacts.c.wa_id.in_(unknown)))).all()
             new_contacts = [contact_from_row(r) for r in found]
             contact_by_wa.update((c.wa_id, c) for c in new_contacts)
 
         pairs = sorted({(m.phone_number_id, contact_by_wa[m.wa_id].id) for m in batch})
         missing = [p for p in pairs if p not in self._known_conversations]
         if missing:
-            await conn.execute(
+            conn.execute(
                 self.insert(conversations).on_conflict_do_nothing(
                     index_elements=[conversations.c.phone_number_id, conversations.c.contact_id]
                 ),
@@ -154,7 +154,7 @@ class IngestMixin(StatusMixin):
             )
         conv_rows = {
             (r.phone_number_id, r.contact_id): conversation_from_row(r)
-            for r in await conn.execute(
+            for r in conn.execute(
                 sa.select(conversations).where(
                     sa.tuple_(conversations.c.phone_number_id, conversations.c.contact_id).in_(pairs)
                 )
@@ -186,7 +186,7 @@ class IngestMixin(StatusMixin):
                     "error_title": msg.error_title,
                 }
             )
-        inserted = await conn.execute(
+        inserted = conn.execute(
             self.insert(messages)
             .on_conflict_do_nothing(index_elements=[messages.c.phone_number_id, messages.c.wamid])
             .returning(messages.c.id, messages.c.phone_number_id, messages.c.wamid),
@@ -216,7 +216,7 @@ class IngestMixin(StatusMixin):
         newer_message = sa.or_(
             conversations.c.last_message_at.is_(None), conversations.c.last_message_at <= ts_param
         )
-        await conn.execute(
+        conn.execute(
             conversations.update()
             .where(conversations.c.id == sa.bindparam("cid"))
             .values(
@@ -249,8 +249,8 @@ class IngestMixin(StatusMixin):
             result.new_messages.append(MessageEvent(message, conv, contact_by_id[conv.contact_id]))
         return new_contacts, missing
 
-    async def _ingest_statuses(
-        self, conn: AsyncConnection, batch: Sequence[InboundStatus], now: datetime, result: IngestResult
+    def _ingest_statuses(
+        self, conn: sa.Connection, batch: Sequence[InboundStatus], now: datetime, result: IngestResult
     ) -> None:
         unique: dict[tuple[str, str, str], InboundStatus] = {}
         for st in batch:
@@ -259,7 +259,7 @@ class IngestMixin(StatusMixin):
                 result.duplicate_statuses += 1
             else:
                 unique[key] = st
-        inserted = await conn.execute(
+        inserted = conn.execute(
             self.insert(statuses)
             .on_conflict_do_nothing(
                 index_elements=[statuses.c.phone_number_id, statuses.c.wamid, statuses.c.status]
@@ -286,14 +286,14 @@ class IngestMixin(StatusMixin):
             status_id = new_rows.get(key)
             if status_id is None:
                 continue
-            outcome = await self._apply_status(conn, status_id, st)
+            outcome = self._apply_status(conn, status_id, st)
             if outcome == "pending" and st.message_id is not None:
                 # The status names our message: link it if the send's answer never came. If that
                 # answer is being stored right now, the link waits for it and then finds the wamid
                 # set; applying again sees it (a new statement), where parking the status would
                 # lose it: the answer has already looked for parked statuses and not seen this one.
-                await self._link_by_message_id(conn, st, now)
-                outcome = await self._apply_status(conn, status_id, st)
+                self._link_by_message_id(conn, st, now)
+                outcome = self._apply_status(conn, status_id, st)
             if isinstance(outcome, StatusEvent):
                 result.status_changes.append(outcome)
             elif outcome == "stale":

@@ -15,13 +15,19 @@ from core.errors import ConflictError
 from core.models import (
     STATUS_RANK,
     Conversation,
+    Event,
     InboundStatus,
     Message,
     OutgoingMessage,
     StatusChange,
     utcnow,
 )
-from core.storage.events import message_accepted_event, mode_changed_event, status_changed_event
+from core.storage.events import (
+    message_accepted_event,
+    mode_changed_event,
+    status_changed_event,
+    write_events,
+)
 from core.storage.results import ModeEvent, OutboxItem, StatusEvent
 from core.storage.rows import conversation_from_row, message_from_row
 from core.storage.schema import conversations, idempotency_keys, messages, outbox, statuses
@@ -245,9 +251,10 @@ class OutboxMixin(StatusMixin):
             already linked it), then any parked statuses now applied, in order.
         """
         now = utcnow()
-        async with self.write() as conn:
+
+        def body(conn: sa.Connection) -> tuple[StatusEvent | None, list[StatusEvent], list[Event]]:
             row = (
-                await conn.execute(
+                conn.execute(
                     outbox.update()
                     .where(outbox.c.id == item_id, outbox.c.state == "pending")
                     .values(state="done", attempts=outbox.c.attempts + 1, locked_until=None, updated_at=now)
@@ -255,9 +262,9 @@ class OutboxMixin(StatusMixin):
                 )
             ).first()
             if row is None:
-                return None, []
+                return None, [], []
             updated = (
-                await conn.execute(
+                conn.execute(
                     messages.update()
                     .where(messages.c.id == row.message_id, messages.c.wamid.is_(None))
                     .values(
@@ -276,15 +283,15 @@ class OutboxMixin(StatusMixin):
                 )
             ).first()
             if updated is None:
-                return None, []
+                return None, [], []
             message = message_from_row(updated)
-            accepted = await self._status_event(
+            accepted = self._status_event(
                 conn,
                 message,
                 StatusChange(message_id=message.id, status="accepted", timestamp=str(int(now.timestamp()))),
             )
             parked = (
-                await conn.execute(
+                conn.execute(
                     sa.select(statuses)
                     .where(
                         statuses.c.phone_number_id == message.phone_number_id,
@@ -296,7 +303,7 @@ class OutboxMixin(StatusMixin):
             ).all()
             changes: list[StatusEvent] = []
             for st in parked:
-                applied = await self._apply_status(
+                applied = self._apply_status(
                     conn,
                     st.id,
                     InboundStatus(
@@ -312,7 +319,11 @@ class OutboxMixin(StatusMixin):
                     changes.append(applied)
             pending = [message_accepted_event(message, accepted.conversation, self.public_url)]
             pending.extend(status_changed_event(c.message, c.conversation, c.change) for c in changes)
-            logged = await self.append_events(conn, pending, now)
+            return accepted, changes, write_events(conn, pending, now)
+
+        accepted, changes, logged = await self.run_write(body)
+        if accepted is None:
+            return None, []
         accepted = msgspec.structs.replace(accepted, event=logged[0])
         changes = [msgspec.structs.replace(c, event=e) for c, e in zip(changes, logged[1:], strict=True)]
         return accepted, changes
@@ -320,9 +331,10 @@ class OutboxMixin(StatusMixin):
     async def outbox_failed(self, item_id: int, *, code: int | None, title: str) -> StatusEvent | None:
         """A send failed for good: the message becomes ``failed`` (terminal)."""
         now = utcnow()
-        async with self.write() as conn:
+
+        def body(conn: sa.Connection) -> StatusEvent | None:
             row = (
-                await conn.execute(
+                conn.execute(
                     outbox.update()
                     .where(outbox.c.id == item_id, outbox.c.state == "pending")
                     .values(
@@ -338,7 +350,7 @@ class OutboxMixin(StatusMixin):
             if row is None:
                 return None
             updated = (
-                await conn.execute(
+                conn.execute(
                     messages.update()
                     .where(messages.c.id == row.message_id, messages.c.status_rank < STATUS_RANK["failed"])
                     .values(
@@ -357,11 +369,11 @@ class OutboxMixin(StatusMixin):
                 error_code=code,
                 error_title=title,
             )
-            failed = await self._status_event(conn, message, change)
-            (event,) = await self.append_events(
-                conn, [status_changed_event(message, failed.conversation, change)], now
-            )
-        return msgspec.structs.replace(failed, event=event)
+            failed = self._status_event(conn, message, change)
+            (event,) = write_events(conn, [status_changed_event(message, failed.conversation, change)], now)
+            return msgspec.structs.replace(failed, event=event)
+
+        return await self.run_write(body)
 
     async def outbox_requeue(self, message_id: int) -> Message | None:
         """Queue a failed send again: the message goes back to ``queued`` with a fresh retry window.

@@ -10,7 +10,6 @@ import logging
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.models import STATUS_RANK, InboundStatus, Message, StatusChange, utcnow
 from core.storage.events import EventLogMixin
@@ -26,9 +25,7 @@ log = logging.getLogger("zaphub.storage")
 class StatusMixin(EventLogMixin):
     """Applies statuses to messages inside the caller's transaction."""
 
-    async def _apply_status(
-        self, conn: AsyncConnection, status_id: int, st: InboundStatus
-    ) -> StatusEvent | str:
+    def _apply_status(self, conn: sa.Connection, status_id: int, st: InboundStatus) -> StatusEvent | str:
         """Move a message forward to ``st`` if it outranks its status; mark the status row."""
         rank = STATUS_RANK.get(st.status)
         target = sa.and_(
@@ -37,13 +34,13 @@ class StatusMixin(EventLogMixin):
             messages.c.direction == "outbound",
         )
         if rank is None:  # a status Meta invented after this release: keep it in the history only
-            row = (await conn.execute(sa.select(messages.c.id).where(target))).first()
+            row = (conn.execute(sa.select(messages.c.id).where(target))).first()
             if row is None:
                 return "pending"
-            await conn.execute(statuses.update().where(statuses.c.id == status_id).values(message_id=row.id))
+            conn.execute(statuses.update().where(statuses.c.id == status_id).values(message_id=row.id))
             return "stale"
         updated = (
-            await conn.execute(
+            conn.execute(
                 messages.update()
                 .where(target, messages.c.status_rank < rank)
                 .values(
@@ -56,14 +53,14 @@ class StatusMixin(EventLogMixin):
             )
         ).first()
         if updated is None:
-            row = (await conn.execute(sa.select(messages.c.id).where(target))).first()
+            row = (conn.execute(sa.select(messages.c.id).where(target))).first()
             if row is None:
                 return "pending"
-            await conn.execute(statuses.update().where(statuses.c.id == status_id).values(message_id=row.id))
+            conn.execute(statuses.update().where(statuses.c.id == status_id).values(message_id=row.id))
             return "stale"
-        await conn.execute(statuses.update().where(statuses.c.id == status_id).values(message_id=updated.id))
+        conn.execute(statuses.update().where(statuses.c.id == status_id).values(message_id=updated.id))
         if st.status == "failed":
-            await conn.execute(
+            conn.execute(
                 outbox.update()
                 .where(outbox.c.message_id == updated.id, outbox.c.state == "pending")
                 .values(state="failed", last_error=st.error_title, updated_at=utcnow())
@@ -76,28 +73,24 @@ class StatusMixin(EventLogMixin):
             error_code=st.error_code if st.status == "failed" else None,
             error_title=st.error_title if st.status == "failed" else None,
         )
-        return await self._status_event(conn, message, change)
+        return self._status_event(conn, message, change)
 
-    async def _status_event(
-        self, conn: AsyncConnection, message: Message, change: StatusChange
-    ) -> StatusEvent:
+    def _status_event(self, conn: sa.Connection, message: Message, change: StatusChange) -> StatusEvent:
         """The event hooks see for ``change``: the moved message with its conversation as stored now."""
         conv = conversation_from_row(
             (
-                await conn.execute(
-                    sa.select(conversations).where(conversations.c.id == message.conversation_id)
-                )
+                conn.execute(sa.select(conversations).where(conversations.c.id == message.conversation_id))
             ).one()
         )
         return StatusEvent(message, conv, change)
 
-    async def _link_by_message_id(self, conn: AsyncConnection, st: InboundStatus, now: datetime) -> bool:
+    def _link_by_message_id(self, conn: sa.Connection, st: InboundStatus, now: datetime) -> bool:
         """Learn a wamid from a status that names our message (the send's own answer was lost)."""
         message_id = st.message_id
         if message_id is None:
             return False
         linked = (
-            await conn.execute(
+            conn.execute(
                 messages.update()
                 .where(
                     messages.c.id == message_id,
@@ -110,7 +103,7 @@ class StatusMixin(EventLogMixin):
         ).first()
         if linked is None:
             return False
-        await conn.execute(
+        conn.execute(
             outbox.update()
             .where(outbox.c.message_id == message_id, outbox.c.state == "pending")
             .values(state="done", updated_at=now, last_error="linked by status webhook")

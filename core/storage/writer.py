@@ -1,0 +1,104 @@
+"""SQLite's one writer: a dedicated thread that runs whole write transactions on its own connection.
+
+With aiosqlite every statement of a transaction is a hop to its thread and back (a future, a
+wake-up of the event loop, a context switch), and the event loop does SQLAlchemy's per-statement
+work in between. :class:`SqliteWriter` instead receives a transaction *body*, a plain function
+over a synchronous :class:`sqlalchemy.Connection`, and runs all of it in its thread: one hop per
+transaction, however many statements. The same body runs on PostgreSQL through
+``AsyncConnection.run_sync`` (:meth:`core.storage.engine.StorageEngine.run_write`), so there is one
+code path for both backends.
+
+The writer's connection opens the same file with the same pragmas as the async engine
+(``synchronous`` included), and starts each transaction with ``BEGIN IMMEDIATE``: the file's write
+lock is taken before the first statement, so a transaction never fails half-way with
+``database is locked`` when another connection (a CLI command, say) wrote in between; it waits
+up to ``busy_timeout`` instead. A body's return means committed with the configured durability.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+__all__ = ["SqliteWriter"]
+
+T = TypeVar("T")
+
+
+class SqliteWriter:
+    """Runs write transactions on one SQLite connection in one thread; see the module docstring.
+
+    Args:
+        url: the database URL (any SQLite driver name; the standard ``sqlite3`` module is used).
+        on_connect: applies the pragmas to a new DB-API connection.
+    """
+
+    def __init__(self, url: sa.URL, on_connect: Callable[[Any], None]) -> None:
+        # One connection for the life of the writer; NullPool would reopen the file per
+        # transaction, a queue pool would keep connections this thread never uses.
+        self.engine = sa.create_engine(url.set(drivername="sqlite+pysqlite"), poolclass=sa.pool.StaticPool)
+
+        @sa.event.listens_for(self.engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transactions out of the sqlite3 module's hands (it would BEGIN DEFERRED lazily,
+            # before the first write only) so that "begin" below decides how each one starts.
+            dbapi_conn.isolation_level = None
+            on_connect(dbapi_conn)
+
+        @sa.event.listens_for(self.engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zaphub-sqlite-writer")
+        self._conn: sa.Connection | None = None
+
+    async def run(self, body: Callable[[sa.Connection], T]) -> tuple[T, bool]:
+        """``body(conn)`` in one transaction in the writer thread; its result and whether it wrote.
+
+        Returned once committed. "Wrote" means it changed a row: a transaction that only looked
+        proves nothing about the disk (``GET /ready`` trusts recent writing commits).
+
+        Transactions run one after another in submission order. If the caller is cancelled the
+        transaction still finishes (committed or rolled back) before this returns, so the next
+        one never overlaps it.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError, OSError: the database failed; nothing was committed.
+        """
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._transaction, body)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            raise
+
+    def _transaction(self, body: Callable[[sa.Connection], T]) -> tuple[T, bool]:
+        conn = self._conn
+        if conn is None or conn.invalidated or conn.closed:
+            if conn is not None:
+                conn.close()
+            conn = self._conn = self.engine.connect()
+        raw = conn.connection.dbapi_connection
+        assert raw is not None  # checked out until close()
+        before = raw.total_changes
+        with conn.begin():
+            result = body(conn)
+            changed = raw.total_changes != before
+        return result, changed
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread (after the transactions already submitted)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_connection)
+        self._executor.shutdown(wait=False)
+
+    def _close_connection(self) -> None:
+        # In the writer thread: sqlite3 connections refuse to be closed from another thread.
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        self.engine.dispose()
