@@ -46,6 +46,7 @@ from core.event_payloads import (
 from core.models import Contact, Conversation, Event, Message, StatusChange, utcnow
 from core.storage.engine import StorageEngine, StorageError
 from core.storage.schema import event_cursors, event_log, event_sequence
+from core.storage.sqlite_raw import RawStatement, raw_cursor, sqlite_time
 
 __all__ = ["EventBounds", "EventLogMixin", "LeaderLock", "PendingEvent", "write_events"]
 
@@ -123,7 +124,11 @@ def write_events(conn: sa.Connection, pending: Sequence[PendingEvent], now: date
     """
     if not pending:
         return []
-    last = conn.execute(_ADVANCE, {"n": len(pending)}).scalar_one()
+    cursor = raw_cursor(conn)
+    if cursor is not None:
+        last = _RAW_ADVANCE.execute(cursor, {"n": len(pending)})[0][0]
+    else:
+        last = conn.execute(_ADVANCE, {"n": len(pending)}).scalar_one()
     first = last - len(pending) + 1
     events = [
         Event(
@@ -137,21 +142,23 @@ def write_events(conn: sa.Connection, pending: Sequence[PendingEvent], now: date
         )
         for i, p in enumerate(pending)
     ]
-    conn.execute(
-        event_log.insert(),
-        [
-            {
-                "id": e.id,
-                "type": e.type,
-                "conversation_id": e.conversation_id,
-                "phone_number_id": e.phone_number_id,
-                "message_id": e.message_id,
-                "data": e.data,
-                "created_at": now,
-            }
-            for e in events
-        ],
-    )
+    created = sqlite_time(now) if cursor is not None else now
+    rows = [
+        {
+            "id": e.id,
+            "type": e.type,
+            "conversation_id": e.conversation_id,
+            "phone_number_id": e.phone_number_id,
+            "message_id": e.message_id,
+            "data": e.data,
+            "created_at": created,
+        }
+        for e in events
+    ]
+    if cursor is not None:
+        _RAW_LOG.executemany(cursor, rows)
+    else:
+        conn.execute(event_log.insert(), rows)
     return events
 
 
@@ -160,6 +167,11 @@ _ADVANCE = (
     .where(event_sequence.c.id == _SEQUENCE_ROW)
     .values(last_id=event_sequence.c.last_id + sa.bindparam("n"))
     .returning(event_sequence.c.last_id)
+)
+_RAW_ADVANCE = RawStatement(_ADVANCE)
+_RAW_LOG = RawStatement(
+    event_log.insert(),
+    ["id", "type", "conversation_id", "phone_number_id", "message_id", "data", "created_at"],
 )
 
 

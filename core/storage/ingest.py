@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 
 from core.config import StorageConfig
 from core.models import Contact, Conversation, InboundMessage, InboundStatus, search_key, utcnow
@@ -20,11 +21,43 @@ from core.storage.results import IngestResult, MessageEvent, StatusEvent
 from core.storage.rows import Row, contact_from_row, conversation_from_row, message_from_row
 from core.storage.sanitize import sanitize_batch
 from core.storage.schema import UTCDateTime, contacts, conversations, messages, statuses
+from core.storage.sqlite_raw import RawStatement, raw_cursor, sqlite_json, sqlite_time
 from core.storage.statuses import StatusMixin
 
 __all__ = ["IngestMixin"]
 
 _KNOWN_MAX = 100_000
+
+# One message on SQLite's raw cursor (sqlite_raw), all its columns but the id.
+_RAW_INSERT_MESSAGE = RawStatement(
+    sqlite.insert(messages)
+    .on_conflict_do_nothing(index_elements=[messages.c.phone_number_id, messages.c.wamid])
+    .returning(messages.c.id),
+    [c.name for c in messages.c if c.name != "id"],
+)
+
+_RAW_CONVERSATION = RawStatement(
+    sa.select(conversations).where(
+        conversations.c.phone_number_id == sa.bindparam("pnid"),
+        conversations.c.contact_id == sa.bindparam("cid"),
+    )
+)
+
+# Advance a conversation to its newest message. The CASEs never move a timestamp backwards,
+# whatever order concurrent transactions commit in (a backlog replayed by Meta included).
+_ts = sa.bindparam("ts", type_=UTCDateTime())
+_newer_inbound = sa.or_(conversations.c.last_inbound_at.is_(None), conversations.c.last_inbound_at < _ts)
+_newer_message = sa.or_(conversations.c.last_message_at.is_(None), conversations.c.last_message_at <= _ts)
+_ADVANCE_CONVERSATION = (
+    conversations.update()
+    .where(conversations.c.id == sa.bindparam("cid"))
+    .values(
+        last_inbound_at=sa.case((_newer_inbound, _ts), else_=conversations.c.last_inbound_at),
+        last_message_at=sa.case((_newer_message, _ts), else_=conversations.c.last_message_at),
+        last_message_id=sa.case((_newer_message, sa.bindparam("mid")), else_=conversations.c.last_message_id),
+    )
+)
+_RAW_ADVANCE_CONVERSATION = RawStatement(_ADVANCE_CONVERSATION)
 
 
 class IngestMixin(StatusMixin):
@@ -152,14 +185,23 @@ class IngestMixin(StatusMixin):
                 ),
                 [{"phone_number_id": p, "contact_id": c, "created_at": now} for p, c in missing],
             )
-        conv_rows = {
-            (r.phone_number_id, r.contact_id): conversation_from_row(r)
-            for r in conn.execute(
-                sa.select(conversations).where(
-                    sa.tuple_(conversations.c.phone_number_id, conversations.c.contact_id).in_(pairs)
+        cursor = raw_cursor(conn)
+        if cursor is not None:
+            # SQLite: one prepared lookup per pair (C speed), rows converted without SQLAlchemy.
+            conv_rows = {
+                pair: conversation_from_row(r)
+                for pair in pairs
+                for r in _RAW_CONVERSATION.mappings(cursor, {"pnid": pair[0], "cid": pair[1]})
+            }
+        else:
+            conv_rows = {
+                (r.phone_number_id, r.contact_id): conversation_from_row(r)
+                for r in conn.execute(
+                    sa.select(conversations).where(
+                        sa.tuple_(conversations.c.phone_number_id, conversations.c.contact_id).in_(pairs)
+                    )
                 )
-            )
-        }
+            }
 
         rows: list[dict[str, Any]] = []
         for msg in batch:
@@ -186,19 +228,33 @@ class IngestMixin(StatusMixin):
                     "error_title": msg.error_title,
                 }
             )
-        inserted = conn.execute(
-            self.insert(messages)
-            .on_conflict_do_nothing(index_elements=[messages.c.phone_number_id, messages.c.wamid])
-            .returning(messages.c.id, messages.c.phone_number_id, messages.c.wamid),
-            rows,
-        )
-        new_ids = {(r.phone_number_id, r.wamid): r.id for r in inserted}
+        if cursor is not None:
+            # SQLite: one prepared statement per row; values as SQLAlchemy would store them.
+            received, null = sqlite_time(now), sqlite_json(None)
+            new_ids: dict[tuple[str, str | None], int] = {}
+            for row in rows:
+                stored = {
+                    **row,
+                    "delivered_at": sqlite_time(row["delivered_at"]),
+                    "received_at": received,
+                    "content": null,
+                    "raw": sqlite_json(row["raw"]),
+                }
+                for (mid,) in _RAW_INSERT_MESSAGE.execute(cursor, stored):
+                    new_ids[(row["phone_number_id"], row["wamid"])] = mid
+        else:
+            inserted = conn.execute(
+                self.insert(messages)
+                .on_conflict_do_nothing(index_elements=[messages.c.phone_number_id, messages.c.wamid])
+                .returning(messages.c.id, messages.c.phone_number_id, messages.c.wamid),
+                rows,
+            )
+            new_ids = {(r.phone_number_id, r.wamid): r.id for r in inserted}
         result.duplicate_messages += len(batch) - len(new_ids)
         if not new_ids:
             return new_contacts, missing
 
-        # Advance the conversations in one statement. The CASEs never move a timestamp backwards,
-        # whatever order concurrent transactions commit in (a backlog replayed by Meta included).
+        # Advance the conversations (_ADVANCE_CONVERSATION), each to its newest message.
         latest: dict[int, tuple[datetime, int]] = {}
         for row in rows:
             mid = new_ids.get((row["phone_number_id"], row["wamid"]))
@@ -208,24 +264,15 @@ class IngestMixin(StatusMixin):
             ts = row["delivered_at"]
             if cid not in latest or (ts, mid) > latest[cid]:
                 latest[cid] = (ts, mid)
-        ts_param = sa.bindparam("ts", type_=UTCDateTime())
-        mid_param: sa.BindParameter[int] = sa.bindparam("mid")
-        newer_inbound = sa.or_(
-            conversations.c.last_inbound_at.is_(None), conversations.c.last_inbound_at < ts_param
-        )
-        newer_message = sa.or_(
-            conversations.c.last_message_at.is_(None), conversations.c.last_message_at <= ts_param
-        )
-        conn.execute(
-            conversations.update()
-            .where(conversations.c.id == sa.bindparam("cid"))
-            .values(
-                last_inbound_at=sa.case((newer_inbound, ts_param), else_=conversations.c.last_inbound_at),
-                last_message_at=sa.case((newer_message, ts_param), else_=conversations.c.last_message_at),
-                last_message_id=sa.case((newer_message, mid_param), else_=conversations.c.last_message_id),
-            ),
-            [{"cid": cid, "ts": ts, "mid": mid} for cid, (ts, mid) in sorted(latest.items())],
-        )
+        order = sorted(latest.items())
+        if cursor is not None:
+            _RAW_ADVANCE_CONVERSATION.executemany(
+                cursor, [{"cid": cid, "ts": sqlite_time(ts), "mid": mid} for cid, (ts, mid) in order]
+            )
+        else:
+            conn.execute(
+                _ADVANCE_CONVERSATION, [{"cid": cid, "ts": ts, "mid": mid} for cid, (ts, mid) in order]
+            )
         # The same rule applied to the rows read above gives what the hooks see, without a re-read.
         conv_by_id: dict[int, Conversation] = {}
         for conv in conv_rows.values():
