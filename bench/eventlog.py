@@ -1,7 +1,7 @@
 """The event log's costs: disk per million events, and how fast a client pages through the feed.
 
 Fills a fresh database with ``--events`` ``whatsapp:message`` events (the payload of a typical text
-message, written through the same ``append_events`` the producers use, ``--batch`` per
+message, written through the same ``write_events`` the producers use, ``--batch`` per
 transaction), then:
 
 - **disk**: the growth of the database (SQLite: the file after a WAL checkpoint; PostgreSQL:
@@ -38,7 +38,7 @@ from bench._host import start_zaphub  # noqa: E402  # after the path insert
 from core.config import StorageConfig  # noqa: E402
 from core.models import Contact, Conversation, Message, utcnow  # noqa: E402
 from core.storage import Storage  # noqa: E402
-from core.storage.events import message_received_event  # noqa: E402
+from core.storage.events import message_received_event, write_events  # noqa: E402
 
 JWT_SECRET = "bench-eventlog-jwt-secret-0123456789abcdef"
 PNID = "100000000000002"
@@ -87,8 +87,7 @@ async def fill(storage_url: str, events: int, batch: int, path: Path | None) -> 
                 message_received_event(*typical(i), storage.public_url)
                 for i in range(first, min(first + batch, events))
             ]
-            async with storage.write() as conn:
-                await storage.append_events(conn, pending, utcnow())
+            await storage.run_write(write_events, pending, utcnow())
         elapsed = time.perf_counter() - started
         after = await size(storage, path)
         payload = len(pending[-1].data)
