@@ -451,16 +451,15 @@ class EventDispatcher:
         self._progress.set()
 
     async def _save(self, *, force: bool) -> None:
-        if self.position <= self._saved:
+        target = self.position
+        if self._held:  # work handed to a task (hold()) is not done: stay before its event
+            target = min(target, min(self._held) - 1)
+        if target <= self._saved:
             return
         now = time.monotonic()
-        if (
-            force
-            or self.position - self._saved >= self.save_every
-            or now - self._saved_at >= self.save_seconds
-        ):
-            await self.host.storage.set_cursor(HOOKS_CURSOR, self.position)
-            self._saved, self._saved_at = self.position, now
+        if force or target - self._saved >= self.save_every or now - self._saved_at >= self.save_seconds:
+            await self.host.storage.set_cursor(HOOKS_CURSOR, target)
+            self._saved, self._saved_at = target, now
             backlog = self._backlog
             self.host.metrics.event_lag.set(backlog[-1].event.id - self.position if backlog else 0)
 

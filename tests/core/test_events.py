@@ -192,3 +192,37 @@ async def test_events_raised_while_producers_stop_still_reach_hooks(storage_url:
         assert await again.storage.get_cursor(HOOKS_CURSOR) == 2
         await again.events.drain()
     assert restarted.seen == []
+
+
+class Holder:
+    """Hands each message to a task of its own and holds the dispatcher's cursor until it is done;
+    the task of the message with body ``hang`` never finishes (the process stops first)."""
+
+    def __init__(self) -> None:
+        self.done: list[int] = []
+
+    @hookimpl
+    def on_message_received(self, host: Host, event: Event, message: Message) -> None:
+        async def work() -> None:
+            if message.body == "hang":
+                await asyncio.Event().wait()
+            self.done.append(event.id)
+
+        host.events.hold(event, host.spawn(work(), name=f"held-{event.id}"))
+
+
+async def test_a_held_event_keeps_the_saved_cursor_before_it_until_its_task_is_done(storage_url: str) -> None:
+    holder = Holder()
+    host = make_host(storage_url, ("holder", holder))
+    async with running(host):
+        await host.ingest.submit([inbound("wamid.first", wa_id="5511900000001")], [])
+        await host.ingest.submit([inbound("wamid.hang", wa_id="5511900000002", body="hang")], [])
+        await host.ingest.submit([inbound("wamid.third", wa_id="5511900000003")], [])
+        await host.events.drain()
+        await wait_for(lambda: holder.done == [1, 3], what="the tasks that finish")
+    # Stopped with event 2's task unfinished: the cursor stays at 1, so 2 (and 3) come again.
+    recorder = Recorder()
+    async with running(make_host(storage_url, ("recorder", recorder))) as again:
+        assert await again.storage.get_cursor(HOOKS_CURSOR) == 1
+        await again.events.drain()
+    assert recorder.ids == [2, 3]
