@@ -52,6 +52,7 @@ async def open_storage(url: str, synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 @pytest.fixture
 async def storage(sqlite_url: str) -> AsyncIterator[Storage]:
+    """SQLite only (the writer thread is SQLite's), unlike the conftest fixture of the same name."""
     store = await open_storage(sqlite_url)
     try:
         yield store
