@@ -6,6 +6,7 @@ database, not in-memory caches, make repeated webhooks harmless across processes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -28,13 +29,21 @@ __all__ = ["IngestMixin"]
 
 _KNOWN_MAX = 100_000
 
-# One message on SQLite's raw cursor (sqlite_raw), all its columns but the id.
-_RAW_INSERT_MESSAGE = RawStatement(
-    sqlite.insert(messages)
-    .on_conflict_do_nothing(index_elements=[messages.c.phone_number_id, messages.c.wamid])
-    .returning(messages.c.id),
-    [c.name for c in messages.c if c.name != "id"],
-)
+
+@functools.cache
+def _raw_message_insert(columns: tuple[str, ...]) -> RawStatement:
+    """One message on SQLite's raw cursor (sqlite_raw) setting ``columns``; others take their defaults.
+
+    Compiled from the keys of the rows themselves, so a column added to ``messages`` later needs
+    no change here (as with SQLAlchemy, which inserts the keys it is given).
+    """
+    return RawStatement(
+        sqlite.insert(messages)
+        .on_conflict_do_nothing(index_elements=[messages.c.phone_number_id, messages.c.wamid])
+        .returning(messages.c.id),
+        list(columns),
+    )
+
 
 _RAW_CONVERSATION = RawStatement(
     sa.select(conversations).where(
@@ -231,6 +240,7 @@ class IngestMixin(StatusMixin):
         if cursor is not None:
             # SQLite: one prepared statement per row; values as SQLAlchemy would store them.
             received, null = sqlite_time(now), sqlite_json(None)
+            insert = _raw_message_insert(tuple(rows[0]))
             new_ids: dict[tuple[str, str | None], int] = {}
             for row in rows:
                 stored = {
@@ -240,7 +250,7 @@ class IngestMixin(StatusMixin):
                     "content": null,
                     "raw": sqlite_json(row["raw"]),
                 }
-                for (mid,) in _RAW_INSERT_MESSAGE.execute(cursor, stored):
+                for (mid,) in insert.execute(cursor, stored):
                     new_ids[(row["phone_number_id"], row["wamid"])] = mid
         else:
             inserted = conn.execute(
