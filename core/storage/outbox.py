@@ -21,7 +21,13 @@ from core.models import (
     StatusChange,
     utcnow,
 )
-from core.storage.events import message_accepted_event, mode_changed_event, status_changed_event
+from core.storage import lifecycle
+from core.storage.events import (
+    message_accepted_event,
+    message_changed_event,
+    mode_changed_event,
+    status_changed_event,
+)
 from core.storage.results import ModeEvent, OutboxItem, StatusEvent
 from core.storage.rows import conversation_from_row, message_from_row
 from core.storage.schema import conversations, idempotency_keys, messages, outbox, statuses
@@ -310,11 +316,20 @@ class OutboxMixin(StatusMixin):
                 )
                 if isinstance(applied, StatusEvent):
                     changes.append(applied)
+            # A reaction to this message that came before its wamid was known (it waited too).
+            reacted = await conn.run_sync(
+                lifecycle.apply_parked, [(message.phone_number_id, wamid, message.id)], now
+            )
             pending = [message_accepted_event(message, accepted.conversation, self.public_url)]
             pending.extend(status_changed_event(c.message, c.conversation, c.change) for c in changes)
+            # Hooks read these from the log (the caller hands over the first ones only).
+            pending.extend(message_changed_event(c.change, c.conversation) for c in reacted.applied)
             logged = await self.append_events(conn, pending, now)
         accepted = msgspec.structs.replace(accepted, event=logged[0])
-        changes = [msgspec.structs.replace(c, event=e) for c, e in zip(changes, logged[1:], strict=True)]
+        changes = [
+            msgspec.structs.replace(c, event=e)
+            for c, e in zip(changes, logged[1 : 1 + len(changes)], strict=True)
+        ]
         return accepted, changes
 
     async def outbox_failed(self, item_id: int, *, code: int | None, title: str) -> StatusEvent | None:
