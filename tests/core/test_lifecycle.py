@@ -23,11 +23,9 @@ from core.models import (
 )
 from core.storage import Storage
 from core.storage.schema import contacts, conversations, message_versions, messages
-from tests.core import test_storage
 from tests.core.test_storage import PNID, T0, WA_ID, conversation, inbound, queue
 
 ORIGINAL = "wamid.ORIGINAL"
-storage = test_storage.storage  # the fixture: a Storage on SQLite, then on PostgreSQL
 
 
 def action(wamid: str, act: LifecycleAction, *, seconds: int, wa_id: str = WA_ID) -> InboundMessage:
