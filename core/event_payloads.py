@@ -16,27 +16,35 @@ from typing import Literal
 
 import msgspec
 
-from core.models import Contact, Conversation, Event, Message, StatusChange, iso_z
+from core.models import Contact, Conversation, Event, Message, MessageChange, StatusChange, iso_z
 
 __all__ = [
+    "CHANGE_EVENT_TYPES",
     "EVENT_CONVERSATION",
+    "EVENT_DELETED",
     "EVENT_MESSAGE",
+    "EVENT_REACTION",
     "EVENT_SENT",
     "EVENT_STATUS",
     "EVENT_TYPES",
+    "EVENT_UPDATED",
     "ConversationUpdatedEvent",
     "EventContact",
     "EventMessage",
     "FeedEvent",
     "MediaRef",
+    "MessageDeletedEvent",
     "MessageEvent",
+    "MessageReactionEvent",
     "MessageSentEvent",
     "MessageStatusEvent",
+    "MessageUpdatedEvent",
     "StatusError",
     "conversation_updated_event",
     "encode_payload",
     "feed_event",
     "media_url",
+    "message_change_event",
     "message_event",
     "message_sent_event",
     "message_status_event",
@@ -51,8 +59,22 @@ EVENT_STATUS = "whatsapp:message_status"
 
 EVENT_CONVERSATION = "whatsapp:conversation_updated"
 """A conversation's mode changed (``bot`` ↔ ``human``)."""
+EVENT_UPDATED = "whatsapp:message_updated"
+"""The contact edited a message."""
+EVENT_DELETED = "whatsapp:message_deleted"
+"""The contact deleted a message for everyone."""
+EVENT_REACTION = "whatsapp:message_reaction"
+"""The contact reacted to a message, changed or removed their reaction."""
 
-EVENT_TYPES: tuple[str, ...] = (EVENT_MESSAGE, EVENT_SENT, EVENT_STATUS, EVENT_CONVERSATION)
+EVENT_TYPES: tuple[str, ...] = (
+    EVENT_MESSAGE,
+    EVENT_SENT,
+    EVENT_STATUS,
+    EVENT_CONVERSATION,
+    EVENT_UPDATED,
+    EVENT_DELETED,
+    EVENT_REACTION,
+)
 """Every event type the log holds (the ``types=`` filter accepts these)."""
 
 _encoder = msgspec.json.Encoder()
@@ -138,6 +160,74 @@ class ConversationUpdatedEvent(msgspec.Struct, frozen=True, kw_only=True, rename
     conversation_id: int
     mode: Literal["bot", "human"]
     phone_number_id: str
+
+
+class MessageUpdatedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``whatsapp:message_updated``: the contact edited a message; ``body`` is its new text."""
+
+    message_id: int
+    conversation_id: int
+    body: str | None
+    edited_at: str | None
+    phone_number_id: str
+
+
+class MessageDeletedEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``whatsapp:message_deleted``: the contact deleted a message for everyone."""
+
+    message_id: int
+    conversation_id: int
+    deleted_at: str | None
+    phone_number_id: str
+
+
+class MessageReactionEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``whatsapp:message_reaction``: a reaction was set (``emoji``) or removed (``emoji: ""``)."""
+
+    message_id: int
+    conversation_id: int
+    emoji: str
+    from_: str = msgspec.field(name="from")
+    """Who reacted: the contact's ``wa_id``."""
+    at: str | None
+    phone_number_id: str
+
+
+def message_change_event(
+    change: MessageChange, conversation: Conversation
+) -> MessageUpdatedEvent | MessageDeletedEvent | MessageReactionEvent:
+    """The payload of an edit, a deletion or a reaction applied to a stored message."""
+    if change.kind == "edited":
+        return MessageUpdatedEvent(
+            message_id=change.message_id,
+            conversation_id=conversation.id,
+            body=change.body,
+            edited_at=iso_z(change.at),
+            phone_number_id=conversation.phone_number_id,
+        )
+    if change.kind == "deleted":
+        return MessageDeletedEvent(
+            message_id=change.message_id,
+            conversation_id=conversation.id,
+            deleted_at=iso_z(change.at),
+            phone_number_id=conversation.phone_number_id,
+        )
+    return MessageReactionEvent(
+        message_id=change.message_id,
+        conversation_id=conversation.id,
+        emoji=change.emoji or "",
+        from_=change.reactor or "",
+        at=iso_z(change.at),
+        phone_number_id=conversation.phone_number_id,
+    )
+
+
+#: The event type of each kind of :class:`~core.models.MessageChange`.
+CHANGE_EVENT_TYPES: dict[str, str] = {
+    "edited": EVENT_UPDATED,
+    "deleted": EVENT_DELETED,
+    "reaction": EVENT_REACTION,
+}
 
 
 def media_url(public_url: str, message_id: int) -> str:

@@ -34,18 +34,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from core.event_payloads import EVENT_CONVERSATION, EVENT_MESSAGE, EVENT_SENT, EVENT_STATUS
-from core.models import Contact, Conversation, Event, Message, StatusChange
+from core.event_payloads import (
+    CHANGE_EVENT_TYPES,
+    EVENT_CONVERSATION,
+    EVENT_MESSAGE,
+    EVENT_REACTION,
+    EVENT_SENT,
+    EVENT_STATUS,
+)
+from core.models import Contact, Conversation, Event, Message, MessageChange, StatusChange
 from core.storage.events import LeaderLock
 
 if TYPE_CHECKING:
     from core.host import Host
-    from core.storage import MessageEvent, ModeEvent, StatusEvent
+    from core.storage import ChangeEvent, MessageEvent, ModeEvent, StatusEvent
 
 __all__ = ["HOOKS_CURSOR", "Dispatch", "EventDispatcher", "register_event_loader"]
 
@@ -116,11 +123,34 @@ def _load_conversation(
     return Dispatch(event, "on_conversation_updated", {"conversation": conversation})
 
 
+_CHANGE_KINDS = {event_type: kind for kind, event_type in CHANGE_EVENT_TYPES.items()}
+
+
+def _load_change(
+    event: Event, message: Message | None, conv: Conversation | None, _: Contact | None
+) -> Dispatch | None:
+    if message is None or conv is None:
+        return None
+    data = event.payload()
+    kind = _CHANGE_KINDS[event.type]
+    at = data.get("editedAt") or data.get("deletedAt") or data.get("at")
+    change = MessageChange(
+        message_id=message.id,
+        kind=kind,  # type: ignore[arg-type]  # the values of CHANGE_EVENT_TYPES' keys
+        at=datetime.fromisoformat(at) if at else event.created_at,
+        body=data.get("body"),
+        emoji=(data.get("emoji") or None) if event.type == EVENT_REACTION else None,
+        reactor=data.get("from"),
+    )
+    return Dispatch(event, "on_message_changed", {"message": message, "conversation": conv, "change": change})
+
+
 _LOADERS: dict[str, EventLoader] = {
     EVENT_MESSAGE: _load_message,
     EVENT_SENT: _load_sent,
     EVENT_STATUS: _load_status,
     EVENT_CONVERSATION: _load_conversation,
+    **dict.fromkeys(CHANGE_EVENT_TYPES.values(), _load_change),
 }
 
 
@@ -218,6 +248,21 @@ class EventDispatcher:
     def conversation_updated(self, change: ModeEvent) -> None:
         """Hand over a conversation whose mode changed (``on_conversation_updated``)."""
         self.offer(Dispatch(change.event, "on_conversation_updated", {"conversation": change.conversation}))
+
+    def message_changed(self, changed: ChangeEvent) -> None:
+        """Hand over an edit, deletion or reaction applied to a message (``on_message_changed``)."""
+        if changed.event is not None:
+            self.offer(
+                Dispatch(
+                    changed.event,
+                    "on_message_changed",
+                    {
+                        "message": changed.message,
+                        "conversation": changed.conversation,
+                        "change": changed.change,
+                    },
+                )
+            )
 
     def hold(self, event: Event, work: asyncio.Future[Any]) -> None:
         """Keep the saved cursor before ``event`` until ``work`` is done.

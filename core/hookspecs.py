@@ -47,7 +47,17 @@ if TYPE_CHECKING:
     from core.cli_types import Command
     from core.config import Config, ConfigFinding
     from core.host import Host, MediaStream, ReadinessCheck
-    from core.models import Contact, Conversation, Event, Message, OutgoingMessage, Reply, StatusChange, Veto
+    from core.models import (
+        Contact,
+        Conversation,
+        Event,
+        Message,
+        MessageChange,
+        OutgoingMessage,
+        Reply,
+        StatusChange,
+        Veto,
+    )
     from core.sending import Channel, SendPolicy
 
 PROJECT = "zaphub"
@@ -174,6 +184,26 @@ def on_status_changed(
     is the message as stored when the hook runs (a redelivered event may see a later status).
     A ``failed`` change carries ``error_code`` and ``error_title``. ``event`` is its
     ``whatsapp:message_status`` row (at least once, see the module docstring). May be async.
+    """
+
+
+@hookspec
+def on_message_changed(
+    host: Host,
+    settings: Any,
+    message: Message,
+    conversation: Conversation,
+    change: MessageChange,
+    event: Event,
+) -> Awaitable[None] | None:
+    """The contact edited or deleted a message, or reacted to one (after commit).
+
+    ``change.kind`` is ``edited`` (``change.body`` is the new text), ``deleted`` (``message.body``
+    is now ``None``) or ``reaction`` (``change.emoji``, ``None`` when removed, by
+    ``change.reactor``). A change that arrived before its message fires once the message is
+    stored, after its ``on_message_received``; repeated and superseded changes never fire it.
+    ``event`` is its ``whatsapp:message_updated``, ``_deleted`` or ``_reaction`` row (at least
+    once). May be async.
     """
 
 

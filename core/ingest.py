@@ -209,3 +209,5 @@ class IngestBatcher:
             metrics.statuses.labels(outcome="applied").inc(len(result.status_changes))
         for st in result.status_changes:
             events.status_changed(st)
+        for changed in result.message_changes:
+            events.message_changed(changed)

@@ -23,8 +23,15 @@ __all__ = [
     "Event",
     "InboundMessage",
     "InboundStatus",
+    "LifecycleAction",
     "Message",
+    "MessageChange",
+    "MessageEdit",
+    "MessageReaction",
+    "MessageRevoke",
+    "NumberChange",
     "OutgoingMessage",
+    "Reaction",
     "Reply",
     "StatusChange",
     "Veto",
@@ -133,11 +140,39 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     """Inbound: Meta's message object exactly as received."""
     error_code: int | None = None
     error_title: str | None = None
+    edited_at: datetime | None = None
+    """When the contact last edited it (the edit's time), else ``None``."""
+    deleted_at: datetime | None = None
+    """When the contact deleted it; its ``body`` is then ``None`` (the text is kept as a version)."""
 
     @property
     def is_inbound(self) -> bool:
         """True for messages from a contact."""
         return self.direction == "inbound"
+
+
+class MessageChange(msgspec.Struct, frozen=True, kw_only=True):
+    """An edit, a deletion or a reaction that changed a stored message."""
+
+    message_id: int
+    kind: Literal["edited", "deleted", "reaction"]
+    at: datetime
+    """The change's time (Meta's timestamp of the edit, deletion or reaction)."""
+    body: str | None = None
+    """``edited``: the message's new text."""
+    emoji: str | None = None
+    """``reaction``: the emoji, ``None`` when the reaction was removed."""
+    reactor: str | None = None
+    """``reaction``: who reacted (the contact's ``wa_id``)."""
+
+
+class Reaction(msgspec.Struct, frozen=True, kw_only=True):
+    """A contact's current reaction to a message (one per contact and message)."""
+
+    emoji: str
+    reactor: str
+    """Who reacted: the contact's ``wa_id``."""
+    at: datetime
 
 
 class StatusChange(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,6 +184,36 @@ class StatusChange(msgspec.Struct, frozen=True, kw_only=True):
     """Meta's timestamp: a string of Unix seconds."""
     error_code: int | None = None
     error_title: str | None = None
+
+
+class MessageEdit(msgspec.Struct, frozen=True, kw_only=True, tag="edit"):
+    """The contact edited an earlier message: ``body`` is its new text (or caption)."""
+
+    target_wamid: str
+    body: str | None
+
+
+class MessageRevoke(msgspec.Struct, frozen=True, kw_only=True, tag="revoke"):
+    """The contact deleted an earlier message for everyone."""
+
+    target_wamid: str
+
+
+class MessageReaction(msgspec.Struct, frozen=True, kw_only=True, tag="reaction"):
+    """The contact reacted to a message; ``emoji`` ``None`` (or ``""``) removes their reaction."""
+
+    target_wamid: str
+    emoji: str | None
+
+
+class NumberChange(msgspec.Struct, frozen=True, kw_only=True, tag="number_change"):
+    """The contact moved to a new number (``new_wa_id``); the message itself is stored too."""
+
+    new_wa_id: str
+
+
+LifecycleAction = MessageEdit | MessageRevoke | MessageReaction | NumberChange
+"""What an inbound message does to an earlier message or to its sender (see ``InboundMessage.action``)."""
 
 
 class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -168,6 +233,10 @@ class InboundMessage(msgspec.Struct, frozen=True, kw_only=True):
     error_code: int | None = None
     """Why Meta could not deliver the content (``unsupported`` with ``errors``, e.g. 131051), if so."""
     error_title: str | None = None
+    action: LifecycleAction | None = None
+    """Set when this message changes another one instead of being one: an edit, a deletion or a
+    reaction is applied to its target (no message row of its own); a number change moves the
+    sender's contact (and the message is stored as well)."""
 
 
 class InboundStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,6 +10,7 @@ in-memory caches, make repeated webhooks harmless across processes and restarts.
 - ``engine``: database URL, engine, open/close, ``write()``/``read()`` transactions.
 - ``ingest``: inbound batches (contacts, conversations, messages, statuses).
 - ``statuses``: the status machine, early statuses parked, sends linked by callback data.
+- ``lifecycle``: edits, deletions and reactions (parked until their message arrives), number changes.
 - ``outbox``: queueing sends with idempotency keys, leasing them, recording outcomes.
 - ``reads``: messages, conversations, contacts and status histories by id or page.
 - ``directory``: searching contacts and conversations, finding or creating one to start.
@@ -30,11 +31,12 @@ from core.storage.health import HealthMixin
 from core.storage.ingest import IngestMixin
 from core.storage.outbox import OutboxMixin
 from core.storage.reads import ReadsMixin
-from core.storage.results import IngestResult, MessageEvent, ModeEvent, OutboxItem, StatusEvent
+from core.storage.results import ChangeEvent, IngestResult, MessageEvent, ModeEvent, OutboxItem, StatusEvent
 from core.storage.schema import metadata
 from core.storage.state import PluginStateMixin, PluginStore, StateEntry
 
 __all__ = [
+    "ChangeEvent",
     "EventBounds",
     "IngestResult",
     "LeaderLock",

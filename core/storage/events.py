@@ -33,17 +33,19 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.event_payloads import (
+    CHANGE_EVENT_TYPES,
     EVENT_CONVERSATION,
     EVENT_MESSAGE,
     EVENT_SENT,
     EVENT_STATUS,
     conversation_updated_event,
     encode_payload,
+    message_change_event,
     message_event,
     message_sent_event,
     message_status_event,
 )
-from core.models import Contact, Conversation, Event, Message, StatusChange, utcnow
+from core.models import Contact, Conversation, Event, Message, MessageChange, StatusChange, utcnow
 from core.storage.engine import StorageEngine, StorageError
 from core.storage.schema import event_cursors, event_log, event_sequence
 from core.storage.sqlite_raw import RawStatement, raw_cursor, sqlite_time
@@ -113,6 +115,17 @@ def mode_changed_event(conversation: Conversation) -> PendingEvent:
         phone_number_id=conversation.phone_number_id,
         message_id=None,
         data=encode_payload(conversation_updated_event(conversation)),
+    )
+
+
+def message_changed_event(change: MessageChange, conversation: Conversation) -> PendingEvent:
+    """``whatsapp:message_updated``, ``_deleted`` or ``_reaction`` for a change applied to a message."""
+    return PendingEvent(
+        type=CHANGE_EVENT_TYPES[change.kind],
+        conversation_id=conversation.id,
+        phone_number_id=conversation.phone_number_id,
+        message_id=change.message_id,
+        data=encode_payload(message_change_event(change, conversation)),
     )
 
 

@@ -16,8 +16,22 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
 from core.config import StorageConfig
-from core.models import Contact, Conversation, InboundMessage, InboundStatus, search_key, utcnow
-from core.storage.events import message_received_event, status_changed_event, write_events
+from core.models import (
+    Contact,
+    Conversation,
+    InboundMessage,
+    InboundStatus,
+    NumberChange,
+    search_key,
+    utcnow,
+)
+from core.storage import lifecycle
+from core.storage.events import (
+    message_changed_event,
+    message_received_event,
+    status_changed_event,
+    write_events,
+)
 from core.storage.results import IngestResult, MessageEvent, StatusEvent
 from core.storage.rows import Row, contact_from_row, conversation_from_row, message_from_row
 from core.storage.sanitize import sanitize_batch
@@ -100,18 +114,35 @@ class IngestMixin(StatusMixin):
                 result.duplicate_messages += 1
             else:
                 unique_msgs[key] = msg
+        # Edits, deletions and reactions change another message instead of being one.
+        plain: list[InboundMessage] = []
+        changes: list[InboundMessage] = []
+        for msg in unique_msgs.values():
+            (plain if msg.action is None or isinstance(msg.action, NumberChange) else changes).append(msg)
 
-        def body(conn: sa.Connection) -> tuple[list[Contact], list[tuple[str, int]]]:
+        def body(conn: sa.Connection) -> tuple[tuple[list[Contact], list[tuple[str, int]]], list[int]]:
             # The whole transaction in one go: on SQLite one hop to the writer thread.
             learned: tuple[list[Contact], list[tuple[str, int]]] = ([], [])
-            if unique_msgs:
-                learned = self._ingest_messages(conn, list(unique_msgs.values()), now, result)
+            moved: list[int] = []
+            batch = plain
+            if any(isinstance(m.action, NumberChange) for m in batch):
+                batch = self._drop_stored_number_changes(conn, batch, result)
+            if batch:
+                learned = self._ingest_messages(conn, batch, now, result)
             if inbound_statuses:
                 self._ingest_statuses(conn, inbound_statuses, now, result)
+            if changes or result.new_messages:
+                moved = self._ingest_lifecycle(conn, changes, batch, now, result)
             self._log_ingest(conn, result, now)
-            return learned
+            return learned, moved
 
-        learned = await self.run_write(body)
+        learned, moved = await self.run_write(body)
+        if moved:  # a contact changed number: its cached rows are stale
+            for old, new in result.moved_contacts:
+                self._known_contacts.pop(old, None)
+                self._known_contacts.pop(new, None)
+            for pair in [p for p in self._known_conversations if p[1] in moved]:
+                del self._known_conversations[pair]
         # Only committed rows may enter the caches (a rolled-back id would not exist).
         for contact in learned[0]:
             self._known_contacts[contact.wa_id] = contact
@@ -122,8 +153,52 @@ class IngestMixin(StatusMixin):
             del self._known_conversations[next(iter(self._known_conversations))]
         return result
 
+    def _drop_stored_number_changes(
+        self, conn: sa.Connection, batch: list[InboundMessage], result: IngestResult
+    ) -> list[InboundMessage]:
+        """``batch`` without number changes already stored (redelivered by Meta).
+
+        Their sender's number is gone once applied: storing them again would create an empty
+        contact for it before the message's unique key absorbed the repeat.
+        """
+        keys = [(m.phone_number_id, m.wamid) for m in batch if isinstance(m.action, NumberChange)]
+        query = sa.select(messages.c.phone_number_id, messages.c.wamid).where(
+            sa.tuple_(messages.c.phone_number_id, messages.c.wamid).in_(keys)
+        )
+        stored = {(r.phone_number_id, r.wamid) for r in conn.execute(query)}
+        result.duplicate_messages += len(stored)
+        return [m for m in batch if (m.phone_number_id, m.wamid) not in stored]
+
+    def _ingest_lifecycle(
+        self,
+        conn: sa.Connection,
+        changes: list[InboundMessage],
+        plain: list[InboundMessage],
+        now: datetime,
+        result: IngestResult,
+    ) -> list[int]:
+        """Edits, deletions, reactions and number changes (:mod:`core.storage.lifecycle`).
+
+        Returns the ids of contacts that changed number.
+        """
+        arrived = [
+            (m.message.phone_number_id, m.message.wamid or "", m.message.id) for m in result.new_messages
+        ]
+        stored = {(pnid, wamid) for pnid, wamid, _ in arrived}
+        result.moved_contacts = [
+            (m.wa_id, m.action.new_wa_id)
+            for m in plain
+            if isinstance(m.action, NumberChange) and (m.phone_number_id, m.wamid) in stored
+        ]
+        outcome = lifecycle.ingest_lifecycle(conn, arrived, changes, result.moved_contacts, now)
+        result.message_changes.extend(outcome.applied)
+        result.pending_changes += outcome.parked
+        result.stale_changes += outcome.stale
+        result.duplicate_messages += outcome.duplicates
+        return outcome.moved
+
     def _log_ingest(self, conn: sa.Connection, result: IngestResult, now: datetime) -> None:
-        """Append the batch's events (messages, then statuses), last; attach them to the result."""
+        """Append the batch's events (messages, statuses, then changes), last; attach them to the result."""
         pending = [
             message_received_event(m.message, m.conversation, m.contact, self.public_url)
             for m in result.new_messages
@@ -131,10 +206,14 @@ class IngestMixin(StatusMixin):
         pending.extend(
             status_changed_event(s.message, s.conversation, s.change) for s in result.status_changes
         )
+        pending.extend(message_changed_event(c.change, c.conversation) for c in result.message_changes)
         events = iter(write_events(conn, pending, now))
         result.new_messages = [msgspec.structs.replace(m, event=next(events)) for m in result.new_messages]
         result.status_changes = [
             msgspec.structs.replace(s, event=next(events)) for s in result.status_changes
+        ]
+        result.message_changes = [
+            msgspec.structs.replace(c, event=next(events)) for c in result.message_changes
         ]
 
     def _ingest_messages(
@@ -195,22 +274,33 @@ class IngestMixin(StatusMixin):
                 [{"phone_number_id": p, "contact_id": c, "created_at": now} for p, c in missing],
             )
         cursor = raw_cursor(conn)
-        if cursor is not None:
-            # SQLite: one prepared lookup per pair (C speed), rows converted without SQLAlchemy.
-            conv_rows = {
-                pair: conversation_from_row(r)
-                for pair in pairs
-                for r in _RAW_CONVERSATION.mappings(cursor, {"pnid": pair[0], "cid": pair[1]})
-            }
-        else:
-            conv_rows = {
-                (r.phone_number_id, r.contact_id): conversation_from_row(r)
-                for r in conn.execute(
-                    sa.select(conversations).where(
-                        sa.tuple_(conversations.c.phone_number_id, conversations.c.contact_id).in_(pairs)
-                    )
-                )
-            }
+
+        def read_conversations() -> dict[tuple[str, int], Conversation]:
+            if cursor is not None:
+                # SQLite: one prepared lookup per pair (C speed), rows converted without SQLAlchemy.
+                return {
+                    pair: conversation_from_row(r)
+                    for pair in pairs
+                    for r in _RAW_CONVERSATION.mappings(cursor, {"pnid": pair[0], "cid": pair[1]})
+                }
+            query = sa.select(conversations).where(
+                sa.tuple_(conversations.c.phone_number_id, conversations.c.contact_id).in_(pairs)
+            )
+            return {(r.phone_number_id, r.contact_id): conversation_from_row(r) for r in conn.execute(query)}
+
+        conv_rows = read_conversations()
+        if len(conv_rows) < len(pairs):
+            # A conversation this process remembered has moved to another contact (a number
+            # change stored by another process): create the missing ones after all.
+            gone = [p for p in pairs if p not in conv_rows]
+            conn.execute(
+                self.insert(conversations).on_conflict_do_nothing(
+                    index_elements=[conversations.c.phone_number_id, conversations.c.contact_id]
+                ),
+                [{"phone_number_id": p, "contact_id": c, "created_at": now} for p, c in gone],
+            )
+            missing = sorted({*missing, *gone})
+            conv_rows = read_conversations()
 
         rows: list[dict[str, Any]] = []
         for msg in batch:

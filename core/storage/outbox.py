@@ -22,8 +22,10 @@ from core.models import (
     StatusChange,
     utcnow,
 )
+from core.storage import lifecycle
 from core.storage.events import (
     message_accepted_event,
+    message_changed_event,
     mode_changed_event,
     status_changed_event,
     write_events,
@@ -317,15 +319,22 @@ class OutboxMixin(StatusMixin):
                 )
                 if isinstance(applied, StatusEvent):
                     changes.append(applied)
+            # A reaction to this message that came before its wamid was known (it waited too).
+            reacted = lifecycle.apply_parked(conn, [(message.phone_number_id, wamid, message.id)], now)
             pending = [message_accepted_event(message, accepted.conversation, self.public_url)]
             pending.extend(status_changed_event(c.message, c.conversation, c.change) for c in changes)
+            # Hooks read these from the log (the caller hands over the first ones only).
+            pending.extend(message_changed_event(c.change, c.conversation) for c in reacted.applied)
             return accepted, changes, write_events(conn, pending, now)
 
         accepted, changes, logged = await self.run_write(body)
         if accepted is None:
             return None, []
         accepted = msgspec.structs.replace(accepted, event=logged[0])
-        changes = [msgspec.structs.replace(c, event=e) for c, e in zip(changes, logged[1:], strict=True)]
+        changes = [
+            msgspec.structs.replace(c, event=e)
+            for c, e in zip(changes, logged[1 : 1 + len(changes)], strict=True)
+        ]
         return accepted, changes
 
     async def outbox_failed(self, item_id: int, *, code: int | None, title: str) -> StatusEvent | None:

@@ -8,11 +8,11 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from core.models import Contact, Conversation, Message
+from core.models import Contact, Conversation, Message, Reaction
 from core.storage.engine import StorageEngine
 from core.storage.pages import conversation_page
 from core.storage.rows import contact_from_row, conversation_from_row, message_from_row
-from core.storage.schema import contacts, conversations, messages, statuses
+from core.storage.schema import contacts, conversations, message_reactions, messages, statuses
 
 __all__ = ["ReadsMixin"]
 
@@ -97,6 +97,23 @@ class ReadsMixin(StorageEngine):
         async with self.read() as conn:
             rows = (await conn.execute(query)).all()
         return [message_from_row(r) for r in rows]
+
+    async def reactions(self, message_ids: Iterable[int]) -> dict[int, list[Reaction]]:
+        """The current reactions of messages, oldest first (messages without any are absent)."""
+        ids = list(set(message_ids))
+        if not ids:
+            return {}
+        query = (
+            sa.select(message_reactions)
+            .where(message_reactions.c.message_id.in_(ids), message_reactions.c.emoji.is_not(None))
+            .order_by(message_reactions.c.at, message_reactions.c.wa_id)
+        )
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
+        found: dict[int, list[Reaction]] = {}
+        for r in rows:
+            found.setdefault(r.message_id, []).append(Reaction(emoji=r.emoji, reactor=r.wa_id, at=r.at))
+        return found
 
     async def status_history(self, message_id: int) -> list[dict[str, Any]]:
         """Every status received for a message, in arrival order (stale ones included)."""

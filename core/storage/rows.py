@@ -32,6 +32,8 @@ def message_from_row(row: Any) -> Message:
         raw=m["raw"],
         error_code=m["error_code"],
         error_title=m["error_title"],
+        edited_at=m.get("edited_at"),
+        deleted_at=m.get("deleted_at"),
     )
 
 

@@ -27,8 +27,8 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from core.models import InboundMessage, InboundStatus
-from core.storage.schema import contacts, messages, statuses
+from core.models import InboundMessage, InboundStatus, NumberChange
+from core.storage.schema import contacts, message_changes, messages, statuses
 
 __all__ = ["sanitize_batch", "storable_text"]
 
@@ -59,6 +59,7 @@ _MESSAGE_OPTIONAL = {
     "context_wamid": _length(messages.c.context_wamid),
 }
 _NAME_LENGTH = _length(contacts.c.name)
+_TARGET_LENGTH = _length(message_changes.c.target_wamid)
 _STATUS_KEYS = {
     "phone_number_id": _length(statuses.c.phone_number_id),
     "wamid": _length(statuses.c.wamid),
@@ -99,6 +100,17 @@ def _sanitize_message(msg: InboundMessage) -> InboundMessage | str:
         value = changes.get(name, getattr(msg, name))
         if isinstance(value, str) and len(value) > limit:
             changes[name] = None
+    action = msg.action
+    if action is not None:  # an edit, deletion, reaction or number change names its target
+        limit, value = (
+            (_length(contacts.c.wa_id), action.new_wa_id)
+            if isinstance(action, NumberChange)
+            else (_TARGET_LENGTH, action.target_wamid)
+        )
+        if len(value) > limit:
+            return f"the {action.__struct_config__.tag} names an id of {len(value)} characters, over {limit}"
+        text = {k: storable_text(v) for k, v in msgspec.structs.asdict(action).items() if isinstance(v, str)}
+        changes["action"] = msgspec.structs.replace(action, **text)
     profile_name = changes.get("profile_name", msg.profile_name)
     if profile_name is not None and len(profile_name) > _NAME_LENGTH:
         changes["profile_name"] = profile_name[:_NAME_LENGTH]

@@ -108,6 +108,8 @@ messages = sa.Table(
     sa.Column("raw", JSON),
     sa.Column("error_code", sa.Integer()),
     sa.Column("error_title", sa.Text()),
+    sa.Column("edited_at", UTCDateTime()),
+    sa.Column("deleted_at", UTCDateTime()),
     # NULL wamids (queued outbound) never collide: both backends treat NULLs as distinct.
     sa.UniqueConstraint("phone_number_id", "wamid"),
     sa.Index(None, "conversation_id", "id"),
@@ -129,6 +131,53 @@ statuses = sa.Table(
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("phone_number_id", "wamid", "status"),
     sa.Index(None, "message_id"),
+)
+
+# Edits, deletions and reactions as received, one row per Meta message (redeliveries hit the
+# unique key): the audit trail of a message's lifecycle and, while ``message_id`` is NULL, the
+# changes whose target is not stored yet (applied when it is; see core/storage/lifecycle.py).
+message_changes = sa.Table(
+    "message_changes",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("phone_number_id", sa.String(64), nullable=False),
+    sa.Column("wamid", sa.String(256), nullable=False),
+    sa.Column("target_wamid", sa.String(256), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # edit | revoke | reaction
+    sa.Column("wa_id", sa.String(64), nullable=False),
+    # edit: the new text; reaction: the emoji (NULL: removed); revoke: NULL.
+    sa.Column("body", sa.Text()),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("message_id", sa.BigInteger(), sa.ForeignKey("messages.id")),
+    sa.Column("raw", JSON),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("phone_number_id", "wamid"),
+    sa.Index(None, "phone_number_id", "target_wamid"),
+    sa.Index(None, "message_id"),
+)
+
+# The texts a message had before its current one (edited away, or deleted), with when each was
+# written (the message's time, or the edit's).
+message_versions = sa.Table(
+    "message_versions",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("message_id", sa.BigInteger(), sa.ForeignKey("messages.id"), nullable=False),
+    sa.Column("body", sa.Text()),
+    sa.Column("written_at", UTCDateTime()),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "message_id", "id"),
+)
+
+# One reaction per reactor per message: the newest one wins. A removed reaction keeps its row
+# with a NULL emoji, so an older reaction delivered late cannot bring it back.
+message_reactions = sa.Table(
+    "message_reactions",
+    metadata,
+    sa.Column("message_id", sa.BigInteger(), sa.ForeignKey("messages.id"), primary_key=True),
+    sa.Column("wa_id", sa.String(64), primary_key=True),
+    sa.Column("emoji", sa.Text()),
+    sa.Column("at", UTCDateTime(), nullable=False),
 )
 
 outbox = sa.Table(

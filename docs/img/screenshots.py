@@ -63,6 +63,10 @@ CUSTOMERS = [
 ]
 
 
+MARIA = "5521988887777"
+MARIA_EDIT = "O produto parece ok, mas quero conferir se está tudo certo antes de abrir"
+
+
 def reply(stack: Stack, wa_id: str, text: str) -> None:
     """An agent's reply to a customer, through the REST API."""
     conv = stack.conversation_of(wa_id)
@@ -71,7 +75,7 @@ def reply(stack: Stack, wa_id: str, text: str) -> None:
 
 
 def main() -> None:
-    """Seed the demo, then shoot the login, the desktop list + thread, and the phone screens."""
+    """Seed the demo, then shoot the login, the desktop thread (an edit, a reaction), the phone."""
     problem = browser_problem()
     if problem is not None:
         sys.exit(f"cannot take the screenshots: {problem}")
@@ -87,6 +91,7 @@ def main() -> None:
             scratch.set_content(PHOTO)
             photo = stack.upload(scratch.locator("#c").screenshot())
             now = int(time.time())
+            last_wamid: dict[str, str] = {}
             for wa_id, name, minutes, messages in CUSTOMERS:
                 for i, (kind, text) in enumerate(messages):
                     at = now - minutes * 60 - (len(messages) - i) * 40
@@ -99,7 +104,7 @@ def main() -> None:
                         )
                         stack.webhook(image, name=name)
                     else:
-                        stack.inbound(text, from_=wa_id, name=name, timestamp=at)
+                        last_wamid[wa_id] = stack.inbound(text, from_=wa_id, name=name, timestamp=at)
             time.sleep(4)  # auto-replies and statuses (read comes 3 s after a send) settle
 
             desktop = browser.new_context(viewport={"width": 1280, "height": 760}, color_scheme="light")
@@ -124,6 +129,14 @@ def main() -> None:
                 }""",
                 timeout=20000,
             )
+            # Maria edits her last message and thanks the first reply with a reaction: both land
+            # on their messages live.
+            thread = stack.messages(stack.conversation_of(MARIA)["id"])
+            first_reply = next(m for m in thread if m["direction"] == "outbound")
+            stack.webhook(wb.edit(last_wamid[MARIA], MARIA_EDIT, from_=MARIA), name="Maria Oliveira")
+            stack.webhook(wb.reaction(first_reply["wamid"], "❤️", from_=MARIA), name="Maria Oliveira")
+            expect(page.get_by_test_id("reactions")).to_have_text("❤️")
+            expect(page.get_by_test_id("edited")).to_be_visible()
             page.mouse.move(0, 0)
             page.screenshot(path=OUT / "console-desktop.png")
 

@@ -34,7 +34,7 @@ from core.event_payloads import (
     message_sent_event,
     message_status_event,
 )
-from core.models import Contact, Conversation, Event, Message, iso_z
+from core.models import Contact, Conversation, Event, Message, Reaction, iso_z
 from plugins.whatsapp import send_rules
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "ApiConversation",
     "ApiMessage",
     "ApiMessageDetail",
+    "ApiReaction",
     "ApiStatus",
     "AudioSend",
     "AudioStart",
@@ -118,6 +119,16 @@ class ApiContact(msgspec.Struct, frozen=True, kw_only=True):
     wa_id: str
 
 
+class ApiReaction(msgspec.Struct, frozen=True, kw_only=True):
+    """A contact's reaction to a message (one per contact; the newest replaces the older)."""
+
+    emoji: str
+    from_: str = msgspec.field(name="from")
+    """Who reacted: the contact's ``wa_id``."""
+    at: str | None
+    """When (Meta's time of the reaction)."""
+
+
 class ApiMessage(msgspec.Struct, frozen=True, kw_only=True):
     """A message, inbound (``sender_type: contact``) or outbound (``user``)."""
 
@@ -142,6 +153,13 @@ class ApiMessage(msgspec.Struct, frozen=True, kw_only=True):
     """The wamid this message replies to."""
     media: MediaRef | None
     error: StatusError | None
+    """A failed send, or inbound content Meta could not deliver (``unsupported``): Meta's code and title."""
+    edited_at: str | None
+    """When the contact last edited the message (``body`` is the new text), else ``null``."""
+    deleted_at: str | None
+    """When the contact deleted the message; ``body`` is then ``null``."""
+    reactions: list[ApiReaction]
+    """Current reactions, one per contact."""
 
 
 class ApiStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -366,7 +384,7 @@ def api_contact(contact: Contact) -> ApiContact:
     )
 
 
-def _api_message_fields(message: Message, public_url: str) -> dict[str, Any]:
+def _api_message_fields(message: Message, public_url: str, reactions: list[Reaction]) -> dict[str, Any]:
     media = None
     if message.media_id is not None and message.is_inbound:
         media = MediaRef(media_url(public_url, message.id), message.media_mime_type)
@@ -390,15 +408,23 @@ def _api_message_fields(message: Message, public_url: str) -> dict[str, Any]:
         "context_wamid": message.context_wamid,
         "media": media,
         "error": error,
+        "edited_at": iso_z(message.edited_at),
+        "deleted_at": iso_z(message.deleted_at),
+        "reactions": [ApiReaction(emoji=r.emoji, from_=r.reactor, at=iso_z(r.at)) for r in reactions],
     }
 
 
-def api_message(message: Message, public_url: str) -> ApiMessage:
-    """A message as REST lists it."""
-    return ApiMessage(**_api_message_fields(message, public_url))
+def api_message(message: Message, public_url: str, reactions: list[Reaction] | None = None) -> ApiMessage:
+    """A message as REST lists it (``reactions``: ``Storage.reactions`` of it)."""
+    return ApiMessage(**_api_message_fields(message, public_url, reactions or []))
 
 
-def api_message_detail(message: Message, history: list[dict[str, Any]], public_url: str) -> ApiMessageDetail:
+def api_message_detail(
+    message: Message,
+    history: list[dict[str, Any]],
+    public_url: str,
+    reactions: list[Reaction] | None = None,
+) -> ApiMessageDetail:
     """A message with its status history (rows of ``Storage.status_history``)."""
     statuses = [
         ApiStatus(
@@ -412,7 +438,7 @@ def api_message_detail(message: Message, history: list[dict[str, Any]], public_u
         for row in history
     ]
     return ApiMessageDetail(
-        **_api_message_fields(message, public_url),
+        **_api_message_fields(message, public_url, reactions or []),
         statuses=statuses,
         content=message.content,
         raw=message.raw,
@@ -426,6 +452,7 @@ def api_conversation(
     public_url: str,
     *,
     window_open: bool,
+    reactions: list[Reaction] | None = None,
 ) -> ApiConversation:
     """A conversation with its contact and last message.
 
@@ -436,7 +463,7 @@ def api_conversation(
         id=conversation.id,
         phone_number_id=conversation.phone_number_id,
         contact=api_contact(contact),
-        last_message=api_message(last_message, public_url) if last_message is not None else None,
+        last_message=api_message(last_message, public_url, reactions) if last_message is not None else None,
         created_at=iso_z(conversation.created_at),
         last_message_at=iso_z(conversation.last_message_at),
         last_inbound_at=iso_z(conversation.last_inbound_at),

@@ -11,9 +11,11 @@ Which rooms an event goes to is one line per event type in :data:`ROUTES` (a log
 without a line is not emitted, and logged as a mistake): ``whatsapp:message`` and
 ``whatsapp:message_sent`` go to ``["scope:all", "pnid:{n}"]``; ``whatsapp:message_status`` to
 ``["conversation:{c}", "message:{m}"]``; ``whatsapp:conversation_updated`` to
-``["conversation:{c}", "scope:all", "pnid:{n}"]``. The same line decides which resume replays it
-(:meth:`Realtime._replay`). python-socketio merges the members of the rooms of one emit into one
-set (``BaseManager.get_participants``), so a socket in several of them gets the event once.
+``["conversation:{c}", "scope:all", "pnid:{n}"]``; an edit, deletion or reaction
+(``whatsapp:message_updated``, ``_deleted``, ``_reaction``) to all four. The same line decides
+which resume replays it (:meth:`Realtime._replay`). python-socketio merges the members of the
+rooms of one emit into one set (``BaseManager.get_participants``), so a socket in several of
+them gets the event once.
 
 A client must connect ``/crm`` (the configured namespace): any other namespace, ``/``
 included, is refused with a ``connect_error`` naming the right one. An Engine.IO connection
@@ -47,7 +49,15 @@ from prometheus_client import Counter, Gauge
 
 from core.config import redact_url
 from core.errors import StorageError
-from core.event_payloads import EVENT_CONVERSATION, EVENT_MESSAGE, EVENT_SENT, EVENT_STATUS
+from core.event_payloads import (
+    EVENT_CONVERSATION,
+    EVENT_DELETED,
+    EVENT_MESSAGE,
+    EVENT_REACTION,
+    EVENT_SENT,
+    EVENT_STATUS,
+    EVENT_UPDATED,
+)
 from core.logs import Throttle
 from core.models import Conversation, Event, Message
 from plugins.crm_realtime.auth import Agent, AuthError, TokenVerifier, forbidden_message
@@ -112,6 +122,9 @@ ROUTES: dict[str, Route] = {
     EVENT_SENT: Route(scope=True),
     EVENT_STATUS: Route(conversation=True, message=True),
     EVENT_CONVERSATION: Route(scope=True, conversation=True),
+    EVENT_UPDATED: Route(scope=True, conversation=True, message=True),
+    EVENT_DELETED: Route(scope=True, conversation=True, message=True),
+    EVENT_REACTION: Route(scope=True, conversation=True, message=True),
 }
 """Every logged event type's audience: one line per type (docs/events.md, "Who receives what")."""
 

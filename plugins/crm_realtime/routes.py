@@ -279,6 +279,7 @@ async def with_details(host: Host, items: list[Conversation]) -> list[ApiConvers
     last_ids = {c.id: c.last_message_id for c in items if c.last_message_id is not None}
     contacts = await storage.get_contacts(c.contact_id for c in items)
     last = await storage.get_messages(last_ids.values())
+    reactions = await storage.reactions(last_ids.values())
     out = []
     for c in items:
         message_id = last_ids.get(c.id)
@@ -289,6 +290,7 @@ async def with_details(host: Host, items: list[Conversation]) -> list[ApiConvers
                 last.get(message_id) if message_id else None,
                 host.public_url,
                 window_open=host.sender.window_open(c),
+                reactions=reactions.get(message_id) if message_id else None,
             )
         )
     return out
@@ -407,8 +409,9 @@ class ConversationController(Controller):
         page = await host.storage.list_messages(conversation_id, after_id=after_id, limit=limit + 1)
         more = len(page) > limit
         page = page[:limit]
+        reactions = await host.storage.reactions(m.id for m in page)
         return MessagePage(
-            messages=[api_message(m, host.public_url) for m in page],
+            messages=[api_message(m, host.public_url, reactions.get(m.id)) for m in page],
             next_after_id=page[-1].id if more else None,
         )
 
@@ -562,7 +565,8 @@ class MessageController(Controller):
         """The message, its raw payload and every status it went through."""
         message = await message_for(host, agent, message_id)
         history = await host.storage.status_history(message.id)
-        return api_message_detail(message, history, host.public_url)
+        reactions = await host.storage.reactions([message.id])
+        return api_message_detail(message, history, host.public_url, reactions.get(message.id))
 
     @post(
         "/{message_id:int}/retry",

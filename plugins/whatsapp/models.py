@@ -22,7 +22,15 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from core.errors import ZaphubError
-from core.models import InboundMessage, InboundStatus
+from core.models import (
+    InboundMessage,
+    InboundStatus,
+    LifecycleAction,
+    MessageEdit,
+    MessageReaction,
+    MessageRevoke,
+    NumberChange,
+)
 
 __all__ = [
     "CALLBACK_PREFIX",
@@ -34,6 +42,8 @@ __all__ = [
     "Context",
     "Conversation",
     "Document",
+    "Edit",
+    "EditedContent",
     "Entry",
     "Envelope",
     "Interactive",
@@ -47,6 +57,7 @@ __all__ = [
     "Pricing",
     "Reaction",
     "Referral",
+    "Revoke",
     "SharedContact",
     "Sticker",
     "System",
@@ -345,6 +356,33 @@ class Unsupported(_Wire):
     type: str | None = None
 
 
+class EditedContent(_Wire):
+    """``edit.message``: the edited message's new content (text, or a media caption)."""
+
+    type: str | None = None
+    text: Text | None = None
+    image: Media | None = None
+    video: Media | None = None
+    document: Document | None = None
+
+
+class Edit(_Wire):
+    """``edit``: the contact edited ``original_message_id``."""
+
+    original_message_id: str | None = None
+    message: EditedContent | None = None
+
+
+class Revoke(_Wire):
+    """``revoke``: the contact deleted ``original_message_id`` for everyone."""
+
+    original_message_id: str | None = None
+
+
+#: ``system.type`` values that move the contact to ``system.wa_id``.
+NUMBER_CHANGES: Final = frozenset({"user_changed_number", "customer_changed_number"})
+
+
 class WireMessage(_Wire):
     """One ``value.messages[]`` item, typed.
 
@@ -372,6 +410,8 @@ class WireMessage(_Wire):
     order: Order | None = None
     system: System | None = None
     unsupported: Unsupported | None = None
+    edit: Edit | None = None
+    revoke: Revoke | None = None
 
 
 # --- statuses ------------------------------------------------------------------------------------
@@ -657,7 +697,25 @@ def to_inbound_message(
         context_wamid=msg.context.id if msg.context is not None else None,
         error_code=err.code if err is not None else None,
         error_title=(err.title or err.message) if err is not None else None,
+        action=_action_of(msg),
     )
+
+
+def _action_of(msg: WireMessage) -> LifecycleAction | None:
+    """What the message does to an earlier one (edit, revoke, reaction) or to its sender."""
+    t = msg.type
+    if t == "edit" and msg.edit is not None and msg.edit.original_message_id:
+        return MessageEdit(target_wamid=msg.edit.original_message_id, body=_body_of(msg))
+    if t == "revoke" and msg.revoke is not None and msg.revoke.original_message_id:
+        return MessageRevoke(target_wamid=msg.revoke.original_message_id)
+    if t == "reaction" and msg.reaction is not None and msg.reaction.message_id:
+        return MessageReaction(target_wamid=msg.reaction.message_id, emoji=msg.reaction.emoji or None)
+    system = msg.system
+    if t == "system" and system is not None and system.type in NUMBER_CHANGES:
+        new = system.wa_id or system.new_wa_id
+        if new and new != msg.from_:
+            return NumberChange(new_wa_id=new)
+    return None
 
 
 def _body_of(msg: WireMessage) -> str | None:
@@ -685,6 +743,12 @@ def _body_of(msg: WireMessage) -> str | None:
         return msg.order.text
     if t == "system" and msg.system is not None:
         return msg.system.body
+    if t == "edit" and msg.edit is not None and msg.edit.message is not None:
+        content = msg.edit.message
+        if content.text is not None:
+            return content.text.body
+        edited: Media | None = content.image or content.video or content.document
+        return edited.caption if edited is not None else None
     return None
 
 

@@ -511,6 +511,8 @@ INBOUND_TYPES: Final = (
     "location",
     "contacts",
     "reaction",
+    "edit",
+    "revoke",
     "button",
     "interactive",
 )
@@ -531,9 +533,11 @@ def inbound_message(
     """One inbound message object as Meta sends it, built with :mod:`webhook_builders`.
 
     ``text`` is what the user typed: the body of a text, the caption of an image, video or
-    document, the place name of a location, the emoji of a reaction, the title of a tapped
-    button. Media get an id the sandbox serves (and its real ``sha256``) unless ``media_id`` is
-    given. Raises ``ValueError`` for a kind outside :data:`INBOUND_TYPES`.
+    document, the place name of a location, the emoji of a reaction, the new text of an edit,
+    the title of a tapped button. A reaction, an edit and a revoke (deletion) change the
+    message ``reply_to`` names (required for an edit or a revoke). Media get an id the sandbox
+    serves (and its real ``sha256``) unless ``media_id`` is given. Raises ``ValueError`` for a
+    kind outside :data:`INBOUND_TYPES`, or an edit or revoke without ``reply_to``.
 
     Example:
         >>> msg = inbound_message("image", "Segue a foto", from_="5511988887777")
@@ -543,7 +547,7 @@ def inbound_message(
         opts["wamid"] = wamid
     if timestamp is not None:
         opts["timestamp"] = timestamp
-    if reply_to is not None and kind != "reaction":
+    if reply_to is not None and kind not in ("reaction", "edit", "revoke"):
         opts["context"] = wb.reply_to(reply_to)
     if kind in _MEDIA_TYPES:
         media_id = media_id or _new_media_id(kind)
@@ -572,6 +576,14 @@ def inbound_message(
         case "reaction":
             target = reply_to or wb.new_wamid(wb.DEFAULT_DISPLAY_PHONE_NUMBER)
             return wb.reaction(target, "👍" if text is None else text, **opts)
+        case "edit" | "revoke":
+            if reply_to is None:
+                raise ValueError(
+                    f"an {kind} names the customer's message it changes: give its wamid (--reply-to)"
+                )
+            if kind == "edit":
+                return wb.edit(reply_to, text or "Texto corrigido", **opts)
+            return wb.revoke(reply_to, **opts)
         case "button":
             return wb.button(text or "Quero saber mais", **opts)
         case "interactive":

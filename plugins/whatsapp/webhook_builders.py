@@ -484,6 +484,19 @@ def reaction(message_id: str, emoji: str | None = "👍", **opts: Unpack[Message
     return message("reaction", obj, **opts)
 
 
+def edit(
+    original_wamid: str, body: str = "Texto corrigido", **opts: Unpack[MessageOptions]
+) -> dict[str, Any]:
+    """The user edited their text message ``original_wamid``: its new ``body``."""
+    obj = {"original_message_id": original_wamid, "message": {"type": "text", "text": {"body": body}}}
+    return message("edit", obj, **opts)
+
+
+def revoke(original_wamid: str, **opts: Unpack[MessageOptions]) -> dict[str, Any]:
+    """The user deleted their message ``original_wamid`` for everyone."""
+    return message("revoke", {"original_message_id": original_wamid}, **opts)
+
+
 def order(
     product_items: Sequence[Mapping[str, Any]] | None = None,
     *,

@@ -25,7 +25,16 @@ from core.app import create_app
 from core.config import Config, ConfigFinding, parse_config
 from core.errors import ConfigError, PluginError
 from core.host import Host, MediaStream, ReadinessCheck
-from core.models import Contact, Conversation, Message, OutgoingMessage, Reply, StatusChange, Veto
+from core.models import (
+    Contact,
+    Conversation,
+    Message,
+    MessageChange,
+    OutgoingMessage,
+    Reply,
+    StatusChange,
+    Veto,
+)
 from core.preflight import preflight
 from plugins.whatsapp import webhook_builders as wb
 from plugins.whatsapp.sandbox import media_content
@@ -317,6 +326,48 @@ async def test_hook_on_status_changed(tmp_path: Path) -> None:
         await z.webhook(statuses=[wb.status(wamid, "delivered")])  # late, after read
         await z.settle()
         assert len(plugin.changes) == 3
+
+
+async def test_hook_on_message_changed(tmp_path: Path) -> None:
+    """Fires for an edit, a reaction and a deletion of a stored message; an early edit fires once
+    its message arrives (after ``on_message_received``); a redelivery fires nothing."""
+
+    class Tracker:
+        def __init__(self) -> None:
+            self.seen: list[tuple[Any, ...]] = []
+
+        @hookimpl
+        def on_message_received(self, message: Message) -> None:
+            self.seen.append(("received", message.body))
+
+        @hookimpl
+        def on_message_changed(
+            self, message: Message, conversation: Conversation, change: MessageChange
+        ) -> None:
+            assert conversation.id == message.conversation_id and change.message_id == message.id
+            self.seen.append((change.kind, message.body, change.body, change.emoji, change.reactor))
+
+    plugin = Tracker()
+    async with zaphub(sqlite(tmp_path), extra_plugins={"tracker": plugin}) as z:
+        original = wb.text("Quero 2 caixas")
+        fix = wb.message(
+            "edit",
+            {"original_message_id": original["id"], "message": {"type": "text", "text": {"body": "Quero 3"}}},
+        )
+        await z.webhook([fix])  # before its message: kept
+        await z.settle()
+        assert plugin.seen == []
+        await z.webhook([original])
+        await z.webhook([fix])  # Meta redelivers it
+        like = wb.reaction(original["id"], "👍")
+        await z.webhook([like, wb.message("revoke", {"original_message_id": original["id"]})])
+        await z.settle()
+        assert plugin.seen == [
+            ("received", "Quero 2 caixas"),
+            ("edited", "Quero 3", "Quero 3", None, None),
+            ("reaction", "Quero 3", None, "👍", wb.DEFAULT_FROM),
+            ("deleted", None, None, None, None),
+        ]
 
 
 # -- outbound -------------------------------------------------------------------------------------

@@ -21,7 +21,16 @@ import pytest
 from core import hookimpl
 from core.auth import Agent
 from core.host import Host, MediaStream
-from core.models import Contact, Conversation, Message, OutgoingMessage, Reply, StatusChange, Veto
+from core.models import (
+    Contact,
+    Conversation,
+    Message,
+    MessageChange,
+    OutgoingMessage,
+    Reply,
+    StatusChange,
+    Veto,
+)
 from core.testing import RunningHost
 from plugins.whatsapp import webhook_builders as wb
 from plugins.whatsapp.config import WhatsAppSettings
@@ -50,6 +59,8 @@ PROMISED: dict[type[msgspec.Struct], dict[str, Any]] = {
         "raw": dict[str, Any] | None,
         "error_code": int | None,
         "error_title": str | None,
+        "edited_at": datetime | None,
+        "deleted_at": datetime | None,
     },
     Conversation: {
         "id": int,
@@ -68,6 +79,14 @@ PROMISED: dict[type[msgspec.Struct], dict[str, Any]] = {
         "timestamp": str,
         "error_code": int | None,
         "error_title": str | None,
+    },
+    MessageChange: {
+        "message_id": int,
+        "kind": Literal["edited", "deleted", "reaction"],
+        "at": datetime,
+        "body": str | None,
+        "emoji": str | None,
+        "reactor": str | None,
     },
     OutgoingMessage: {
         "conversation_id": int,

@@ -84,7 +84,8 @@ def _configure_simulate(parser: argparse.ArgumentParser) -> None:
     msg.add_argument(
         "--text",
         help="what the customer wrote: the text, or the caption of an image/video/document, "
-        "the emoji of a reaction, the title of a tapped button (default: 'Olá!' for text)",
+        "the emoji of a reaction, the new text of an edit, the title of a tapped button "
+        "(default: 'Olá!' for text)",
     )
     msg.add_argument("--type", default="text", choices=INBOUND_TYPES, help="message type (default: text)")
     msg.add_argument(
@@ -97,7 +98,11 @@ def _configure_simulate(parser: argparse.ArgumentParser) -> None:
     msg.add_argument("--name", help="the customer's WhatsApp profile name (default: one derived from --from)")
     msg.add_argument("--count", type=_positive, default=1, help="send N messages, one webhook each")
     msg.add_argument("--media-id", help="media id of an image/audio/… (default: one the sandbox serves)")
-    msg.add_argument("--reply-to", metavar="WAMID", help="make it a reply to this message")
+    msg.add_argument(
+        "--reply-to",
+        metavar="WAMID",
+        help="make it a reply to this message; with --type reaction, edit or revoke: the message it changes",
+    )
     _add_target_options(msg)
     status = sub.add_parser(
         "status",
@@ -152,8 +157,13 @@ def _run_simulate(args: argparse.Namespace) -> int:
         "WHATSAPP_PHONE_NUMBER_ID",
         wb.DEFAULT_PHONE_NUMBER_ID,
     )
+    try:
+        payloads = _webhooks(args, phone_number_id)
+    except ValueError as exc:  # an edit or revoke without the message it changes
+        print(f"zaphub simulate: {exc}", file=sys.stderr)
+        return 2
     with httpx.Client(timeout=args.timeout) as client:
-        for payload in _webhooks(args, phone_number_id):
+        for payload in payloads:
             body = wb.encode(payload)
             signature = wb.sign(body, secret)
             print(f"POST {url}\nX-Hub-Signature-256: {signature}")

@@ -268,15 +268,19 @@ async def test_reactions_system_unsupported_and_unknown_types_are_never_answered
     )
     senders = [f"55119222200{i:02d}" for i in range(6)]
     messages = [
-        wb.reaction(wb.new_wamid(), "👍", from_=senders[0]),
         wb.system(from_=senders[1]),
         wb.unsupported(from_=senders[2]),
         wb.request_welcome(from_=senders[3]),
         wb.message("poll", {"question": "Pizza hoje?"}, from_=senders[4]),
-        wb.reaction(wb.new_wamid(), None, from_=senders[5]),  # a removed reaction
     ]
     for message in messages:
         await zaphub.inbound(message)
+    # Reactions (one removed) are no messages: they wait for theirs and then only mark it.
+    reactions = [
+        wb.reaction(wb.new_wamid(), "👍", from_=senders[0]),
+        wb.reaction(wb.new_wamid(), None, from_=senders[5]),
+    ]
+    await zaphub.webhook(wb.envelope(messages=reactions))
     # A status for a message zaphub never sent is kept aside, not answered.
     await zaphub.webhook(wb.envelope(statuses=[wb.status(wb.new_wamid(), "delivered")]))
     # Then a real question from one of them is answered: nothing above used up anything.

@@ -4,7 +4,14 @@ from typing import Any
 
 import pytest
 
-from core.models import InboundMessage
+from core.models import (
+    InboundMessage,
+    LifecycleAction,
+    MessageEdit,
+    MessageReaction,
+    MessageRevoke,
+    NumberChange,
+)
 from plugins.whatsapp import webhook_builders as p
 from plugins.whatsapp.models import ParsedWebhook, WebhookPayloadError, parse_webhook
 
@@ -295,3 +302,53 @@ def test_escaped_slashes_and_unicode_decode() -> None:
 
     assert result.messages[0].body == "Pão de açúcar 🍞"
     assert result.messages[0].raw == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "action"),
+    [
+        (
+            p.edit("wamid.ORIG", "Texto corrigido"),
+            MessageEdit(target_wamid="wamid.ORIG", body="Texto corrigido"),
+        ),
+        (  # an edited caption, as pywa's fixture has it
+            p.message(
+                "edit",
+                {
+                    "original_message_id": "wamid.ORIG",
+                    "message": {"type": "image", "image": {"id": "65463453", "caption": "nova legenda"}},
+                },
+            ),
+            MessageEdit(target_wamid="wamid.ORIG", body="nova legenda"),
+        ),
+        (p.revoke("wamid.ORIG"), MessageRevoke(target_wamid="wamid.ORIG")),
+        (p.reaction("wamid.ORIG", "❤️"), MessageReaction(target_wamid="wamid.ORIG", emoji="❤️")),
+        (p.reaction("wamid.ORIG", ""), MessageReaction(target_wamid="wamid.ORIG", emoji=None)),
+        (p.reaction("wamid.ORIG", None), MessageReaction(target_wamid="wamid.ORIG", emoji=None)),
+        (p.system("5511900001111"), NumberChange(new_wa_id="5511900001111")),
+        (
+            p.system("5511900001111", system_type="customer_changed_number"),
+            NumberChange(new_wa_id="5511900001111"),
+        ),
+        (p.system("5511900001111", system_type="customer_identity_changed"), None),
+        (p.message("revoke", {}), None),  # names no message: stored as it came
+        (p.text("oi"), None),
+    ],
+    ids=[
+        "edit",
+        "edit-caption",
+        "revoke",
+        "reaction",
+        "reaction-removed-empty",
+        "reaction-removed",
+        "number-change",
+        "customer-changed-number",
+        "identity-change",
+        "revoke-without-target",
+        "text",
+    ],
+)
+def test_edits_deletions_reactions_and_number_changes_say_what_they_change(
+    raw: dict[str, Any], action: LifecycleAction | None
+) -> None:
+    assert _one(raw).action == action

@@ -114,3 +114,23 @@ def test_help_shows_an_example_and_bounds_are_checked() -> None:
     assert simulate_command().help
     with pytest.raises(SystemExit):
         parse(simulate_command(), ["message", "--count", "0"])
+
+
+async def test_an_edit_and_a_revoke_name_the_message_they_change(
+    receiver: tuple[Receiver, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec, url = receiver
+    target = ["--reply-to", "wamid.ORIGINAL", "--url", url, "--app-secret", SECRET]
+    assert await _simulate("message", "--type", "edit", "--text", "Quero 3 caixas", *target) == 0
+    assert await _simulate("message", "--type", "revoke", *target) == 0
+    edit, revoke = (v["messages"][0] for v in rec.values())
+    assert edit["edit"] == {
+        "original_message_id": "wamid.ORIGINAL",
+        "message": {"type": "text", "text": {"body": "Quero 3 caixas"}},
+    }
+    assert "context" not in edit
+    assert revoke["revoke"] == {"original_message_id": "wamid.ORIGINAL"}
+
+    assert await _simulate("message", "--type", "edit", "--url", url) == 2
+    assert "give its wamid (--reply-to)" in capsys.readouterr().err
+    assert len(rec.values()) == 2  # nothing posted
