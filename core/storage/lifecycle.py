@@ -15,6 +15,11 @@ body; the older ones become versions. Of one contact's reactions to a message, t
 cannot bring it back). A deletion is final: the body becomes ``NULL``, the text is kept as a
 version. So the same changes give the same state whatever order, batch or repetition they come
 in; an event is appended only when the visible state changes.
+
+Known gap: on PostgreSQL with several processes, a change and its target stored at the same
+instant by two transactions can miss each other (neither sees the other's uncommitted row), and
+the change stays parked. One process, or SQLite, serialises them; Meta sends a change seconds
+after its message at the earliest, so the window is the length of one transaction.
 """
 
 from __future__ import annotations
