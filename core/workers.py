@@ -18,7 +18,6 @@ handoff sweep is a conditional ``UPDATE … RETURNING``.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
@@ -28,8 +27,6 @@ from sqlalchemy.engine import make_url
 from core.config import Config
 
 __all__ = ["WorkerApp", "workers_problem"]
-
-log = logging.getLogger("zaphub.workers")
 
 
 def workers_problem(config: Config, settings: dict[str, Any], workers: int) -> tuple[str, str] | None:
