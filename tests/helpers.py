@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ __all__ = [
     "SANDBOX_HEADERS",
     "SANDBOX_TOKEN",
     "ZaphubProcess",
+    "console_script",
     "free_port",
     "serve",
     "wait_for",
@@ -56,6 +58,15 @@ def service_available(url: str) -> str | None:
             return None
     except OSError as exc:
         return f"cannot connect to {host}:{port} ({exc.strerror or exc})"
+
+
+def console_script() -> str | None:
+    """The installed ``zaphub`` command: on ``PATH``, else beside this interpreter, else ``None``.
+
+    ``venv/bin/python -m pytest`` runs without the venv on ``PATH``; its console script is still
+    the one a user of that venv types.
+    """
+    return shutil.which("zaphub") or shutil.which("zaphub", path=str(Path(sys.executable).parent))
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

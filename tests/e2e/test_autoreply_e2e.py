@@ -17,7 +17,6 @@ import importlib
 import itertools
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from tests.helpers import (
     SANDBOX_HEADERS,
     SANDBOX_TOKEN,
     ZaphubProcess,
+    console_script,
     wait_for,
     write_config,
     zaphub_process,
@@ -415,7 +415,7 @@ def build_wheel(project: Path, out: Path) -> Path:
 
 def zaphub_cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The ``zaphub`` console script, as a user types it (``pythonpath``: extra plugin directory)."""
-    exe = shutil.which("zaphub")
+    exe = console_script()
     command = [exe, *args] if exe else [sys.executable, "-m", "core.cli", *args]
     env = dict(os.environ)
     if pythonpath is not None:
