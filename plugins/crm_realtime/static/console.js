@@ -597,6 +597,11 @@
       // A function: every (re)connection sends the current token and the resume point.
       auth: (cb) => cb(S.lastEventId === null ? { token: S.token } : { token: S.token, lastEventId: S.lastEventId }),
       reconnectionDelayMax: 5000,
+      // Websocket first: a host run with `zaphub run --workers N` serves websockets only (its
+      // workers share the port without affinity). Long-polling stays the fallback for networks
+      // that block websockets, on a single-process host.
+      transports: ['websocket', 'polling'],
+      tryAllTransports: true,
     });
     S.socket = socket;
 
