@@ -48,7 +48,7 @@ def browser_problem() -> str | None:
 class Stack:
     """``zaphub run`` + ``zaphub sandbox`` on free ports, and the calls Meta and a CRM make."""
 
-    def __init__(self, tmp: Path, **autoreply: Any) -> None:
+    def __init__(self, tmp: Path, *, transports: list[str] | None = None, **autoreply: Any) -> None:
         self.tmp = tmp
         self.sandbox_port = free_port()
         self.sandbox_url = f"http://127.0.0.1:{self.sandbox_port}"
@@ -67,6 +67,7 @@ class Stack:
                 },
                 "crm_realtime": {
                     "jwt_secret": JWT_SECRET,
+                    **({"transports": transports} if transports else {}),
                     "console": {
                         "templates": [
                             {

@@ -423,6 +423,23 @@ def test_starting_a_conversation_with_a_template(context: Any, stack: Stack) -> 
 # ---------------------------------------------------------------------------------------------
 
 
+def test_the_console_works_against_a_websocket_only_host(tmp_path: Path, context: Any) -> None:
+    """``transports: [websocket]`` (required by ``zaphub run --workers N``): the console still connects."""
+    from playwright.sync_api import expect
+
+    own = Stack(tmp_path, transports=["websocket"]).start()
+    try:
+        page = signed_in(context, own)
+        wa_id = customer()
+        own.inbound("Oi, só websocket aqui", from_=wa_id, name="Iris Lima")
+        conv = own.conversation_of(wa_id)
+        conversation(page, conv["id"]).click()
+        inbound = own.messages(conv["id"])[0]
+        expect(message(page, inbound["id"])).to_contain_text("Oi, só websocket aqui")
+    finally:
+        own.stop()
+
+
 def test_a_server_restart_while_offline_loses_and_repeats_nothing(
     tmp_path: Path, browser: Any, context: Any
 ) -> None:
