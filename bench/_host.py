@@ -22,6 +22,7 @@ import httpx
 from plugins.whatsapp import webhook_builders as wb
 
 REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO / "bench" / "node-reference"
 
 
 def free_port() -> int:
@@ -53,6 +54,30 @@ def start_zaphub(
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     return proc, _wait_ready(proc, f"http://127.0.0.1:{port}", "/ready", "zaphub", ready=(200,))
+
+
+def start_reference(
+    workdir: Path, app_secret: str, jwt_secret: str, *, sync: str | None = None, floor: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run the Node reference service (``bench/node-reference``); return it and its URL.
+
+    With ``floor`` it serves its bare route instead (read the body, answer 200): Node's floor.
+    """
+    if not (REFERENCE / "node_modules").is_dir():
+        raise SystemExit(f"the Node reference is not installed: npm ci --prefix {REFERENCE}")
+    port = free_port()
+    args = ["node", str(REFERENCE / "server.js"), "--port", str(port)]
+    if floor:
+        args.append("--floor")
+    else:
+        args += ["--db", str(workdir / "reference.db"), "--synchronous", sync or "FULL"]
+    # Secrets through the environment: a command line is visible to every user of the machine.
+    env = {**os.environ, "WHATSAPP_APP_SECRET": app_secret, "CRM_JWT_SECRET": jwt_secret}
+    proc = subprocess.Popen(args, cwd=workdir, env=env)
+    url = f"http://127.0.0.1:{port}"
+    if floor:
+        return proc, _wait_ready(proc, url, "/meta-whatsapp/webhook", "the Node floor", ready=(405,))
+    return proc, _wait_ready(proc, url, "/ready", "the Node reference", ready=(200,))
 
 
 def start_floor(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -9,10 +9,17 @@ minimal HTTP/1.1 client (a heavyweight client would eat the CPU it shares with t
     python bench/webhooks.py --rate 1000           # fixed 1,000 webhooks/s: latency at load
     python bench/webhooks.py --url http://127.0.0.1:3000 --secret "$WHATSAPP_APP_SECRET"
     python bench/webhooks.py --workers 2 --storage-url postgresql://…   # zaphub run --workers 2
+    python bench/webhooks.py --reference           # the same load at the Node reference service
+
+``--reference`` starts ``bench/node-reference/server.js`` (the same webhook path in Node:
+socket.io + better-sqlite3, ``npm ci --prefix bench/node-reference`` once) instead of zaphub, with
+the same secrets, clients, load and CPU accounting; its floor is that service's bare route.
 
 Each webhook carries one text message with a unique wamid (the realistic worst case: every one
 is stored). Prints acks/s, latency p50/p90/p99/max, non-200 answers, the server's RSS and its CPU
-time (user + system, worker processes included) per webhook; then the **floor**: the same load for
+time (user + system, worker processes included) per webhook, and the load generator's own CPU per
+webhook (this process: the HTTP client and the socket clients; if it nears one core, the figures
+measure the generator, not the host); then the **floor**: the same load for
 ``--floor-duration`` seconds against a bare Litestar route reading the same body under the same
 uvicorn configuration (``bench/_floor.py``), and its CPU per request. The last line,
 ``result: {…}``, is all of it as JSON (CPU in µs) for scripts.
@@ -181,8 +188,12 @@ async def drained(clients: list[RawCrmSocket], webhooks: int, timeout: float = 1
 
 
 async def run_floor(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
-    """The same load against the floor app (``bench/_floor.py``); its rate and CPU per request."""
-    proc, url = _host.start_floor(workdir)
+    """The same load against the floor app (``bench/_floor.py``, or the Node reference's bare route
+    with ``--reference``); its rate and CPU per request."""
+    if args.reference:
+        proc, url = _host.start_reference(workdir, args.secret, JWT_SECRET, floor=True)
+    else:
+        proc, url = _host.start_floor(workdir)
     try:
         host, port = url.split("//")[1].split(":")
         duration = args.floor_duration
@@ -205,6 +216,11 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--url", help="a running host (default: start one)")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="start the Node reference service (bench/node-reference) instead of zaphub",
+    )
     parser.add_argument("--secret", default=SECRET, help="its app secret (with --url)")
     parser.add_argument("--storage-url", help="database for the started host (default: SQLite in a temp dir)")
     parser.add_argument("--rate", type=float, default=0, help="webhooks/s (0 = as fast as possible)")
@@ -234,13 +250,20 @@ async def main() -> None:
         help="seconds of the same load against a bare Litestar route afterwards (0 = no floor)",
     )
     args = parser.parse_args()
+    if args.reference and (args.url or args.workers > 1 or args.storage_url or args.redis_url):
+        parser.error(
+            "--reference starts its own single process on SQLite: no --url, --workers, --storage-url"
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         proc = None
         url = args.url
-        if url is None:
+        if url is None and args.reference:
+            proc, url = _host.start_reference(Path(tmp), args.secret, JWT_SECRET, sync=args.sync)
+        elif url is None:
             proc, url = start_server(args, Path(tmp))
         result: dict[str, Any] = {
+            "server": "node-reference" if args.reference else "zaphub",
             "sockets": args.sockets,
             "concurrency": args.concurrency,
             "workers": args.workers,
@@ -258,6 +281,9 @@ async def main() -> None:
             if proc is not None and args.rss_every:
                 sampler = asyncio.create_task(sample_rss(proc.pid, args.rss_every))
             cpu_before = _host.cpu_seconds(proc.pid) if proc is not None else 0.0
+            # This process alone (HTTP client + socket clients), all its threads: utime + stime.
+            loadgen_before = time.process_time()
+            load_started = time.perf_counter()
             lat, codes, elapsed = await drive(
                 host,
                 int(port),
@@ -269,6 +295,8 @@ async def main() -> None:
             ok = codes.get(200, 0)
             await drained(clients, ok)
             cpu = _host.cpu_seconds(proc.pid) - cpu_before if proc is not None else None
+            loadgen_cpu = time.process_time() - loadgen_before
+            drained_at = time.perf_counter()
             if sampler is not None:
                 sampler.cancel()
             events = [c.events for c in clients]
@@ -300,16 +328,26 @@ async def main() -> None:
                 # Server CPU (user + system, with any worker processes) while driving and fanning out.
                 print(f"server CPU: {cpu:.2f} s = {cpu * 1e6 / len(lat):.0f} µs per webhook")
                 result["cpu_us"] = round(cpu * 1e6 / len(lat), 1)
+            if lat:
+                # Near 100 % of one core, the generator (one Python thread) is what caps the rate.
+                share = loadgen_cpu / (drained_at - load_started)
+                print(
+                    f"load generator CPU: {loadgen_cpu:.2f} s = {loadgen_cpu * 1e6 / len(lat):.0f} µs per "
+                    f"webhook, {share:.0%} of one core"
+                )
+                result["loadgen_cpu_us"] = round(loadgen_cpu * 1e6 / len(lat), 1)
+                result["loadgen_core_share"] = round(share, 2)
         finally:
             if proc is not None:
                 _host.stop(proc)
         if args.floor_duration and proc is not None:
             floor = await run_floor(args, Path(tmp))
+            what = "Node http route" if args.reference else "Litestar route, same uvicorn config"
             print(
-                f"floor (bare Litestar route, same uvicorn config, {args.floor_duration:g} s): "
+                f"floor (bare {what}, {args.floor_duration:g} s): "
                 f"{floor['per_s']:,.0f}/s, CPU {floor['cpu_us']:.0f} µs per request"
                 + (
-                    f"; zaphub − floor = {result['cpu_us'] - floor['cpu_us']:.0f} µs"
+                    f"; server − floor = {result['cpu_us'] - floor['cpu_us']:.0f} µs"
                     if "cpu_us" in result
                     else ""
                 )
