@@ -13,12 +13,19 @@ The writer's connection opens the same file with the same pragmas as the async e
 lock is taken before the first statement, so a transaction never fails half-way with
 ``database is locked`` when another connection (a CLI command, say) wrote in between; it waits
 up to ``busy_timeout`` instead. A body's return means committed with the configured durability.
+
+``BEGIN IMMEDIATE`` and ``COMMIT`` go straight to the ``sqlite3`` connection: SQLAlchemy's
+transaction object and "begin" event cost about as much Python as the rest of a one-message
+transaction's bookkeeping. The :class:`sqlalchemy.Connection` the body gets still works as
+usual: a statement run through it autobegins SQLAlchemy's transaction, which on pysqlite emits
+nothing (the connection is in autocommit mode), and is closed after the real ``COMMIT``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +34,14 @@ import sqlalchemy as sa
 __all__ = ["SqliteWriter"]
 
 T = TypeVar("T")
+
+
+def _execute(raw: Any, sql: str) -> None:
+    """``sql`` on the ``sqlite3`` connection; its errors as SQLAlchemy's (``OperationalError``…)."""
+    try:
+        raw.execute(sql)
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
 
 
 class SqliteWriter:
@@ -45,13 +60,9 @@ class SqliteWriter:
         @sa.event.listens_for(self.engine, "connect")
         def _connect(dbapi_conn: Any, _record: Any) -> None:
             # Take transactions out of the sqlite3 module's hands (it would BEGIN DEFERRED lazily,
-            # before the first write only) so that "begin" below decides how each one starts.
+            # before the first write only) so that _transaction decides how each one starts.
             dbapi_conn.isolation_level = None
             on_connect(dbapi_conn)
-
-        @sa.event.listens_for(self.engine, "begin")
-        def _begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zaphub-sqlite-writer")
         self._conn: sa.Connection | None = None
@@ -85,9 +96,19 @@ class SqliteWriter:
         raw = conn.connection.dbapi_connection
         assert raw is not None  # checked out until close()
         before = raw.total_changes
-        with conn.begin():
+        _execute(raw, "BEGIN IMMEDIATE")
+        try:
             result = body(conn)
             changed = raw.total_changes != before
+            _execute(raw, "COMMIT")
+        except BaseException:
+            if raw.in_transaction:  # a failed COMMIT may leave it open too
+                _execute(raw, "ROLLBACK")
+            if conn.in_transaction():
+                conn.rollback()
+            raise
+        if conn.in_transaction():  # the body ran SQLAlchemy statements: end its (empty) transaction
+            conn.commit()
         return result, changed
 
     async def close(self) -> None:

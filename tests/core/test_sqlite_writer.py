@@ -165,3 +165,36 @@ async def test_another_connection_holding_the_write_lock_delays_ingest_instead_o
     finally:
         other.close()
     assert [m.message.wamid for m in stored.new_messages] == ["wamid.WAITS"]
+
+
+async def test_a_write_lock_held_past_busy_timeout_is_a_storage_error_and_the_writer_recovers(
+    storage: Storage, sqlite_url: str
+) -> None:
+    # BEGIN IMMEDIATE and COMMIT go to sqlite3 directly: their errors must still be StorageErrors.
+    await storage.run_write(lambda conn: conn.exec_driver_sql("PRAGMA busy_timeout=50"))
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageError, match="OperationalError: database is locked"):
+            await storage.ingest([inbound("wamid.LOCKED")], [])
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    stored = await storage.ingest([inbound("wamid.LOCKED")], [])
+    assert [m.message.wamid for m in stored.new_messages] == ["wamid.LOCKED"]
+
+
+async def test_a_body_failing_after_sqlalchemy_statements_leaves_no_transaction_open(
+    storage: Storage,
+) -> None:
+    row = {"plugin": "test", "key": "k", "value": "kept?", "updated_at": T0}
+
+    def failing(conn: sa.Connection) -> None:
+        conn.execute(plugin_state.insert(), row)  # through SQLAlchemy: it autobegins its own
+        raise RuntimeError("the body gave up")
+
+    with pytest.raises(RuntimeError, match="gave up"):
+        await storage.run_write(failing)
+    await storage.run_write(lambda conn: conn.execute(plugin_state.insert(), {**row, "value": "second"}))
+    async with storage.read() as conn:
+        assert (await conn.execute(sa.select(plugin_state.c.value))).scalars().all() == ["second"]
