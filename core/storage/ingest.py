@@ -124,15 +124,27 @@ class IngestMixin(StatusMixin):
             # The whole transaction in one go: on SQLite one hop to the writer thread.
             learned: tuple[list[Contact], list[tuple[str, int]]] = ([], [])
             moved: list[int] = []
+            # A change and its target committed at once by two processes must see each other.
+            lifecycle.lock_targets(
+                conn,
+                [(m.phone_number_id, m.wamid) for m in plain]
+                + [(st.phone_number_id, st.wamid) for st in inbound_statuses if st.message_id is not None]
+                + [
+                    (m.phone_number_id, m.action.target_wamid)
+                    for m in changes
+                    if m.action is not None and not isinstance(m.action, NumberChange)
+                ],
+            )
             batch = plain
             if any(isinstance(m.action, NumberChange) for m in batch):
                 batch = self._drop_stored_number_changes(conn, batch, result)
             if batch:
                 learned = self._ingest_messages(conn, batch, now, result)
+            linked: list[tuple[str, str, int]] = []
             if inbound_statuses:
-                self._ingest_statuses(conn, inbound_statuses, now, result)
-            if changes or result.new_messages:
-                moved = self._ingest_lifecycle(conn, changes, batch, now, result)
+                linked = self._ingest_statuses(conn, inbound_statuses, now, result)
+            if changes or result.new_messages or linked:
+                moved = self._ingest_lifecycle(conn, changes, batch, now, result, linked)
             self._log_ingest(conn, result, now)
             return learned, moved
 
@@ -176,14 +188,18 @@ class IngestMixin(StatusMixin):
         plain: list[InboundMessage],
         now: datetime,
         result: IngestResult,
+        linked: list[tuple[str, str, int]],
     ) -> list[int]:
         """Edits, deletions, reactions and number changes (:mod:`core.storage.lifecycle`).
 
+        ``linked`` are our messages whose wamid a status webhook just gave (``(phone_number_id,
+        wamid, id)``): changes parked for them are applied, as for new messages.
         Returns the ids of contacts that changed number.
         """
         arrived = [
             (m.message.phone_number_id, m.message.wamid or "", m.message.id) for m in result.new_messages
         ]
+        arrived += linked
         stored = {(pnid, wamid) for pnid, wamid, _ in arrived}
         result.moved_contacts = [
             (m.wa_id, m.action.new_wa_id)
@@ -398,7 +414,9 @@ class IngestMixin(StatusMixin):
 
     def _ingest_statuses(
         self, conn: sa.Connection, batch: Sequence[InboundStatus], now: datetime, result: IngestResult
-    ) -> None:
+    ) -> list[tuple[str, str, int]]:
+        """Store and apply statuses; the messages a status gave their wamid (``_link_by_message_id``)."""
+        linked: list[tuple[str, str, int]] = []
         unique: dict[tuple[str, str, str], InboundStatus] = {}
         for st in batch:
             key = (st.phone_number_id, st.wamid, st.status)
@@ -439,7 +457,8 @@ class IngestMixin(StatusMixin):
                 # answer is being stored right now, the link waits for it and then finds the wamid
                 # set; applying again sees it (a new statement), where parking the status would
                 # lose it: the answer has already looked for parked statuses and not seen this one.
-                self._link_by_message_id(conn, st, now)
+                if self._link_by_message_id(conn, st, now):
+                    linked.append((st.phone_number_id, st.wamid, st.message_id))
                 outcome = self._apply_status(conn, status_id, st)
             if isinstance(outcome, StatusEvent):
                 result.status_changes.append(outcome)
@@ -447,3 +466,4 @@ class IngestMixin(StatusMixin):
                 result.stale_statuses += 1
             else:
                 result.pending_statuses += 1
+        return linked

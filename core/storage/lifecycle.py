@@ -16,16 +16,19 @@ cannot bring it back). A deletion is final: the body becomes ``NULL``, the text 
 version. So the same changes give the same state whatever order, batch or repetition they come
 in; an event is appended only when the visible state changes.
 
-Known gap: on PostgreSQL with several processes, a change and its target stored at the same
-instant by two transactions can miss each other (neither sees the other's uncommitted row), and
-the change stays parked. One process, or SQLite, serialises them; Meta sends a change seconds
-after its message at the earliest, so the window is the length of one transaction.
+Several processes (PostgreSQL): a change and its target stored at the same instant by two
+transactions would not see each other's uncommitted row, and the change would stay parked. So
+both the transaction that stores a message (or learns its wamid) and the one that records a
+change to it take a transaction-scoped advisory lock on ``(phone_number_id, target wamid)``
+first (:func:`lock_targets`): the second waits for the first to commit, and its lookups, new
+statements under READ COMMITTED, then see the first's row. SQLite has one writer at a time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -51,7 +54,14 @@ from core.storage.schema import (
 )
 from core.storage.sqlite_raw import RawCursor, RawStatement, raw_cursor, sqlite_time_value
 
-__all__ = ["LifecycleOutcome", "apply_parked", "ingest_lifecycle", "move_contact", "store_changes"]
+__all__ = [
+    "LifecycleOutcome",
+    "apply_parked",
+    "ingest_lifecycle",
+    "lock_targets",
+    "move_contact",
+    "store_changes",
+]
 
 log = logging.getLogger("zaphub.storage")
 
@@ -73,6 +83,34 @@ class LifecycleOutcome:
         self.duplicates = 0
         self.moved: list[int] = []
         """Ids of contacts a number change touched (their cached rows are stale)."""
+
+
+def lock_targets(conn: sa.Connection, keys: Iterable[tuple[str, str]]) -> None:
+    """PostgreSQL: lock ``(phone_number_id, wamid)`` pairs a change may target, until commit.
+
+    Call it before the transaction writes anything, with every message it stores (or gives a
+    wamid) and every change's target: a change and its target stored concurrently then
+    serialise (see the module docstring). Taking them first, all at once and in one order,
+    means a transaction never waits for one while holding a row another waiter needs, so
+    these locks add no deadlock. Other databases: nothing (one writer at a time).
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    ids = sorted({_lock_key(pnid, wamid) for pnid, wamid in keys})
+    if ids:
+        # Volatile functions in the select list are evaluated after ORDER BY: locks in ``ids`` order.
+        conn.execute(_LOCK_TARGETS, {"keys": ids})
+
+
+_LOCK_TARGETS = sa.text(
+    "SELECT pg_advisory_xact_lock(k) FROM unnest(:keys) WITH ORDINALITY AS u(k, n) ORDER BY n"
+).bindparams(sa.bindparam("keys", type_=postgresql.ARRAY(sa.BigInteger())))
+
+
+def _lock_key(phone_number_id: str, wamid: str) -> int:
+    """A stable 64-bit advisory lock key for a message (a collision only makes two wait)."""
+    digest = hashlib.blake2b(f"message\x1f{phone_number_id}\x1f{wamid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def ingest_lifecycle(

@@ -255,6 +255,16 @@ class OutboxMixin(StatusMixin):
         now = utcnow()
 
         def body(conn: sa.Connection) -> tuple[StatusEvent | None, list[StatusEvent], list[Event]]:
+            if conn.dialect.name == "postgresql":
+                # A reaction to this message committed at this instant by another process must
+                # see the wamid, or be seen (lifecycle.lock_targets); first, before any row lock.
+                number = conn.execute(
+                    sa.select(messages.c.phone_number_id)
+                    .join(outbox, outbox.c.message_id == messages.c.id)
+                    .where(outbox.c.id == item_id)
+                ).scalar()
+                if number is not None:
+                    lifecycle.lock_targets(conn, [(number, wamid)])
             row = (
                 conn.execute(
                     outbox.update()

@@ -6,13 +6,17 @@ newest first), the stored state is the same, and an event is logged only when it
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from core.config import StorageConfig
 from core.models import (
     InboundMessage,
     LifecycleAction,
@@ -22,8 +26,15 @@ from core.models import (
     NumberChange,
 )
 from core.storage import Storage
-from core.storage.schema import contacts, conversations, message_versions, messages
-from tests.core.test_storage import PNID, T0, WA_ID, conversation, inbound, queue
+from core.storage.schema import (
+    contacts,
+    conversations,
+    event_sequence,
+    message_changes,
+    message_versions,
+    messages,
+)
+from tests.core.test_storage import PNID, T0, WA_ID, conversation, inbound, queue, status
 
 ORIGINAL = "wamid.ORIGINAL"
 
@@ -252,3 +263,159 @@ async def test_a_reaction_to_our_message_before_graph_answered_waits_for_its_wam
     events = await storage.read_events(0, 10)
     assert [e.type for e in events][-1] == "whatsapp:message_reaction"
     assert events[-1].message_id == message.id and events[-1].payload()["emoji"] == "👍"
+
+
+async def test_a_reaction_waiting_for_our_message_is_applied_when_a_status_gives_its_wamid(
+    storage: Storage,
+) -> None:
+    # Graph's answer to the send was lost; a status naming our message id links the wamid.
+    conv = await conversation(storage)
+    message = await queue(storage, conv)
+    await storage.claim_outbox()
+    like = action("wamid.LIKE", MessageReaction(target_wamid="wamid.OURS", emoji="👍"), seconds=3)
+    assert (await storage.ingest([like], [])).pending_changes == 1
+
+    sent = status("wamid.OURS", "sent", message_id=message.id)
+    result = await storage.ingest([], [sent])
+
+    assert [(c.change.kind, c.change.emoji) for c in result.message_changes] == [("reaction", "👍")]
+    assert [(r.reactor, r.emoji) for r in (await storage.reactions([message.id]))[message.id]] == [
+        (WA_ID, "👍")
+    ]
+    assert [e.type for e in await storage.read_events(0, 10)][-1] == "whatsapp:message_reaction"
+
+
+# -- two processes on PostgreSQL: a change and its target committed at the same instant -----------
+#
+# Each test holds the event counter row (every event-producing transaction updates it last) from
+# a third connection, so one transaction stops just before its commit with all its lookups done;
+# the other then runs against its uncommitted rows. Without lifecycle.lock_targets the second
+# cannot see the first's row, and the first has already looked: the change stays parked.
+
+
+class _Held:
+    """The event counter row locked by a connection of its own, until :meth:`release`."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.conn: AsyncConnection | None = None
+
+    async def __aenter__(self) -> _Held:
+        self.conn = await self.storage.engine.connect()
+        await self.conn.begin()
+        await self.conn.execute(sa.select(event_sequence).with_for_update())
+        return self
+
+    async def release(self) -> None:
+        if self.conn is not None:
+            await self.conn.rollback()
+            await self.conn.close()
+            self.conn = None
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.release()
+
+    async def waiting(self, at_least: int) -> bool:
+        """Whether at least ``at_least`` transactions of this database wait for a lock now."""
+        # A connection of its own per look: pg_stat_activity is a snapshot per transaction.
+        query = sa.text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        async with self.storage.read() as conn:
+            return int((await conn.execute(query)).scalar_one()) >= at_least
+
+    async def done_or_waiting(self, task: asyncio.Task[Any], at_least: int) -> bool:
+        """Whether ``task`` finished, or at least ``at_least`` transactions wait for a lock."""
+        return task.done() or await self.waiting(at_least)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def _reactions_and_parked(storage: Storage, message_id: int) -> tuple[list[tuple[str, str]], int]:
+    """A message's reactions ``(reactor, emoji)``, and how many changes are still parked."""
+    reactions = [(r.reactor, r.emoji) for r in (await storage.reactions([message_id])).get(message_id, [])]
+    async with storage.read() as conn:
+        parked = (
+            sa.select(sa.func.count())
+            .select_from(message_changes)
+            .where(message_changes.c.message_id.is_(None))
+        )
+        return reactions, int((await conn.execute(parked)).scalar_one())
+
+
+@pytest.fixture
+async def two_processes(fresh_postgres_url: str) -> AsyncIterator[tuple[Storage, Storage]]:
+    """Two Storages on one PostgreSQL database, as two processes would have."""
+    first, second = (
+        Storage(StorageConfig(url=fresh_postgres_url)),
+        Storage(StorageConfig(url=fresh_postgres_url)),
+    )
+    await first.open()
+    await second.open()
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("target", ["inbound message", "our message answered by Graph"])
+async def test_a_change_committed_while_its_target_is_being_stored_is_applied(
+    two_processes: tuple[Storage, Storage], target: str
+) -> None:
+    first, second = two_processes
+    if target == "inbound message":
+        wamid = ORIGINAL
+        store: Coroutine[Any, Any, object] = first.ingest([inbound(ORIGINAL)], [])
+    else:
+        wamid = "wamid.OURS"
+        await queue(first, await conversation(first))
+        (item,) = await first.claim_outbox()
+        store = first.outbox_sent(item.id, wamid)
+    like = action("wamid.LIKE", MessageReaction(target_wamid=wamid, emoji="👍"), seconds=3)
+    async with _Held(first) as held:
+        storing = asyncio.create_task(store)
+        await _until(lambda: held.waiting(1), "the target's transaction to reach its commit")
+        changing = asyncio.create_task(second.ingest([like], []))
+        # With the lock the change waits for the target's commit; without it, it parks and commits.
+        await _until(lambda: held.done_or_waiting(changing, 2), "the change to wait or finish")
+        await held.release()
+        await storing
+        changed = await changing
+
+    assert changed.pending_changes == 0 and [c.change.emoji for c in changed.message_changes] == ["👍"]
+    async with first.read() as conn:
+        message_id = (
+            await conn.execute(sa.select(messages.c.id).where(messages.c.wamid == wamid))
+        ).scalar_one()
+    assert await _reactions_and_parked(first, message_id) == ([(WA_ID, "👍")], 0)
+
+
+@pytest.mark.postgres
+async def test_a_target_stored_while_its_change_is_being_parked_applies_it(
+    two_processes: tuple[Storage, Storage],
+) -> None:
+    first, second = two_processes
+    like = action("wamid.LIKE", MessageReaction(target_wamid=ORIGINAL, emoji="👍"), seconds=3)
+    async with _Held(first) as held:
+        # Another message in the change's batch gives it an event: it stops before its commit too.
+        changing = asyncio.create_task(
+            second.ingest([like, inbound("wamid.OTHER", wa_id="5511888888888")], [])
+        )
+        await _until(lambda: held.waiting(1), "the change's transaction to reach its commit")
+        storing = asyncio.create_task(first.ingest([inbound(ORIGINAL)], []))
+        await _until(lambda: held.waiting(2), "the message's transaction to wait")
+        await held.release()
+        changed, stored = await changing, await storing
+
+    assert changed.pending_changes == 1  # parked: its target was not committed yet
+    assert [c.change.emoji for c in stored.message_changes] == ["👍"]  # applied when it was
+    message_id = stored.new_messages[0].message.id
+    assert await _reactions_and_parked(first, message_id) == ([(WA_ID, "👍")], 0)
