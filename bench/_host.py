@@ -122,8 +122,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _stat(pid: int) -> list[str]:
+    return _stat_of(f"/proc/{pid}/stat")
+
+
+def _stat_of(path: str) -> list[str]:
     # The command name (field 2) may hold spaces: split after its closing parenthesis.
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return Path(path).read_text().rsplit(")", 1)[1].split()
 
 
 def _tree(pid: int) -> list[int]:
@@ -170,6 +174,16 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of the main thread of ``pid`` (its event loop) alone.
+
+    In Python and in Node the event loop runs on the main thread (task id = pid): the figure a
+    single process cannot spread over more cores. The rest of :func:`cpu_seconds` is other threads
+    (zaphub's SQLite writer, Node's libuv pool and garbage collector) and child processes.
+    """
+    return sum(int(f) for f in _stat_of(f"/proc/{pid}/task/{pid}/stat")[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
 def webhook_request(host: str, body: bytes, secret: str) -> bytes:
