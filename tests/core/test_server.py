@@ -23,6 +23,7 @@ from core.server import (
     FD_RESERVE,
     MAX_HEADER_BYTES,
     HeaderTimedHttpToolsProtocol,
+    body_timeout,
     connection_limit,
     uvicorn_config,
 )
@@ -147,6 +148,63 @@ async def test_a_slow_body_is_not_cut_by_the_header_timeout(tmp_path: Path, pars
             writer.close()
         assert head.startswith(b"HTTP/1.1 201"), head
         assert body == b'{"qty":3}'
+
+
+def late_reader(seconds: float, *, read_after: float = 0.0, answer_after: float = 0.0) -> Any:
+    """An app under :func:`body_timeout` echoing the body; it may start reading it late, or answer late."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(read_after)  # the app is busy: not a wait of the test
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        await asyncio.sleep(answer_after)
+        headers = [(b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return body_timeout(app, seconds)
+
+
+async def post_raw(url: str, request: bytes) -> bytes:
+    """Send ``request`` (perhaps incomplete); everything the server answers until it closes."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(request)
+        return await closed_by_server(reader)
+    finally:
+        writer.close()
+
+
+REQUEST_HEAD = b"POST /echo HTTP/1.1\r\nHost: zaphub\r\nConnection: close\r\nContent-Length: 9\r\n\r\n"
+
+
+@PARSERS
+@pytest.mark.parametrize(
+    "late", [{"read_after": 0.9}, {"answer_after": 0.9}], ids=["reads-late", "answers-late"]
+)
+async def test_a_body_in_by_the_deadline_is_served_however_late_the_app_reads_or_answers(
+    parser: str, late: dict[str, float]
+) -> None:
+    async with serve(late_reader(0.3, **late), parser=parser) as url:
+        answer = await post_raw(url, REQUEST_HEAD + b'{"qty":3}')
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b'{"qty":3}')
+
+
+@PARSERS
+async def test_a_body_half_sent_by_the_deadline_gets_408_when_the_app_reads_late(parser: str) -> None:
+    # The first piece is on time; the next read has to wait past the deadline.
+    async with serve(late_reader(0.3, read_after=0.9), parser=parser) as url:
+        answer = await post_raw(url, REQUEST_HEAD + b'{"qty')
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"within 0.3 s" in answer
 
 
 @PARSERS
