@@ -15,6 +15,7 @@ import warnings
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
@@ -31,13 +32,13 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from core import __version__
 from core.config import Config, redact, redact_url
-from core.errors import ApiError, StorageError
+from core.errors import ApiError, PluginError, StorageError
 from core.host import Host, ReadinessCheck
 from core.logs import Throttle
 from core.metrics import CONTENT_TYPE_LATEST
 from core.plugins import build_plugin_manager, validate_plugin_settings
 from core.preflight import findings
-from core.server import body_timeout
+from core.server import DirectRoute, body_timeout
 from core.stash import StashKey
 
 __all__ = ["REDIS", "create_app", "error_response"]
@@ -69,10 +70,6 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
     return Response({"error": error}, status_code=status, media_type="application/json")
 
 
-def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
-    return error_response(exc.status_code, exc.code, exc.message)
-
-
 def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     details = exc.extra if isinstance(exc.extra, list) else []
     parts = []
@@ -90,34 +87,74 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
 
 
-def _too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
-    # msgspec raises RecursionError (not a decode error) for JSON nested about 1,000 levels deep;
-    # a request body is where such input comes from.
-    return error_response(400, "bad_json", "request body nests JSON arrays/objects too deeply to decode")
+_Answer = tuple[int, str, str, dict[str, str]]
+"""status, error code, message, extra headers."""
 
 
-def _storage_error_handler(throttle: Throttle) -> Any:
-    def storage_unavailable(request: Request[Any, Any, Any], exc: StorageError) -> Response[Any]:
-        # One line per minute while the database is down, not a traceback per request.
-        throttle.error("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
-        response = error_response(
-            503, "storage_unavailable", "the database is unavailable; retry later (see GET /ready)"
-        )
-        response.headers["Retry-After"] = "5"
+class _Errors:
+    """The host's answers to the exceptions a route raises: Litestar's routes and direct routes alike."""
+
+    def __init__(self) -> None:
+        # One line per minute for a failure repeated on every request (the database down, a bug),
+        # not a traceback per request.
+        self._storage = Throttle(log)
+        self._internal = Throttle(log)
+
+    def answer(self, method: str, path: str, exc: Exception) -> _Answer:
+        """The answer to ``exc`` raised while serving ``method path`` (logged when it is ours)."""
+        if isinstance(exc, ApiError):
+            return exc.status_code, exc.code, exc.message, {}
+        if isinstance(exc, RecursionError):
+            # msgspec raises RecursionError (not a decode error) for JSON nested about 1,000 levels
+            # deep; a request body is where such input comes from.
+            return 400, "bad_json", "request body nests JSON arrays/objects too deeply to decode", {}
+        if isinstance(exc, StorageError):
+            self._storage.error("storage unavailable on %s %s: %s", method, path, exc)
+            message = "the database is unavailable; retry later (see GET /ready)"
+            return 503, "storage_unavailable", message, {"Retry-After": "5"}
+        self._internal.error("unhandled error on %s %s", method, path, exc_info=exc)
+        message = "internal error; the server log has the details"
+        return HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", message, {}
+
+    def litestar_handler(self, request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        """Litestar's exception handler for the types :meth:`answer` knows."""
+        status, code, message, headers = self.answer(request.method, request.url.path, exc)
+        response = error_response(status, code, message)
+        response.headers.update(headers)
         return response
 
-    return storage_unavailable
+    async def asgi(self, scope: Any, send: Any, exc: Exception) -> None:
+        """The same answer sent on a raw ASGI ``send`` (a direct route: no Litestar around it)."""
+        status, code, message, headers = self.answer(scope["method"], scope["path"], exc)
+        body = _encode({"error": {"code": code, "message": message}})
+        raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        raw_headers.extend((k.lower().encode(), v.encode()) for k, v in headers.items())
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
 
 
-def _internal_error_handler(throttle: Throttle) -> Any:
-    def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-        # The same failure on every request (a dependency down) is logged once a minute, not per request.
-        throttle.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(
-            HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error; the server log has the details"
-        )
+_encode = msgspec.json.Encoder().encode
 
-    return internal_error
+
+class _App(Litestar):
+    """Litestar, with the plugins' direct routes (``register_direct_routes``) answered before its router.
+
+    A direct route skips Litestar's exception middleware, router and route middleware (together
+    about a tenth of the event loop's time per webhook); the host's own guarantees for every
+    route, the body timeout and the error envelope, are applied by :func:`core.server.body_timeout`.
+    """
+
+    direct: dict[tuple[str, str], Any] = {}
+    """``(method, path)`` → the wrapped endpoint; set by :func:`create_app` (empty: no direct routes)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Dispatch a direct route's method and path to it, anything else to Litestar."""
+        if self.direct and scope["type"] == "http":
+            route = self.direct.get((scope["method"], scope["path"]))
+            if route is not None:
+                await route(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = None) -> Litestar:
@@ -176,6 +213,8 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
 
     routes: list[Any] = [health, ready, metrics]
     routes.extend(item for _, item in host.hooks.collect("register_routes", host=host))
+    errors = _Errors()
+    direct = _direct_routes(host, errors)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -214,7 +253,8 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
         warnings.filterwarnings(
             "ignore", message=_HOST_DEPENDENCY_WARNING, category=LitestarDeprecationWarning
         )
-        app = _litestar(config, host, routes, lifespan)
+        app = _litestar(config, host, routes, lifespan, errors)
+    app.direct = direct
     app.state.host = host  # for tests and embedding; plugins get `host` through hooks and DI
     return app
 
@@ -223,8 +263,33 @@ def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = N
 _HOST_DEPENDENCY_WARNING = r".*Inferred dependency field '(host|agent)'"
 
 
-def _litestar(config: Config, host: Host, routes: list[Any], lifespan: Any) -> Litestar:
-    return Litestar(
+def _direct_routes(host: Host, errors: _Errors) -> dict[tuple[str, str], Any]:
+    """The plugins' direct routes by ``(method, path)``, each under the body timeout and error envelope.
+
+    Raises:
+        PluginError: a plugin returned something else than a :class:`DirectRoute`, or a method
+            and path another plugin already registered.
+    """
+    seconds = host.config.server.body_timeout_seconds
+    table: dict[tuple[str, str], Any] = {}
+    owners: dict[tuple[str, str], str] = {}
+    for plugin, route in host.hooks.collect("register_direct_routes", host=host):
+        if not isinstance(route, DirectRoute):
+            raise PluginError(
+                plugin, f"register_direct_routes must return core.server.DirectRoute objects, got {route!r}"
+            )
+        key = (route.method, route.path)
+        if key in owners:
+            raise PluginError(
+                plugin, f"direct route {route.method} {route.path} is already registered by {owners[key]!r}"
+            )
+        owners[key] = plugin
+        table[key] = body_timeout(route.app, seconds, errors=errors.asgi)
+    return table
+
+
+def _litestar(config: Config, host: Host, routes: list[Any], lifespan: Any, errors: _Errors) -> _App:
+    return _App(
         route_handlers=routes,
         lifespan=[lifespan],
         dependencies={
@@ -233,12 +298,12 @@ def _litestar(config: Config, host: Host, routes: list[Any], lifespan: Any) -> L
             "agent": Provide(host.auth.authenticate),
         },
         exception_handlers={
-            ApiError: _api_error,
+            ApiError: errors.litestar_handler,
             ValidationException: _validation_error,
             HTTPException: _http_error,
-            RecursionError: _too_deep,
-            StorageError: _storage_error_handler(Throttle(log)),
-            Exception: _internal_error_handler(Throttle(log)),
+            RecursionError: errors.litestar_handler,
+            StorageError: errors.litestar_handler,
+            Exception: errors.litestar_handler,
         },
         request_max_body_size=config.server.max_body_bytes,
         middleware=[DefineMiddleware(body_timeout, seconds=config.server.body_timeout_seconds)],

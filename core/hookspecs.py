@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         Veto,
     )
     from core.sending import Channel, SendPolicy
+    from core.server import DirectRoute
 
 PROJECT = "zaphub"
 
@@ -111,6 +112,23 @@ def register_routes(host: Host, settings: Any) -> Sequence[Any] | None:
 
     Returns:
         A list of anything ``Litestar(route_handlers=…)`` accepts.
+    """
+
+
+@hookspec
+def register_direct_routes(host: Host, settings: Any) -> Sequence[DirectRoute] | None:
+    """Contribute raw ASGI endpoints answered before Litestar, each for one exact method and path.
+
+    Called once while the app is built (sync only). For an endpoint whose cost per request
+    matters more than Litestar's conveniences (Meta's webhook ``POST``): the host dispatches the
+    request straight to it, skipping Litestar's router, middleware, dependency injection and
+    exception handlers. The host still applies what it promises for every route: the body timeout
+    (``408``) and the JSON error envelope for an exception raised before the response started.
+    Other methods on the same path are Litestar's (register a route there too for them); a path
+    and method two plugins register stop startup.
+
+    Returns:
+        A list of :class:`core.server.DirectRoute`.
     """
 
 

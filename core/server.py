@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import resource
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import h11
@@ -37,6 +39,8 @@ __all__ = [
     "FD_RESERVE",
     "HTTPTOOLS",
     "MAX_HEADER_BYTES",
+    "DirectRoute",
+    "ErrorAnswer",
     "HeaderTimedH11Protocol",
     "HeaderTimedHttpToolsProtocol",
     "UvicornConfig",
@@ -45,6 +49,7 @@ __all__ = [
     "fd_limit",
     "http_protocol",
     "raise_fd_limit",
+    "send_body_timed_out",
     "uvicorn_config",
 ]
 
@@ -269,11 +274,22 @@ class _BodyTimedOut(BaseException):
     """
 
 
-def body_timeout(app: Any, seconds: float) -> Any:
+ErrorAnswer = Callable[[Any, Any, Exception], Awaitable[None]]
+"""``(scope, send, exc)``: answers a request whose app raised ``exc`` before its response started."""
+
+
+def body_timeout(app: Any, seconds: float, *, errors: ErrorAnswer | None = None) -> Any:
     """Wrap an ASGI app: an HTTP request body must fully arrive within ``seconds`` of the headers.
 
     A late body is answered ``408`` (with ``Connection: close``) if no response has started;
     reads after the body are not timed (a handler may wait for the client to disconnect).
+
+    Args:
+        app: the ASGI app.
+        seconds: ``server.body_timeout_seconds``.
+        errors: answers an exception the app raised before its response started (a route
+            outside Litestar has no exception middleware); without it, or once the response
+            has started, the exception propagates.
     """
 
     async def timed(scope: Any, receive: Any, send: Any) -> None:
@@ -292,10 +308,47 @@ def body_timeout(app: Any, seconds: float) -> Any:
             )
             if not clock.started:
                 await send_body_timed_out(send, seconds)
+        except Exception as exc:
+            if errors is None or clock.started:
+                raise
+            await errors(scope, send, exc)
         finally:
             clock.stop()
 
     return timed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DirectRoute:
+    """A raw ASGI endpoint the host calls for one exact method and path, before Litestar.
+
+    Returned by the ``register_direct_routes`` hook (docs/plugins.md). Litestar's router,
+    middleware, dependency injection and exception handlers are skipped: for an endpoint whose
+    every microsecond counts (Meta's webhook ``POST``). The host still times the body (``408``,
+    :func:`body_timeout`) and answers an exception raised before the response started with the
+    JSON error envelope, as for any route.
+
+    Attributes:
+        method: the HTTP method, upper case (``"POST"``); other methods on the path go to Litestar.
+        path: the exact request path (``"/meta-whatsapp/webhook"``): no parameters, no prefix match.
+        app: the ASGI callable ``(scope, receive, send)``; it reads the body and answers itself.
+    """
+
+    method: str
+    path: str
+    app: Callable[[Any, Any, Any], Awaitable[None]]
+
+    def __post_init__(self) -> None:
+        """Refuse what could never match a request."""
+        if self.method not in _METHODS:
+            raise ValueError(
+                f"DirectRoute method {self.method!r} is not one of {', '.join(sorted(_METHODS))}"
+            )
+        if not self.path.startswith("/") or "{" in self.path:
+            raise ValueError(f"DirectRoute path {self.path!r} must be an exact path starting with '/'")
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _BodyClock:

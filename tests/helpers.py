@@ -33,11 +33,30 @@ __all__ = [
     "ZaphubProcess",
     "console_script",
     "free_port",
+    "read_body",
+    "send_answer",
     "serve",
     "wait_for",
     "write_config",
     "zaphub_process",
 ]
+
+
+async def read_body(receive: Any) -> bytes:
+    """A raw ASGI app's whole request body, however many reads it takes."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+
+
+async def send_answer(send: Any, body: bytes, status: int = 200) -> None:
+    """A raw ASGI app's response: ``status`` with ``body``."""
+    headers = [(b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def pg_admin_url() -> str:

@@ -22,12 +22,13 @@ from core.errors import ApiError, UpstreamError, ValidationFailed
 from core.host import Host, MediaStream, ReadinessCheck
 from core.models import Conversation, Message, OutgoingMessage
 from core.sending import Channel, SendPolicy
+from core.server import DirectRoute
 from core.stash import StashKey
 from plugins.whatsapp.channel import WhatsAppChannel
 from plugins.whatsapp.client import GraphClient
 from plugins.whatsapp.config import SANDBOX_PHONE_NUMBER_ID, WhatsAppSettings
 from plugins.whatsapp.outbound import OUTBOUND_TYPES, body_for, validate_content
-from plugins.whatsapp.routes import WEBHOOK_PATH, webhook_routes
+from plugins.whatsapp.routes import WEBHOOK_PATH, webhook_direct_routes, webhook_routes
 from plugins.whatsapp.sandbox import Sandbox, SandboxOptions
 from plugins.whatsapp.window import ServiceWindow
 from plugins.whatsapp.worker import OutboxWorker
@@ -88,6 +89,12 @@ def register_routes(host: Host, settings: WhatsAppSettings) -> list[Any]:
         host.stash[SANDBOX] = sandbox
         routes.append(sandbox.router)
     return routes
+
+
+@hookimpl
+def register_direct_routes(host: Host, settings: WhatsAppSettings) -> list[DirectRoute]:
+    """The webhook ``POST``, Meta's hot path, answered before Litestar's router."""
+    return webhook_direct_routes(host, settings)
 
 
 @hookimpl

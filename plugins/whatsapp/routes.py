@@ -6,10 +6,13 @@ decodes the body once, drops numbers this host does not serve, and answers ``200
 batch is committed (group commit in :class:`core.ingest.IngestBatcher`). Hooks fire after the
 answer.
 
-It is a raw ASGI handler mounted through Litestar (``@asgi``) rather than a regular route: the
-endpoint needs nothing of Litestar's request parsing, DI or serialisation, which cost more per
-webhook than everything else here but the database. Its answers keep the host's JSON error
-envelope; being Meta's endpoint, not a CRM API, it is left out of the OpenAPI schema.
+It is a raw ASGI endpoint rather than a regular route: it needs nothing of Litestar's request
+parsing, DI or serialisation, which cost more per webhook than everything else here but the
+database. The ``POST`` is a direct route (``register_direct_routes``): the host dispatches it
+before Litestar's router and middleware, applying its body timeout and error envelope itself;
+the handshake (``GET``) and other methods reach the same endpoint through Litestar (``@asgi``).
+Its answers keep the host's JSON error envelope; being Meta's endpoint, not a CRM API, it is left
+out of the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ from urllib.parse import parse_qs
 
 import msgspec
 from litestar.handlers import asgi
-from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
+from litestar.types import HTTPResponseStartEvent, Receive, Scope, Send
 from prometheus_client import Counter
 
 from core.host import Host
+from core.server import DirectRoute
+from core.stash import StashKey
 from plugins.whatsapp.config import WhatsAppSettings
 from plugins.whatsapp.models import WebhookPayloadError, parse_webhook
 
-__all__ = ["WEBHOOK_PATH", "WebhookEndpoint", "signature_problem", "webhook_routes"]
+__all__ = ["WEBHOOK_PATH", "WebhookEndpoint", "signature_problem", "webhook_direct_routes", "webhook_routes"]
 
 log = logging.getLogger("zaphub.whatsapp.webhook")
 
@@ -78,28 +83,21 @@ class WebhookEndpoint:
             registry=host.metrics.registry,
         )
 
+    async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST``: the webhook itself (the host's direct route)."""
+        await _send(send, await self.receive_webhook(scope, receive))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch on the HTTP method."""
         method = scope.get("method")
         if method == "POST":
-            status, headers, body = await self.receive_webhook(scope, receive)
+            answer = await self.receive_webhook(scope, receive)
         elif method in ("GET", "HEAD"):
-            status, headers, body = self.verify(scope)
+            answer = self.verify(scope)
         else:
             status, headers, body = _error(405, "method_not_allowed", "use GET (handshake) or POST (events)")
-            headers = [*headers, (b"allow", b"GET, POST")]
-        start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-        await send(start)
-        end: HTTPResponseBodyEvent = {
-            "type": "http.response.body",
-            "body": b"" if method == "HEAD" else body,
-            "more_body": False,
-        }
-        await send(end)
+            answer = status, [*headers, (b"allow", b"GET, POST")], body
+        await _send(send, answer, head=method == "HEAD")
 
     def verify(self, scope: Scope) -> _Answer:
         """The handshake: echo ``hub.challenge`` when ``hub.verify_token`` matches."""
@@ -201,13 +199,40 @@ class WebhookEndpoint:
         return kept_m, kept_s
 
 
+async def _send(send: Send, answer: _Answer, *, head: bool = False) -> None:
+    status, headers, body = answer
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*headers, (b"content-length", b"%d" % len(body))],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": b"" if head else body, "more_body": False})
+
+
 def _error(status: int, code: str, message: str) -> _Answer:
     return status, _JSON, _encode({"error": {"code": code, "message": message}})
 
 
+_ENDPOINT: StashKey[WebhookEndpoint] = StashKey("whatsapp.webhook")
+
+
+def _endpoint(host: Host, settings: WhatsAppSettings) -> WebhookEndpoint:
+    """The host's one endpoint (its metrics are registered once), shared by both registrations."""
+    endpoint = host.stash.get(_ENDPOINT)
+    if endpoint is None:
+        endpoint = host.stash[_ENDPOINT] = WebhookEndpoint(host, settings)
+    return endpoint
+
+
+def webhook_direct_routes(host: Host, settings: WhatsAppSettings) -> list[DirectRoute]:
+    """The webhook ``POST``, answered by the host before Litestar (the hot path)."""
+    return [DirectRoute("POST", WEBHOOK_PATH, _endpoint(host, settings).post)]
+
+
 def webhook_routes(host: Host, settings: WhatsAppSettings) -> list[Any]:
-    """The webhook endpoint, bound to this host's settings and metrics, as a Litestar handler."""
-    endpoint = WebhookEndpoint(host, settings)
+    """The webhook endpoint as a Litestar handler: the handshake, other methods (``405``)."""
+    endpoint = _endpoint(host, settings)
 
     @asgi(WEBHOOK_PATH, copy_scope=True)
     async def meta_webhook(scope: Scope, receive: Receive, send: Send) -> None:

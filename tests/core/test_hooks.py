@@ -12,7 +12,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import msgspec
 import pytest
 from litestar import Controller, get
@@ -23,7 +25,7 @@ from litestar.testing import AsyncTestClient
 from core import hookimpl
 from core.app import create_app
 from core.config import Config, ConfigFinding, parse_config
-from core.errors import ConfigError, PluginError
+from core.errors import ConfigError, ConflictError, PluginError, StorageError
 from core.host import Host, MediaStream, ReadinessCheck
 from core.models import (
     Contact,
@@ -36,9 +38,10 @@ from core.models import (
     Veto,
 )
 from core.preflight import preflight
+from core.server import DirectRoute
 from plugins.whatsapp import webhook_builders as wb
 from plugins.whatsapp.sandbox import media_content
-from tests.helpers import wait_for
+from tests.helpers import read_body, send_answer, serve, wait_for
 from tests.plugins.crm_realtime.harness import Zaphub, zaphub
 
 
@@ -170,6 +173,108 @@ async def test_hook_register_routes(tmp_path: Path) -> None:
         assert (await client.get("/probe/items/7")).json() == {"id": 7, "plugins": ["routes"]}
         paths = (await client.get("/schema/openapi.json")).json()["paths"]
         assert {"/probe/hello", "/probe/items/{item_id}"} <= set(paths)
+
+
+class Direct:
+    """A plugin with direct routes (echo, failures) and a Litestar route on the same path."""
+
+    @staticmethod
+    async def echo(scope: Any, receive: Any, send: Any) -> None:
+        await send_answer(send, await read_body(receive))
+
+    @staticmethod
+    async def fail(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        kind = scope["query_string"]
+        if kind == b"api":
+            raise ConflictError("that thing is taken")
+        if kind == b"storage":
+            raise StorageError("database is locked")
+        raise RuntimeError("a bug")
+
+    @hookimpl
+    def register_direct_routes(self, host: Host) -> list[DirectRoute]:
+        assert not host.started  # called while the app is built
+        return [
+            DirectRoute("POST", "/probe/direct", self.echo),
+            DirectRoute("PUT", "/probe/direct", self.fail),
+        ]
+
+    @hookimpl
+    def register_routes(self) -> list[Any]:
+        @get("/probe/direct", sync_to_thread=False)
+        def litestar_side() -> dict[str, str]:
+            return {"served_by": "litestar"}
+
+        return [litestar_side]
+
+
+async def test_hook_register_direct_routes(tmp_path: Path) -> None:
+    """A direct route answers its method and path over real HTTP, under the host's body timeout and errors."""
+    config = parse_config(
+        {
+            "storage": {"url": sqlite(tmp_path)},
+            "server": {"body_timeout_seconds": 0.5},
+            "plugins": {"direct": {}},
+        }
+    )
+    app = create_app(config, extra_plugins={"direct": Direct()})
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        echoed = await client.post("/probe/direct", content=b"x" * 100_000)
+        assert (echoed.status_code, echoed.content) == (200, b"x" * 100_000)
+        # Other methods on the path are Litestar's.
+        assert (await client.get("/probe/direct")).json() == {"served_by": "litestar"}
+        # An exception before the answer gets the host's error envelope.
+        conflict = await client.put("/probe/direct?api")
+        assert conflict.status_code == 409
+        assert conflict.json() == {"error": {"code": "conflict", "message": "that thing is taken"}}
+        down = await client.put("/probe/direct?storage")
+        assert (down.status_code, down.headers["retry-after"]) == (503, "5")
+        assert down.json()["error"]["code"] == "storage_unavailable"
+        bug = await client.put("/probe/direct")
+        assert bug.status_code == 500
+        assert bug.json()["error"]["code"] == "internal_error"
+        # A body that stops halfway is answered 408, and the connection closed.
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            writer.write(b"POST /probe/direct HTTP/1.1\r\nHost: zaphub\r\nContent-Length: 10\r\n\r\nhalf")
+            async with asyncio.timeout(10):
+                answer = await reader.read()
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"connection: close" in answer.lower()
+        assert b'"code":"request_timeout"' in answer
+
+
+def test_direct_routes_are_refused_when_two_plugins_claim_one_or_one_is_not_a_route(tmp_path: Path) -> None:
+    class Another:
+        @hookimpl
+        def register_direct_routes(self) -> list[Any]:
+            return [DirectRoute("POST", "/probe/direct", Direct.echo)]
+
+    class Wrong:
+        @hookimpl
+        def register_direct_routes(self) -> list[Any]:
+            return [("POST", "/probe/direct", Direct.echo)]
+
+    def build(**plugins: object) -> Any:
+        config = parse_config(
+            {"storage": {"url": sqlite(tmp_path)}, "plugins": {name: {} for name in plugins}}
+        )
+        return create_app(config, extra_plugins=plugins)
+
+    # Named: the plugin refused and the one that has the route (pluggy calls the later one first).
+    claimed = r"plugin '(another|direct)': direct route POST /probe/direct is already registered by '\w+'"
+    with pytest.raises(PluginError, match=claimed):
+        build(direct=Direct(), another=Another())
+    with pytest.raises(PluginError, match=r"must return core\.server\.DirectRoute objects"):
+        build(wrong=Wrong())
+    with pytest.raises(ValueError, match="method 'post' is not one of"):
+        DirectRoute("post", "/x", Direct.echo)
+    with pytest.raises(ValueError, match="must be an exact path"):
+        DirectRoute("POST", "/items/{item_id:int}", Direct.echo)
 
 
 async def test_hook_register_readiness_checks(tmp_path: Path) -> None:

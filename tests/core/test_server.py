@@ -28,7 +28,7 @@ from core.server import (
     uvicorn_config,
 )
 from tests.core.test_app import Demo, make_app
-from tests.helpers import serve
+from tests.helpers import read_body, send_answer, serve
 
 BOUND = 10.0
 """How long a test waits for the server to act; the server's own timeouts are well under it."""
@@ -157,16 +157,9 @@ def late_reader(seconds: float, *, read_after: float = 0.0, answer_after: float 
         if scope["type"] != "http":
             return
         await asyncio.sleep(read_after)  # the app is busy: not a wait of the test
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        body = await read_body(receive)
         await asyncio.sleep(answer_after)
-        headers = [(b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_answer(send, body)
 
     return body_timeout(app, seconds)
 

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -43,10 +44,13 @@ class Recorder:
         self.statuses.append((message, change))
 
 
-def make_app(storage_url: str, recorder: Recorder, **whatsapp: Any) -> Any:
+def make_app(
+    storage_url: str, recorder: Recorder, server: dict[str, Any] | None = None, **whatsapp: Any
+) -> Any:
     config = parse_config(
         {
             "storage": {"url": storage_url},
+            "server": server or {},
             "plugins": {
                 "whatsapp": {
                     "verify_token": "vt-123",
@@ -213,6 +217,29 @@ async def test_body_over_the_limit_is_413(storage_url: str) -> None:
         r = await post(c, big)
         assert r.status_code == 413
         assert await count(c, "messages") == 0
+
+
+async def test_a_body_that_stops_halfway_is_408_and_stores_nothing(storage_url: str) -> None:
+    body = wb.encode(wb.envelope(messages=[wb.text("oi")]))
+    head = (
+        f"POST {URL} HTTP/1.1\r\nHost: zaphub\r\nContent-Type: application/json\r\n"
+        f"X-Hub-Signature-256: {wb.sign(body, SECRET)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with running(make_app(storage_url, Recorder(), server={"body_timeout_seconds": 0.5})) as c:
+        parts = urlsplit(str(c.base_url))
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            writer.write(head + body[: len(body) // 2])
+            async with asyncio.timeout(10):
+                answer = await reader.read()  # until the server closes
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b'"code":"request_timeout"' in answer
+        assert await count(c, "messages") == 0
+        # The same webhook, whole, is stored.
+        assert (await post(c, body)).status_code == 200
+        assert await count(c, "messages") == 1
 
 
 async def test_default_limit_accepts_a_3mb_body(client: Client, recorder: Recorder) -> None:
