@@ -554,7 +554,7 @@ def parse_webhook(body: bytes) -> ParsedWebhook:
         return out
     for i, entry in enumerate(envelope.entry):
         for j, change in enumerate(entry.changes):
-            _collect_change(change, f"entry[{i}].changes[{j}]", out)
+            _collect_change(change, i, j, out)
     return out
 
 
@@ -586,17 +586,16 @@ def _parse_lenient(doc: Any) -> ParsedWebhook:
             out.ignored.append(f"entry[{i}]: no changes array")
             continue
         for j, raw_change in enumerate(changes):
-            path = f"entry[{i}].changes[{j}]"
             try:
                 change = msgspec.convert(raw_change, Change, strict=False)
             except msgspec.ValidationError as exc:
                 field = raw_change.get("field") if isinstance(raw_change, dict) else None
                 if field is not None and field != "messages":
-                    out.ignored.append(f"{path}: field {field!r} is not handled")
+                    out.ignored.append(f"{_path(i, j)}: field {field!r} is not handled")
                 else:
-                    out.ignored.append(f"{path}: malformed change: {exc}")
+                    out.ignored.append(f"{_path(i, j)}: malformed change: {exc}")
                 continue
-            _collect_change(change, path, out)
+            _collect_change(change, i, j, out)
     return out
 
 
@@ -614,37 +613,45 @@ def _json_kind(value: Any) -> str:
     return "object" if isinstance(value, dict) else type(value).__name__
 
 
-def _collect_change(change: Change, path: str, out: ParsedWebhook) -> None:
-    """Translate the messages and statuses of one ``messages`` change into ``out``."""
+def _collect_change(change: Change, i: int, j: int, out: ParsedWebhook) -> None:
+    """Translate the messages and statuses of ``entry[i].changes[j]`` (a ``messages`` change) into ``out``."""
     if change.field != "messages":
-        out.ignored.append(f"{path}: field {change.field!r} is not handled")
+        out.ignored.append(f"{_path(i, j)}: field {change.field!r} is not handled")
         return
     value = change.value
     if value is None:
-        out.ignored.append(f"{path}: messages change without a value")
+        out.ignored.append(f"{_path(i, j)}: messages change without a value")
         return
-    out.errors.extend(e for e in value.errors if isinstance(e, dict))
+    if value.errors:
+        out.errors.extend(e for e in value.errors if isinstance(e, dict))
     if not value.messages and not value.statuses:
         return
     pnid = value.metadata.phone_number_id if value.metadata is not None else None
     if not pnid:
         n = len(value.messages) + len(value.statuses)
-        out.ignored.append(f"{path}: no metadata.phone_number_id, {n} message(s)/status(es) skipped")
+        out.ignored.append(f"{_path(i, j)}: no metadata.phone_number_id, {n} message(s)/status(es) skipped")
         return
     if value.messages:
-        contacts = {c.wa_id: c for c in value.contacts if c.wa_id}
         first = value.contacts[0] if value.contacts else None
+        # The sender's contact by wa_id, else the first one: with one contact (Meta's usual
+        # change), that is always the first, and no lookup table is needed.
+        contacts = {c.wa_id: c for c in value.contacts if c.wa_id} if len(value.contacts) > 1 else {}
         for k, raw in enumerate(value.messages):
             try:
                 wire = _to_wire(raw, WireMessage)
                 out.messages.append(to_inbound_message(wire, raw, pnid, contacts.get(wire.from_) or first))
             except (msgspec.ValidationError, ValueError, OverflowError, OSError) as exc:
-                out.ignored.append(f"{path}.messages[{k}]{_id_of(raw)}: malformed message: {exc}")
+                out.ignored.append(f"{_path(i, j)}.messages[{k}]{_id_of(raw)}: malformed message: {exc}")
     for k, raw in enumerate(value.statuses):
         try:
             out.statuses.append(to_inbound_status(_to_wire(raw, WireStatus), raw, pnid))
         except msgspec.ValidationError as exc:
-            out.ignored.append(f"{path}.statuses[{k}]{_id_of(raw)}: malformed status: {exc}")
+            out.ignored.append(f"{_path(i, j)}.statuses[{k}]{_id_of(raw)}: malformed status: {exc}")
+
+
+def _path(i: int, j: int) -> str:
+    """Where a change is in the body, for the reasons in ``ignored`` (formatted only when one is)."""
+    return f"entry[{i}].changes[{j}]"
 
 
 def _to_wire(raw: Any, type_: type[_T]) -> _T:

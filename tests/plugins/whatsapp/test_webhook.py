@@ -219,6 +219,21 @@ async def test_body_over_the_limit_is_413(storage_url: str) -> None:
         assert await count(c, "messages") == 0
 
 
+async def test_a_body_over_the_limit_without_a_content_length_is_413(storage_url: str) -> None:
+    big = wb.encode(wb.envelope(messages=[wb.text("x" * 4000)]))
+
+    async def chunked() -> AsyncIterator[bytes]:  # Transfer-Encoding: chunked, no size announced
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    async with running(make_app(storage_url, Recorder(), webhook_max_bytes=2048)) as c:
+        headers = {"content-type": "application/json", "x-hub-signature-256": wb.sign(big, SECRET)}
+        r = await c.post(URL, content=chunked(), headers=headers)
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "payload_too_large"
+        assert await count(c, "messages") == 0
+
+
 async def test_a_body_that_stops_halfway_is_408_and_stores_nothing(storage_url: str) -> None:
     body = wb.encode(wb.envelope(messages=[wb.text("oi")]))
     head = (
