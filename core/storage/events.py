@@ -47,6 +47,7 @@ from core.event_payloads import (
 )
 from core.models import Contact, Conversation, Event, Message, MessageChange, StatusChange, utcnow
 from core.storage.engine import StorageEngine, StorageError
+from core.storage.rows import event_from_row
 from core.storage.schema import event_cursors, event_log, event_sequence
 from core.storage.sqlite_raw import RawStatement, raw_cursor, sqlite_time
 
@@ -188,19 +189,6 @@ _RAW_LOG = RawStatement(
 )
 
 
-def _event(row: sa.Row[tuple[object, ...]]) -> Event:
-    m = row._mapping
-    return Event(
-        id=m["id"],
-        type=m["type"],
-        conversation_id=m["conversation_id"],
-        phone_number_id=m["phone_number_id"],
-        message_id=m["message_id"],
-        created_at=m["created_at"],
-        data=bytes(m["data"]),
-    )
-
-
 class EventLogMixin(StorageEngine):
     """The event log part of :class:`core.storage.Storage`; see the module docstring."""
 
@@ -253,7 +241,7 @@ class EventLogMixin(StorageEngine):
                 rows = (await conn.execute(query)).all()
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise StorageError(f"reading the event log failed: {exc.__class__.__name__}") from exc
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def event_bounds(self) -> EventBounds:
         """The oldest stored id and the last id given out (every id up to it is committed)."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.models import Contact, Conversation, Message
+from core.models import Contact, Conversation, Event, Message
 
-__all__ = ["Row", "contact_from_row", "conversation_from_row", "message_from_row"]
+__all__ = ["Row", "contact_from_row", "conversation_from_row", "event_from_row", "message_from_row"]
 
 
 def message_from_row(row: Any) -> Message:
@@ -34,6 +34,20 @@ def message_from_row(row: Any) -> Message:
         error_title=m["error_title"],
         edited_at=m.get("edited_at"),
         deleted_at=m.get("deleted_at"),
+    )
+
+
+def event_from_row(row: Any) -> Event:
+    """An ``event_log`` row as an :class:`Event` (its payload as the stored bytes)."""
+    m = row._mapping
+    return Event(
+        id=m["id"],
+        type=m["type"],
+        conversation_id=m["conversation_id"],
+        phone_number_id=m["phone_number_id"],
+        message_id=m["message_id"],
+        created_at=m["created_at"],
+        data=bytes(m["data"]),
     )
 
 
