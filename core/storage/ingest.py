@@ -7,6 +7,7 @@ database, not in-memory caches, make repeated webhooks harmless across processes
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -125,15 +126,17 @@ class IngestMixin(StatusMixin):
             learned: tuple[list[Contact], list[tuple[str, int]]] = ([], [])
             moved: list[int] = []
             # A change and its target committed at once by two processes must see each other.
-            lifecycle.lock_targets(
+            lifecycle.lock_targets(  # lazily: consumed on PostgreSQL only
                 conn,
-                [(m.phone_number_id, m.wamid) for m in plain]
-                + [(st.phone_number_id, st.wamid) for st in inbound_statuses if st.message_id is not None]
-                + [
-                    (m.phone_number_id, m.action.target_wamid)
-                    for m in changes
-                    if m.action is not None and not isinstance(m.action, NumberChange)
-                ],
+                itertools.chain(
+                    ((m.phone_number_id, m.wamid) for m in plain),
+                    ((st.phone_number_id, st.wamid) for st in inbound_statuses if st.message_id is not None),
+                    (
+                        (m.phone_number_id, m.action.target_wamid)
+                        for m in changes
+                        if m.action is not None and not isinstance(m.action, NumberChange)
+                    ),
+                ),
             )
             batch = plain
             if any(isinstance(m.action, NumberChange) for m in batch):
