@@ -1,24 +1,32 @@
 """Fan-out benchmark: one webhook → ``whatsapp:message`` on N connected CRM Socket.IO clients.
 
 For each N (default 1, 10, 100, 1,000) it measures, on a ``zaphub run`` it starts itself (SQLite in
-a temp dir, one process):
+a temp dir, one process, websocket transport):
 
-- **latency**: webhooks at a steady rate, each carrying its send time; every client records
-  webhook POST → event received (wall clock, same machine). p50/p99/max over all deliveries.
-  The rate is ``--rate`` but capped so that N x rate stays within ``--delivery-budget`` events/s,
-  because the clients run in one Python process on the same cores and must not be the bottleneck;
-- **throughput**: webhooks posted as fast as the host acknowledges them; events/s is webhooks
-  fanned out completely (received by all N clients) per second, deliveries/s is N times that;
-  next to it the server's CPU time (user + system) per webhook and per delivered event;
-- **floor**: the burst's load against a bare Litestar route reading the same body under the same
-  uvicorn configuration (``bench/_floor.py``), with its CPU per request.
+- **latency**: webhooks at a steady rate (``--rate``; a comma-separated list runs one phase per
+  rate, lowest first), each carrying its send time; every client records webhook POST → event
+  received (wall clock, same machine). p50/p99/max over all deliveries;
+- **throughput**: webhooks posted as fast as the host acknowledges them (16 connections);
+  events/s is webhooks fanned out completely (received by all N clients) per second;
+- **server CPU** per webhook and per delivery, for every phase: the host's user + system CPU from
+  the phase's first webhook until every client has every event of it, with the main thread's share
+  (the event loop: HTTP, dispatch, fan-out; the rest is mostly the SQLite writer thread); and the
+  clients' own CPU, which says whether they kept up;
+- the server's **RSS** with the clients connected;
+- **floor** (``--no-floor`` skips it): the burst's load against a bare Litestar route reading the
+  same body under the same uvicorn configuration (``bench/_floor.py``), with its CPU per request.
 
-    python bench/fanout.py                           # 1, 10, 100, 1000 clients
-    python bench/fanout.py --clients 10 --rate 1000  # DESIGN.md's point: p99 at 1,000 webhooks/s, 10 sockets
+    python bench/fanout.py                                       # 1, 10, 100, 1000 clients
+    python bench/fanout.py --clients 10 --rate 1000 --no-floor   # DESIGN.md: p99 at 1,000/s, 10 sockets
+    python bench/fanout.py --clients 1000 --rate 20,50,100 --seconds 10 --no-floor  # 1,000 sockets
 
-The clients live in a separate process (``--receive`` mode of this script) so their decoding does
-not share the event loop of the load generator. Results are printed as a Markdown table for
-docs/benchmarks.md.
+The clients are JavaScript ``socket.io-client`` 4 clients (``bench/js/fanout-clients.mjs``; needs
+``node`` and ``npm ci --prefix tests/e2e/js``) spread over ``--client-procs`` Node processes, each
+authenticating on ``/crm`` with a JWT as a CRM does. Without node (or with ``--python-clients``)
+they are python-socketio clients in one Python process, which decodes only a few thousand
+deliveries a second: above that the latency measures those clients, not zaphub, so their rate is
+capped at ``--delivery-budget`` deliveries/s. Results are printed as a Markdown table for
+docs/benchmarks.md, and each row as JSON on stderr.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,35 +52,74 @@ from plugins.whatsapp import webhook_builders as wb  # noqa: E402
 
 APP_SECRET = "bench-app-secret-0123456789abcdef0123"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123"
+NODE_CLIENTS = REPO / "bench" / "js" / "fanout-clients.mjs"
+SOCKET_IO_CLIENT = REPO / "tests" / "e2e" / "js" / "node_modules" / "socket.io-client"
+PYTHON_BUDGET = 5_000
+"""Deliveries/s one Python process of python-socketio clients decodes without queueing."""
+IDLE_SECONDS = 20
+"""Clients give up after this long without an event (a run that lost events still ends)."""
+
+# Latency histogram, the same in both kinds of client: 10 µs buckets up to 100 ms, then 1 ms.
+FINE = 10_000
+COARSE = 120_000
 
 
-# --- the clients (a subprocess) ------------------------------------------------------------------
+def bucket(us: float) -> int:
+    """The histogram bucket of a latency in µs."""
+    if us < 0:
+        return 0
+    if us < FINE * 10:
+        return int(us // 10)
+    return min(FINE + COARSE - 1, FINE + int((us - FINE * 10) // 1000))
 
 
-async def receive(url: str, token: str, n: int, expected: int, out: Path, idle: float) -> None:
-    """Connect ``n`` clients, record every bench event, write the results to ``out``."""
+def bucket_ms(index: int) -> float:
+    """The upper bound of a bucket, in ms (a percentile is reported as its bucket's bound)."""
+    if index < FINE:
+        return (index + 1) * 10 / 1000
+    return (FINE * 10 + (index - FINE + 1) * 1000) / 1000
+
+
+# --- the Python clients (a subprocess; the fallback) ---------------------------------------------
+
+
+async def receive(url: str, token: str, n: int, expected: int, idle: float) -> None:
+    """Connect ``n`` python-socketio clients; report like ``bench/js/fanout-clients.mjs`` on stdout."""
     import socketio
 
-    records: list[tuple[str, int, float]] = []  # (phase, latency in µs, received at)
+    phases: dict[str, dict[str, Any]] = {}
     counts = [0] * n
-    complete = 0
+    state = {"received": 0, "disorder": 0, "complete": 0, "last": time.monotonic()}
     done = asyncio.Event()
-    last_event = time.monotonic()
+
+    def emit(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
 
     def make_handler(k: int) -> Any:
+        last_id = 0
+
         async def on_message(data: dict[str, Any]) -> None:
-            nonlocal last_event, complete
+            nonlocal last_id
             now = time.time()
             body = data["message"]["body"]
             if not body.startswith("fan "):
                 return
             _, phase, _, sent = body.split(" ")
-            records.append((phase, int((now - float(sent)) * 1e6), now))
+            p = phases.setdefault(phase, {"hist": {}, "count": 0, "last": 0.0})
+            b = bucket((now - float(sent)) * 1e6)
+            p["hist"][b] = p["hist"].get(b, 0) + 1
+            p["count"] += 1
+            p["last"] = now
+            if not data.get("eventId", 0) > last_id:
+                state["disorder"] += 1
+            last_id = data.get("eventId", 0)
+            state["received"] += 1
+            state["last"] = time.monotonic()
             counts[k] += 1
-            last_event = time.monotonic()
             if counts[k] == expected:
-                complete += 1
-                if complete == n:
+                state["complete"] += 1
+                if state["complete"] == n:
                     done.set()
 
         return on_message
@@ -86,21 +135,140 @@ async def receive(url: str, token: str, n: int, expected: int, out: Path, idle: 
         clients.append(client)
 
     await asyncio.gather(*(connect(k) for k in range(n)))
-    print("ready", flush=True)
-    while not done.is_set():
+    emit({"ready": n})
+    state["last"] = time.monotonic()
+    reported = -1
+    while not done.is_set() and time.monotonic() - state["last"] <= idle:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), 1)
-        if time.monotonic() - last_event > idle:
-            break
-    await asyncio.to_thread(out.write_text, json.dumps({"records": records, "counts": counts}))
+            await asyncio.wait_for(done.wait(), 0.25)
+        if state["received"] != reported:
+            reported = state["received"]
+            emit({"received": reported, "cpu": time.process_time()})
+    emit(
+        {
+            "done": True,
+            "received": state["received"],
+            "cpu": time.process_time(),
+            "counts": counts,
+            "disorder": state["disorder"],
+            "phases": phases,
+        }
+    )
     await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)
+
+
+# --- the clients, seen from the load generator ---------------------------------------------------
+
+
+class Clients:
+    """``n`` CRM clients in ``procs`` processes (Node, or one Python process); their reports merged."""
+
+    def __init__(
+        self, url: str, token: str, n: int, expected: int, *, node: bool, procs: int, nice: int = 0
+    ) -> None:
+        self.url, self.token, self.n, self.expected, self.node = url, token, n, expected, node
+        self.nice = nice
+        self.procs = max(1, min(procs, n)) if node else 1
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._received: list[int] = []
+        self._cpu: list[float] = []
+        self._done: list[dict[str, Any] | None] = []
+        self._readers: list[asyncio.Task[None]] = []
+
+    @property
+    def received(self) -> int:
+        """Deliveries so far, all clients (as last reported: every 250 ms)."""
+        return sum(self._received)
+
+    @property
+    def cpu(self) -> float:
+        """CPU seconds the client processes used so far (as last reported)."""
+        return sum(self._cpu)
+
+    async def start(self) -> None:
+        """Start the processes and wait until every client is connected."""
+        shares = [self.n // self.procs + (1 if i < self.n % self.procs else 0) for i in range(self.procs)]
+        for i, share in enumerate(shares):
+            args = [self.url, self.token, str(share), str(self.expected), str(IDLE_SECONDS)]
+            if self.node:
+                cmd = ["node", str(NODE_CLIENTS), *args]
+            else:
+                cmd = [sys.executable, __file__, "--receive", *args]
+            if self.nice:
+                cmd = ["nice", "-n", str(self.nice), *cmd]
+            proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, limit=2**26)
+            self._procs.append(proc)
+            self._received.append(0)
+            self._cpu.append(0.0)
+            self._done.append(None)
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 300)
+            if not line.startswith(b'{"ready"'):
+                raise SystemExit(f"clients failed to connect: {line[:200]!r}")
+            self._readers.append(asyncio.create_task(self._read(i, proc)))
+
+    async def _read(self, i: int, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            report = json.loads(line)
+            self._received[i] = report.get("received", self._received[i])
+            self._cpu[i] = report.get("cpu", self._cpu[i])
+            if report.get("done"):
+                self._done[i] = report
+
+    async def wait_received(self, target: int, timeout: float) -> bool:
+        """Wait until the clients together report ``target`` deliveries (``False``: timed out)."""
+        deadline = time.monotonic() + timeout
+        while self.received < target:
+            if time.monotonic() > deadline or all(r.done() for r in self._readers):
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def result(self) -> dict[str, Any]:
+        """Wait for the processes to end; their reports merged (histograms added up)."""
+        await asyncio.gather(*(p.wait() for p in self._procs))
+        await asyncio.gather(*self._readers)
+        phases: dict[str, dict[str, Any]] = {}
+        counts: list[int] = []
+        disorder = 0
+        for report in self._done:
+            if report is None:
+                raise SystemExit("a client process ended without its report")
+            counts += report["counts"]
+            disorder += report["disorder"]
+            for name, p in report["phases"].items():
+                merged = phases.setdefault(name, {"hist": {}, "count": 0, "last": 0.0})
+                for index, c in p["hist"].items():
+                    merged["hist"][int(index)] = merged["hist"].get(int(index), 0) + c
+                merged["count"] += p["count"]
+                merged["last"] = max(merged["last"], p["last"])
+        return {"phases": phases, "counts": counts, "disorder": disorder}
+
+
+def hist_pct(hist: dict[int, int], p: float) -> float:
+    """The ``p``-th percentile of a histogram, in ms (its bucket's upper bound)."""
+    total = sum(hist.values())
+    rank = max(1, int(p / 100 * total + 0.5))
+    seen = 0
+    for index in sorted(hist):
+        seen += hist[index]
+        if seen >= rank:
+            return bucket_ms(index)
+    return 0.0
+
+
+def main_thread_cpu(pid: int) -> float:
+    """User + system CPU so far of the main thread of ``pid`` (its event loop), in seconds."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the load generator --------------------------------------------------------------------------
 
 
-def build_request(host: str, phase: str, seq: int) -> bytes:
-    """A signed webhook whose text carries its own send time (filled in just before sending)."""
+def build_request(phase: str, seq: int) -> bytes:
+    """A webhook whose text carries its own send time (filled in just before sending)."""
     msg = wb.text(f"fan {phase} {seq} {{sent}}", from_=f"55119{seq % 1000:08d}")
     return json.dumps(wb.envelope(messages=[msg]), ensure_ascii=True, separators=(",", ":")).encode()
 
@@ -109,7 +277,7 @@ async def post_webhooks(
     host: str, port: int, phase: str, count: int, *, rate: float, concurrency: int
 ) -> tuple[list[float], float]:
     """Send ``count`` webhooks (paced at ``rate``/s, or flat out when 0); returns ack latencies and start."""
-    templates = [build_request(host, phase, seq) for seq in range(count)]
+    templates = [build_request(phase, seq) for seq in range(count)]
     acks: list[float] = []
     queue = iter(range(count))
     start = time.perf_counter()
@@ -159,58 +327,89 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     )
 
 
+def node_available() -> str | None:
+    """Why the Node clients cannot run (``None``: they can)."""
+    if shutil.which("node") is None:
+        return "node is not on PATH"
+    if not SOCKET_IO_CLIENT.exists():
+        return "socket.io-client is not installed (npm ci --prefix tests/e2e/js)"
+    return None
+
+
 async def run_level(
-    url: str, token: str, n: int, args: argparse.Namespace, workdir: Path, server_pid: int
-) -> dict[str, Any]:
+    url: str, token: str, n: int, args: argparse.Namespace, server_pid: int
+) -> list[dict[str, Any]]:
+    """All phases for ``n`` clients: one row per latency rate, then the burst."""
     host, port = url.removeprefix("http://").split(":")
-    lat_rate = min(args.rate, args.delivery_budget / n)
-    lat_count = max(20, int(lat_rate * args.seconds))
-    thr_count = max(50, min(2000, int(80_000 / n)))
-    out = workdir / f"recv-{n}.json"
-    receiver = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--receive",
-        url,
-        token,
-        str(n),
-        str(lat_count + thr_count),
-        str(out),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert receiver.stdout is not None
-    line = await asyncio.wait_for(receiver.stdout.readline(), 300)
-    if line.strip() != b"ready":
-        raise SystemExit(f"receiver failed: {line!r}")
-    lat_started = time.perf_counter()
-    acks, _ = await post_webhooks(host, int(port), "lat", lat_count, rate=lat_rate, concurrency=32)
-    lat_achieved = lat_count / (time.perf_counter() - lat_started)
-    await asyncio.sleep(1)  # let the latency phase drain before the burst
-    cpu_before = _host.cpu_seconds(server_pid)
-    _, thr_start = await post_webhooks(host, int(port), "thr", thr_count, rate=0, concurrency=16)
-    await asyncio.wait_for(receiver.wait(), 600)
-    server_cpu = _host.cpu_seconds(server_pid) - cpu_before
-    result = json.loads(out.read_text())
-    latencies = [r[1] / 1000 for r in result["records"] if r[0] == "lat"]
-    thr_done = max(r[2] for r in result["records"] if r[0] == "thr")
-    thr_seconds = thr_done - thr_start
-    complete = all(c == lat_count + thr_count for c in result["counts"])
-    return {
-        "clients": n,
-        "lat_rate": lat_achieved,  # as sent: pacing falls behind when the host cannot keep up
-        "lat_events": lat_count,
-        "p50": pct(latencies, 50),
-        "p99": pct(latencies, 99),
-        "max": max(latencies),
-        "ack_p99": pct(acks, 99) * 1000,
-        "thr_events": thr_count,
-        "events_per_s": thr_count / thr_seconds,
-        "deliveries_per_s": thr_count * n / thr_seconds,
-        # Server CPU per webhook of the burst: ingest + hooks + one emit to n clients.
-        "server_cpu_ms_per_event": server_cpu * 1000 / thr_count,
-        "server_cpu_us_per_delivery": server_cpu * 1e6 / (thr_count * n),
-        "complete": complete,
-    }
+    budget = args.delivery_budget or (None if args.node else PYTHON_BUDGET)
+    phases: list[tuple[str, float, int]] = []  # (phase, rate (0: burst), webhooks)
+    for asked in sorted({float(r) for r in args.rate.split(",")}):
+        rate = min(asked, budget / n) if budget else asked
+        phases.append((f"lat{len(phases)}", rate, max(20, int(rate * args.seconds))))
+    if args.burst:
+        phases.append(("thr", 0.0, max(50, min(2000, int(80_000 / n)))))
+    expected = sum(count for _, _, count in phases)
+    procs = args.client_procs or min(4, 1 + n // 250)
+    clients = Clients(url, token, n, expected, node=args.node, procs=procs, nice=args.client_nice)
+    await clients.start()
+    rss = _host.rss_mb(server_pid)
+    rows = []
+    delivered = 0
+    try:
+        for phase, rate, count in phases:
+            cpu0, main0, cli0 = _host.cpu_seconds(server_pid), main_thread_cpu(server_pid), clients.cpu
+            started = time.perf_counter()
+            acks, wall_start = await post_webhooks(
+                # Every connection sends at least once a second: uvicorn closes one idle for 5 s.
+                host,
+                int(port),
+                phase,
+                count,
+                rate=rate,
+                concurrency=max(2, min(32, int(rate))) if rate else 16,
+            )
+            sent_rate = count / (time.perf_counter() - started)  # pacing falls behind an overloaded host
+            delivered += count * n
+            drained = await clients.wait_received(delivered, timeout=120)
+            elapsed = time.perf_counter() - started
+            cpu = _host.cpu_seconds(server_pid) - cpu0
+            rows.append(
+                {
+                    "clients": n,
+                    "phase": phase,
+                    "rate": rate,
+                    "sent_rate": sent_rate,
+                    "webhooks": count,
+                    "wall_start": wall_start,
+                    "ack_p50": pct(acks, 50) * 1000,
+                    "ack_p99": pct(acks, 99) * 1000,
+                    "load_average": os.getloadavg()[0],
+                    "server_cpu_us_per_webhook": cpu * 1e6 / count,
+                    "server_cpu_us_per_delivery": cpu * 1e6 / (count * n),
+                    "main_thread_share": (main_thread_cpu(server_pid) - main0) / cpu if cpu else 0.0,
+                    "server_cpu_cores": cpu / elapsed,
+                    "clients_cpu_cores": (clients.cpu - cli0) / elapsed,
+                    "drained": drained,
+                    "rss_mb": rss,
+                }
+            )
+            await asyncio.sleep(0.5)
+    finally:
+        result = await clients.result()
+    for row in rows:
+        got = result["phases"].get(row["phase"], {"hist": {}, "count": 0, "last": row["wall_start"]})
+        hist = got["hist"]
+        row.update(
+            p50=hist_pct(hist, 50) if hist else float("nan"),
+            p99=hist_pct(hist, 99) if hist else float("nan"),
+            max=bucket_ms(max(hist)) if hist else float("nan"),
+            complete=got["count"] == row["webhooks"] * n,
+            events_per_s=row["webhooks"] / max(1e-6, got["last"] - row["wall_start"]),
+            disorder=result["disorder"],
+        )
+        row["deliveries_per_s"] = row["events_per_s"] * n
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
 
 
 async def run_floor(workdir: Path, count: int = 2000) -> dict[str, float]:
@@ -228,21 +427,62 @@ async def run_floor(workdir: Path, count: int = 2000) -> dict[str, float]:
     return {"requests": count, "per_s": count / elapsed, "cpu_us": cpu * 1e6 / count}
 
 
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(
+        "| clients | phase | webhook→socket p50 | p99 | max | ack p50 / p99 | events/s (all clients) "
+        "| deliveries/s | server CPU per webhook | per delivery | main thread | server / clients CPU (cores) "
+        "| load avg |"
+    )
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        flag = "" if r["complete"] else " (incomplete)"
+        phase = f"{r['webhooks']} at {r['sent_rate']:,.0f}/s" if r["rate"] else f"burst of {r['webhooks']}"
+        print(
+            f"| {r['clients']:,} | {phase} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['max']:.1f} ms "
+            f"| {r['ack_p50']:.1f} / {r['ack_p99']:.1f} ms | {r['events_per_s']:,.0f}{flag} "
+            f"| {r['deliveries_per_s']:,.0f} "
+            f"| {r['server_cpu_us_per_webhook']:,.0f} µs | {r['server_cpu_us_per_delivery']:.1f} µs "
+            f"| {r['main_thread_share']:.0%} | {r['server_cpu_cores']:.2f} / {r['clients_cpu_cores']:.2f} "
+            f"| {r['load_average']:.1f} |"
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--clients", default="1,10,100,1000", help="comma-separated client counts")
     parser.add_argument(
-        "--rate", type=float, default=200, help="webhooks/s of the latency phase (before the cap)"
+        "--rate", default="200", help="webhooks/s of the latency phase; comma-separated: one phase per rate"
     )
     parser.add_argument(
         "--delivery-budget",
         type=float,
-        default=5_000,
-        help="cap on N x rate in the latency phase (what one Python process of clients decodes unqueued)",
+        default=0,
+        help=f"cap on N x rate in the latency phases (default: none with the Node clients, "
+        f"{PYTHON_BUDGET:,} with the Python ones)",
     )
-    parser.add_argument("--seconds", type=float, default=3, help="length of the latency phase")
+    parser.add_argument("--seconds", type=float, default=3, help="length of each latency phase")
+    parser.add_argument("--no-burst", dest="burst", action="store_false", help="skip the throughput phase")
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=0,
+        help="Node processes for the clients (default: one more per 250 clients, at most 4)",
+    )
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="run the clients at this nice level (10: the server is not preempted by its own load "
+        "generator on shared cores; CRMs run elsewhere in production)",
+    )
+    parser.add_argument(
+        "--python-clients",
+        dest="node",
+        action="store_false",
+        help="python-socketio clients in one process instead of socket.io-client in Node",
+    )
     parser.add_argument(
         "--no-floor",
         dest="floor",
@@ -250,13 +490,16 @@ async def main() -> None:
         help="skip the floor (the burst's load against a bare Litestar route, bench/_floor.py)",
     )
     parser.add_argument(
-        "--receive", nargs=5, metavar=("URL", "TOKEN", "N", "EXPECTED", "OUT"), help=argparse.SUPPRESS
+        "--receive", nargs=5, metavar=("URL", "TOKEN", "N", "EXPECTED", "IDLE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.receive:
-        url, token, n, expected, out = args.receive
-        await receive(url, token, int(n), int(expected), Path(out), idle=15)
+        url, token, n, expected, idle = args.receive
+        await receive(url, token, int(n), int(expected), float(idle))
         return
+    if args.node and (why := node_available()) is not None:
+        print(f"Python clients instead of Node ones: {why}", file=sys.stderr)
+        args.node = False
 
     import jwt
 
@@ -268,25 +511,21 @@ async def main() -> None:
             host, port = url.removeprefix("http://").split(":")
             await post_webhooks(host, int(port), "warmup", 200, rate=0, concurrency=8)  # first writes, caches
             for n in (int(x) for x in args.clients.split(",")):
-                row = await run_level(url, token, n, args, Path(tmp), proc.pid)
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
+                level = await run_level(url, token, n, args, proc.pid)
+                rows += level
+                print(f"{n:,} clients connected: server RSS {level[0]['rss_mb']:.0f} MB", file=sys.stderr)
         finally:
             _host.stop(proc)
         floor = await run_floor(Path(tmp)) if args.floor else None
+    rss = {r["clients"]: r["rss_mb"] for r in rows}
+    kind = "socket.io-client (Node)" if args.node else "python-socketio"
     print(
-        "| clients | latency phase | webhook→socket p50 | p99 | max | ack p99 | events/s (all clients) "
-        "| deliveries/s | server CPU per webhook | per delivery |"
+        f"clients: {kind}; server RSS with them connected: "
+        + ", ".join(f"{n:,}: {mb:.0f} MB" for n, mb in rss.items())
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        flag = "" if r["complete"] else " (incomplete)"
-        print(
-            f"| {r['clients']:,} | {r['lat_events']} webhooks at {r['lat_rate']:,.0f}/s | {r['p50']:.1f} ms "
-            f"| {r['p99']:.1f} ms | {r['max']:.1f} ms | {r['ack_p99']:.1f} ms "
-            f"| {r['events_per_s']:,.0f}{flag} | {r['deliveries_per_s']:,.0f} "
-            f"| {r['server_cpu_ms_per_event']:.2f} ms | {r['server_cpu_us_per_delivery']:.1f} µs |"
-        )
+    print_table(rows)
+    if any(r["disorder"] for r in rows):
+        print("\nEVENTS OUT OF ORDER OR DUPLICATED on some socket: see the JSON rows (disorder)")
     if floor is not None:
         print(
             f"\nfloor (bare Litestar route, same uvicorn config, {floor['requests']} webhooks, "

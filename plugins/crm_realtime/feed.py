@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from prometheus_client import Counter
 
+from core.events import Wakeup
 from core.logs import Throttle
 from core.models import Event
 
@@ -74,6 +75,11 @@ class SocketFeed:
             registry=registry,
         )
         self.m_emit_errors = Counter("zaphub_crm_emit_errors", "Emits that raised.", registry=registry)
+        self._by_type: dict[tuple[Counter, str], Any] = {}
+        """Labelled children of the per-event counters, looked up once per type."""
+        # Not asyncio.wait_for(queue.get(), TICK_SECONDS): it wraps every wait in a task, and
+        # at a paced rate every event is a wait.
+        self._wake = Wakeup()
 
     def offer(self, event: Event, *, relay: bool) -> None:
         """Queue ``event`` for delivery (``relay``: publish it to the other processes too); never waits."""
@@ -81,6 +87,7 @@ class SocketFeed:
             self.queue.put_nowait((event, relay))
         except asyncio.QueueFull:
             self.m_queue_full.inc()  # the log has it: the next gap or tick reads it back
+        self._wake.set()
 
     async def run(self) -> None:
         """Deliver until :meth:`stop`; starts at the end of the log (earlier events are replays)."""
@@ -90,15 +97,18 @@ class SocketFeed:
             except Exception as exc:
                 self._throttle.error("the CRM feed cannot read the event log yet", exc_info=exc)
                 await asyncio.sleep(TICK_SECONDS)
-        queue = self.queue
+        queue, wake = self.queue, self._wake
         while True:
-            try:
-                items = [await asyncio.wait_for(queue.get(), TICK_SECONDS)]
-            except TimeoutError:
-                await self._guarded(self._catch_up(None))
-                continue
+            if queue.empty():
+                wake.clear()
+                if not await wake.wait(TICK_SECONDS):  # TICK_SECONDS without an event
+                    await self._guarded(self._catch_up(None))
+                    continue
+                if queue.empty():  # woken without an event (never expected): wait again
+                    continue
             # Everything queued meanwhile goes as one batch: each socket gets its frames of the
             # batch in one write instead of one per event.
+            items = [queue.get_nowait()]
             while len(items) < BATCH and not queue.empty():
                 items.append(queue.get_nowait())
             try:
@@ -113,6 +123,7 @@ class SocketFeed:
         """Stop after what is queued (the sentinel waits its turn)."""
         with contextlib.suppress(asyncio.QueueFull):  # then run() ends cancelled instead
             self.queue.put_nowait(None)
+        self._wake.set()
 
     async def _guarded(self, work: Any) -> None:
         try:
@@ -132,9 +143,10 @@ class SocketFeed:
 
     async def _take(self, items: list[tuple[Event, bool]]) -> None:
         """Deliver the events of ``items`` that follow the cursor, reading any gap from the log."""
-        for event, relay in items:
-            if relay:  # first: the other processes need not wait for our sockets
-                await self.rt.relay_event(event)
+        if self.rt.relay is not None:  # with Redis; first: the other processes need not wait for our sockets
+            for event, relay in items:
+                if relay:
+                    await self.rt.relay_event(event)
         assert self.position is not None
         top = self.position
         batch: list[Event] = []
@@ -174,14 +186,20 @@ class SocketFeed:
             self._count(self.m_events, events)
         self.position = events[-1].id
 
-    @staticmethod
-    def _count(counter: Counter, events: list[Event]) -> None:
+    def _count(self, counter: Counter, events: list[Event]) -> None:
         """Count events by type: one increment per type and batch, not per event."""
         if len(events) == 1:
-            counter.labels(event=events[0].type).inc()
+            self._child(counter, events[0].type).inc()
             return
         for name, count in collections.Counter(event.type for event in events).items():
-            counter.labels(event=name).inc(count)
+            self._child(counter, name).inc(count)
+
+    def _child(self, counter: Counter, event_type: str) -> Any:
+        # prometheus_client's labels() builds a key and takes a lock on each call.
+        child = self._by_type.get((counter, event_type))
+        if child is None:
+            child = self._by_type[(counter, event_type)] = counter.labels(event=event_type)
+        return child
 
 
 def relay_message(event: Event, host_id: str) -> dict[str, Any]:

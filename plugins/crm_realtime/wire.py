@@ -249,25 +249,31 @@ class SocketWriter:
             problem,
         )
 
-    def write(self, eio_sid: str, frames: Sequence[Frames]) -> int:
+    def write(self, eio_sid: str, frames: Sequence[Frames], *, now: float | None = None) -> int:
         """Write ``frames`` in one transport write if nothing is pending for the session.
 
         Returns how many were written: the first ones, up to :data:`WRITE_BYTES` (at least one),
-        or none. Send the rest with :meth:`send`, right away: order is kept.
+        or none. Send the rest with :meth:`send`, right away: order is kept. ``now`` is
+        ``time.time()``, read once for a whole batch of sockets.
         """
         channel = self.channels.get(eio_sid)
         if channel is None:
             return 0
         socket = channel.socket
         if not socket.upgraded or socket.upgrading or socket.closing or socket.closed:
-            return False
+            return 0
         last_ping = socket.last_ping
-        if last_ping and time.time() - last_ping > self.eio.ping_timeout:
+        if last_ping and (time.time() if now is None else now) - last_ping > self.eio.ping_timeout:
             return 0  # the library's send closes it
         queue = socket.queue
         # Only when the session's writer task waits on an empty queue is nothing of the library's
         # in flight (a packet it took but has not written would be overtaken).
-        if not queue.empty() or not any(not getter.done() for getter in queue._getters):
+        if not queue.empty():
+            return 0
+        for getter in queue._getters:
+            if not getter.done():
+                break
+        else:
             return 0
         protocol = channel.protocol
         transport = protocol.transport
@@ -299,8 +305,9 @@ class SocketWriter:
     async def deliver(self, batches: Mapping[str, Sequence[Frames]]) -> None:
         """Write each session's frames (by Engine.IO sid), directly where possible."""
         direct = queued = 0
+        now = time.time()
         for eio_sid, frames in batches.items():
-            written = self.write(eio_sid, frames)
+            written = self.write(eio_sid, frames, now=now)
             if written:
                 direct += 1
                 if written == len(frames):

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from core import hookimpl
 from core.app import create_app
 from core.config import parse_config
-from core.events import HOOKS_CURSOR
+from core.events import HOOKS_CURSOR, Wakeup
 from core.host import Host
 from core.models import Event, Message
 from tests.core.test_storage import inbound
@@ -226,3 +226,49 @@ async def test_a_held_event_keeps_the_saved_cursor_before_it_until_its_task_is_d
         assert await again.storage.get_cursor(HOOKS_CURSOR) == 1
         await again.events.drain()
     assert recorder.ids == [2, 3]
+
+
+async def test_an_event_nobody_handed_over_is_dispatched_before_the_next_one_and_when_none_follows(
+    storage_url: str,
+) -> None:
+    recorder = Recorder()
+    host = make_host(storage_url, ("recorder", recorder))
+    host.events.poll_seconds = 3600  # no poll: only the gap before "b" can bring "quiet-1" in
+    async with running(host):
+        await ingest(host, "a")
+        await wait_for(lambda: recorder.ids == [1], what="a")
+        # Committed but never handed over, as by another process.
+        await host.storage.ingest([inbound("wamid.quiet-1", wa_id="5511900000011")], [])
+        await ingest(host, "b")
+        await wait_for(lambda: recorder.ids == [1, 2, 3], what="quiet-1 then b")
+        assert 'zaphub_events_dispatched_total{path="log"} 1.0' in host.metrics.render().decode()
+    again = Recorder()
+    host = make_host(storage_url, ("recorder", again))
+    host.events.poll_seconds = 0.2
+    async with running(host):
+        await ingest(host, "c")
+        # Nothing follows "quiet-2": the poll reads it once events stopped coming for poll_seconds.
+        await host.storage.ingest([inbound("wamid.quiet-2", wa_id="5511900000012")], [])
+        await wait_for(lambda: again.ids == [4, 5], what="c, then quiet-2 from the poll")
+
+
+async def test_a_wakeup_returns_when_set_or_after_its_timeout() -> None:
+    wakeup = Wakeup()
+    assert await wakeup.wait(0.01) is False  # nobody set it
+    wakeup.set()
+    assert await wakeup.wait(3600) is True  # set before the wait: at once
+    assert await wakeup.wait(3600) is True  # and until cleared
+    wakeup.clear()
+    waiting = asyncio.ensure_future(wakeup.wait(3600))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    wakeup.set()
+    assert await asyncio.wait_for(waiting, 10) is True
+    # A cancelled wait leaves nothing behind: the next one works.
+    wakeup.clear()
+    cancelled = asyncio.ensure_future(wakeup.wait(3600))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cancelled
+    assert await wakeup.wait(0.01) is False
