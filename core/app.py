@@ -1,9 +1,10 @@
 """``create_app(config) -> Litestar``: where pluggy meets Litestar, in one place.
 
 The app factory builds the plugin manager, validates every plugin's settings, creates the
-:class:`~core.host.Host`, and collects routes (mounts included) and readiness checks from hooks.
-The host starts and stops inside the Litestar lifespan. Ops endpoints (``/health``, ``/ready``,
-``/metrics``) and the JSON error envelope (``{"error": {"code", "message"}}``) are the host's own.
+:class:`~core.host.Host`, and collects routes (mounts included), direct routes (answered before
+Litestar's router) and readiness checks from hooks. The host starts and stops inside the Litestar
+lifespan. Ops endpoints (``/health``, ``/ready``, ``/metrics``) and the JSON error envelope
+(``{"error": {"code", "message"}}``) are the host's own.
 """
 
 from __future__ import annotations
