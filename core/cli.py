@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import socket
@@ -105,7 +104,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from core.app import create_app
     from core.logs import setup_logging
-    from core.server import FD_RESERVE, connection_limit, raise_fd_limit, uvicorn_config
+    from core.server import FD_RESERVE, connection_limit, freeze_startup_heap, raise_fd_limit, uvicorn_config
 
     config = load_config(args.config)
     checked = preflight(config)  # refuses what check refuses, before anything listens
@@ -177,7 +176,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if not self.should_exit:  # said only once the app started and the socket serves
-                _freeze_startup_heap()
+                freeze_startup_heap()
                 print(listening, file=sys.stderr, flush=True)
 
     # uvicorn re-raises the SIGTERM it handled once the graceful shutdown is over, which would end
@@ -192,23 +191,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("error: zaphub did not start; the log above says why", file=sys.stderr)
         return 1
     return 0
-
-
-def _freeze_startup_heap() -> None:
-    """Hide what startup allocated from the garbage collector's full collections (``gc.freeze``).
-
-    Runtime tuning for tail latency, the one place it is done. A full (generation 2) collection
-    traverses every tracked object, and after startup that is over a hundred thousand of them
-    (modules, classes, Litestar's and SQLAlchemy's structures, the app): on the benchmark machine
-    each took 80-210 ms, twice in 20 s at 1,000 webhooks/s, stalling every request in flight (the
-    worst ack latencies). Frozen, they are skipped: the same collections took 2 ms
-    (docs/benchmarks.md, "Runtime"). They are never freed, which they would not be anyway.
-    The collector's thresholds and ``sys.setswitchinterval`` were measured too and are left at
-    Python's defaults.
-    """
-    gc.collect()
-    gc.freeze()
-    log.debug("garbage collector: %d objects of the started app frozen", gc.get_freeze_count())
 
 
 def _run_workers(config: Config, sock: socket.socket, fds: int, workers: int, listening: str) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from core.config import Config
+from core.server import freeze_startup_heap
 
 __all__ = ["WorkerApp", "workers_problem"]
 
@@ -105,6 +106,7 @@ class _Lifespan:
         async def watched(message: Any) -> None:
             await send(message)
             if message["type"] == "lifespan.startup.complete":
+                freeze_startup_heap()  # as `zaphub run` does with one process
                 print(self.listening, file=sys.stderr, flush=True)
             elif message["type"] == "lifespan.startup.failed":
                 from uvicorn.config import STARTUP_FAILURE

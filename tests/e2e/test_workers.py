@@ -58,6 +58,7 @@ async def test_two_workers_serve_webhooks_and_clients_on_either_get_every_event(
     port = free_port()
     data = crm_config(fresh_postgres_url, port, redis={"url": redis_test_url, "channel": redis_channel})
     data["plugins"]["crm_realtime"]["transports"] = ["websocket"]
+    data["logging"] = {"level": "debug"}  # to see each worker freeze its started app (below)
     proc = ZaphubProcess(write_config(tmp_path / "config.yaml", data), port=port, args=["--workers", "2"])
     proc.start().wait_ready(timeout=90)  # two interpreters start (spawn) on a shared machine
     assert proc.proc is not None
@@ -99,6 +100,8 @@ async def test_two_workers_serve_webhooks_and_clients_on_either_get_every_event(
     assert code == 0, proc.log()[-3000:]
     assert alive(workers) == []
     assert proc.log().count("Application shutdown complete") == 2
+    # Each worker hid its started app from full garbage collections, as `zaphub run` does.
+    assert len(re.findall(r"garbage collector: \d+ objects of the started app frozen", proc.log())) == 2
 
 
 def serving(proc: ZaphubProcess) -> list[int]:
