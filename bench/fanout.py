@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -500,6 +501,13 @@ async def main() -> None:
     if args.node and (why := node_available()) is not None:
         print(f"Python clients instead of Node ones: {why}", file=sys.stderr)
         args.node = False
+    if not args.node and importlib.util.find_spec("aiohttp") is None:
+        # python-socketio's asyncio client needs aiohttp; without it every client fails to
+        # connect with an unexplained "Unexpected connection error".
+        raise SystemExit(
+            "no clients to run: the Python clients need aiohttp (pip install -e '.[test]'), "
+            "the Node ones socket.io-client (npm ci --prefix tests/e2e/js)"
+        )
 
     import jwt
 
