@@ -344,10 +344,13 @@ def test_taking_over_keeps_the_bot_silent_and_handing_back_lets_it_answer(contex
     page = signed_in(context, stack)
     conversation(page, conv["id"]).click()
     toggle = page.get_by_test_id("mode-toggle")
+    badge = page.get_by_test_id("thread-mode")  # who answers, in words
     expect(toggle).to_have_attribute("data-mode", "bot")
+    expect(badge).to_have_text("Bot")
 
     toggle.click()
     expect(toggle).to_have_attribute("data-mode", "human")
+    expect(badge).to_have_text("Agent")
     assert stack.api("GET", f"conversations/{conv['id']}").json()["mode"] == "human"
     stack.inbound("Qual o preço?", from_=wa_id, name="Nina Alves")
     # Events reach autoreply in commit order: once a later customer got the rule's reply, the
@@ -359,6 +362,7 @@ def test_taking_over_keeps_the_bot_silent_and_handing_back_lets_it_answer(contex
 
     toggle.click()
     expect(toggle).to_have_attribute("data-mode", "bot")
+    expect(badge).to_have_text("Bot")
     stack.inbound("E o preço?", from_=wa_id, name="Nina Alves")
     automated = page.locator('[data-testid="message"][data-direction="outbound"]')
     expect(automated).to_contain_text(PRICE)

@@ -1067,7 +1067,8 @@
     modeBadge.hidden = !hasMode;
     toggle.hidden = !hasMode || !S.features.mode;
     if (hasMode) {
-      modeBadge.textContent = conv.mode === 'human' ? '👤 Agent' : '🤖 Bot';
+      // Words, not emoji: a machine without an emoji font (a kiosk, Debian's bare Chromium) drew a box.
+      modeBadge.textContent = conv.mode === 'human' ? 'Agent' : 'Bot';
       modeBadge.className = `badge ${conv.mode}`;
       toggle.dataset.mode = conv.mode;
       toggle.textContent = conv.mode === 'human' ? 'Hand back to bot' : 'Take over';
