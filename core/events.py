@@ -245,7 +245,6 @@ class EventDispatcher:
         self._behind = False
         self._offered = 0
         self._held: dict[int, int] = {}
-        self._dispatched: dict[str, Any] = {}
         self._wake = Wakeup()
         self._progress = asyncio.Event()
         self._polled_at = 0.0
@@ -543,10 +542,7 @@ class EventDispatcher:
             await self.host.hooks.call("on_event", host=self.host, event=item.event)
         except Exception:  # the runner isolates hook failures; this guards the loop itself
             log.exception("dispatching event %d (%s) failed", item.event.id, item.event.type)
-        counter = self._dispatched.get(path)
-        if counter is None:  # labels() builds a key and takes a lock on every call
-            counter = self._dispatched[path] = self.host.metrics.events_dispatched.labels(path=path)
-        counter.inc()
+        self.host.metrics.dispatched_by_path[path].inc()
         self.position = item.event.id
         self._progress.set()
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE_LATEST", "MESSAGE_TYPES", "BatchHistogram", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "MESSAGE_TYPES", "BatchHistogram", "Children", "Metrics"]
 
 MESSAGE_TYPES = frozenset(
     {
@@ -38,6 +39,28 @@ MESSAGE_TYPES = frozenset(
 """Message types counted under their own name; any other (a type added later, or a forged one)
 is counted as ``other``. Label values come from fixed sets: a value chosen outside would add a
 series per value and grow ``/metrics`` without bound."""
+
+
+class Children:
+    """The children of a one-label metric, each looked up once: ``children["text"].inc()``.
+
+    prometheus_client's ``labels()`` builds a key and takes a lock on every call, which costs
+    microseconds on paths that count every batch or event (ingest, hook dispatch, the CRM feed).
+    Values must come from a bounded set, as for ``labels()`` itself (see :data:`MESSAGE_TYPES`).
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter) -> None:
+        self._metric = metric
+        self._children: dict[str, Any] = {}
+
+    def __getitem__(self, value: str) -> Any:
+        """The child for the label ``value`` (created, with its series, on first use)."""
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self._metric.labels(value)
+        return child
 
 
 class BatchHistogram(Collector):
@@ -96,6 +119,7 @@ class Metrics:
             ["type"],
             registry=r,
         )
+        self._inbound_by_type = Children(self.inbound_messages)
         self.duplicates = Counter(
             "zaphub_duplicates_absorbed",
             "Repeated messages/statuses absorbed by unique keys.",
@@ -147,6 +171,8 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.dispatched_by_path = Children(self.events_dispatched)
+        """:attr:`events_dispatched` by path, its children looked up once."""
         self.events_pruned = Counter(
             "zaphub_events_pruned", "Events deleted from the log by retention.", registry=r
         )
@@ -160,7 +186,7 @@ class Metrics:
     def count_inbound(self, message_type: str, count: int = 1) -> None:
         """Count ``count`` stored inbound messages of a type (or as ``other``, see :data:`MESSAGE_TYPES`)."""
         label = message_type if message_type in MESSAGE_TYPES else "other"
-        self.inbound_messages.labels(type=label).inc(count)
+        self._inbound_by_type[label].inc(count)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every registered metric."""

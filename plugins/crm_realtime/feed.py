@@ -30,6 +30,7 @@ from prometheus_client import Counter
 
 from core.events import Wakeup
 from core.logs import Throttle
+from core.metrics import Children
 from core.models import Event
 
 if TYPE_CHECKING:
@@ -75,8 +76,8 @@ class SocketFeed:
             registry=registry,
         )
         self.m_emit_errors = Counter("zaphub_crm_emit_errors", "Emits that raised.", registry=registry)
-        self._by_type: dict[tuple[Counter, str], Any] = {}
-        """Labelled children of the per-event counters, looked up once per type."""
+        self._events_by_type = Children(self.m_events)
+        self._from_log_by_type = Children(self.m_from_log)
         # Not asyncio.wait_for(queue.get(), TICK_SECONDS): it wraps every wait in a task, and
         # at a paced rate every event is a wait.
         self._wake = Wakeup()
@@ -168,7 +169,7 @@ class SocketFeed:
         assert self.position is not None
         while True:
             page = await self.rt.host.storage.read_events(self.position, LOG_PAGE, until=until)
-            self._count(self.m_from_log, page)
+            self._count(self._from_log_by_type, page)
             await self._deliver(page)
             if len(page) < LOG_PAGE:
                 return
@@ -183,23 +184,17 @@ class SocketFeed:
             self.m_emit_errors.inc()
             self._throttle.error("emitting %d events failed", len(events), exc_info=exc)
         else:
-            self._count(self.m_events, events)
+            self._count(self._events_by_type, events)
         self.position = events[-1].id
 
-    def _count(self, counter: Counter, events: list[Event]) -> None:
+    @staticmethod
+    def _count(by_type: Children, events: list[Event]) -> None:
         """Count events by type: one increment per type and batch, not per event."""
         if len(events) == 1:
-            self._child(counter, events[0].type).inc()
+            by_type[events[0].type].inc()
             return
         for name, count in collections.Counter(event.type for event in events).items():
-            self._child(counter, name).inc(count)
-
-    def _child(self, counter: Counter, event_type: str) -> Any:
-        # prometheus_client's labels() builds a key and takes a lock on each call.
-        child = self._by_type.get((counter, event_type))
-        if child is None:
-            child = self._by_type[(counter, event_type)] = counter.labels(event=event_type)
-        return child
+            by_type[name].inc(count)
 
 
 def relay_message(event: Event, host_id: str) -> dict[str, Any]:
