@@ -259,12 +259,6 @@ def hist_pct(hist: dict[int, int], p: float) -> float:
     return 0.0
 
 
-def main_thread_cpu(pid: int) -> float:
-    """User + system CPU so far of the main thread of ``pid`` (its event loop), in seconds."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # --- the load generator --------------------------------------------------------------------------
 
 
@@ -358,7 +352,11 @@ async def run_level(
     delivered = 0
     try:
         for phase, rate, count in phases:
-            cpu0, main0, cli0 = _host.cpu_seconds(server_pid), main_thread_cpu(server_pid), clients.cpu
+            cpu0, main0, cli0 = (
+                _host.cpu_seconds(server_pid),
+                _host.main_thread_cpu_seconds(server_pid),
+                clients.cpu,
+            )
             started = time.perf_counter()
             acks, wall_start = await post_webhooks(
                 # Every connection sends at least once a second: uvicorn closes one idle for 5 s.
@@ -387,7 +385,9 @@ async def run_level(
                     "load_average": os.getloadavg()[0],
                     "server_cpu_us_per_webhook": cpu * 1e6 / count,
                     "server_cpu_us_per_delivery": cpu * 1e6 / (count * n),
-                    "main_thread_share": (main_thread_cpu(server_pid) - main0) / cpu if cpu else 0.0,
+                    "main_thread_share": (_host.main_thread_cpu_seconds(server_pid) - main0) / cpu
+                    if cpu
+                    else 0.0,
                     "server_cpu_cores": cpu / elapsed,
                     "clients_cpu_cores": (clients.cpu - cli0) / elapsed,
                     "drained": drained,
