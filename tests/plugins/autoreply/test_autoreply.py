@@ -484,6 +484,9 @@ async def test_messages_in_a_row_while_the_bot_thinks_get_one_reply_and_one_bot_
     await zaphub.webhook(wb.envelope(messages=[second]))
     await wait_for(lambda: second["id"] in zaphub.probe.received, what="both messages to be dispatched")
     # Other events flow while the bot thinks: the second message was dispatched, its reply waits.
+    # The first one's task reads the cooldown from storage before it asks the bot, so the bot's
+    # call may start after the second dispatch (as in the agent test below): wait for it.
+    await wait_for(lambda: gate.waiting == 1, what="the bot to be asked about the first message")
     assert gate.waiting == 1
     gate.open.set()
     await zaphub.handled(first["id"])
