@@ -365,6 +365,7 @@ class _BodyClock:
     """
 
     __slots__ = (
+        "_cancelled_waiter",
         "_expired",
         "_inner",
         "_send",
@@ -381,6 +382,9 @@ class _BodyClock:
         self._send = send
         self._timer: asyncio.Handle | None = loop.call_at(loop.time() + seconds, self._expire)
         self._expired = False
+        self._cancelled_waiter = False
+        """Whether this clock's own expiry cancelled the task in the current read (asyncio.timeout's
+        ``EXPIRING`` state): only then is a ``CancelledError`` in that read a late body."""
         self._waiter: asyncio.Task[Any] | None = None
         self._waiter_cancelling = 0
         self.complete = False
@@ -392,6 +396,7 @@ class _BodyClock:
         self._timer = None
         self._expired = True
         if self._waiter is not None:
+            self._cancelled_waiter = True
             self._waiter.cancel()
 
     def stop(self) -> None:
@@ -408,14 +413,18 @@ class _BodyClock:
         assert task is not None  # receive() is awaited by a task
         self._waiter = task
         self._waiter_cancelling = task.cancelling()
+        self._cancelled_waiter = False
         if self._expired:  # the deadline passed between reads: this read may not wait
+            self.stop()  # an expiry re-armed by an earlier read that was cancelled is stale
             self._timer = asyncio.get_running_loop().call_soon(self._expire)
         try:
             message = await self._inner()
         except asyncio.CancelledError:
             # Ours only if the timer cancelled this read and nothing else cancelled the task too
             # (asyncio.timeout's test): then the app sees a late body, not a cancellation.
-            if self._expired and task.uncancel() <= self._waiter_cancelling:
+            # ``_expired`` is not enough: past the deadline a read re-arms the expiry with
+            # call_soon, and a cancellation that reaches the read before that runs is not ours.
+            if self._cancelled_waiter and task.uncancel() <= self._waiter_cancelling:
                 raise _BodyTimedOut from None
             raise
         finally:

@@ -200,6 +200,39 @@ async def test_a_body_half_sent_by_the_deadline_gets_408_when_the_app_reads_late
     assert b"within 0.3 s" in answer
 
 
+async def test_a_cancellation_the_body_clock_did_not_cause_is_not_answered_408() -> None:
+    # Past the deadline, each read re-arms the clock's expiry with call_soon. A cancellation that
+    # reaches the read before that expiry has run is someone else's: it must propagate, not
+    # become a 408 (the clock used to test "the deadline has passed", not "I cancelled it").
+    loop = asyncio.get_running_loop()
+    reads = 0
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 1:  # on time
+            return {"type": "http.request", "body": b'{"qty', "more_body": True}
+        waited = loop.create_future()
+        waited.cancel()  # what the read waits for is cancelled by someone else, right away
+        return await waited
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await asyncio.sleep(0.01)  # the 0 s deadline's timer, due first, fires meanwhile
+        await receive()
+
+    timed = body_timeout(app, 0.0)
+    request = asyncio.ensure_future(timed({"type": "http", "method": "POST", "path": "/"}, receive, send))
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert reads == 2
+    assert sent == []
+
+
 @PARSERS
 async def test_a_long_running_response_is_not_cut_by_the_header_timeout(parser: str) -> None:
     release = asyncio.Event()
