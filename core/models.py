@@ -8,6 +8,7 @@ All are frozen msgspec Structs, so a hook cannot change what another hook sees.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -63,6 +64,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Memoised: every event payload and REST item formats its timestamps, mostly the same few
+# seconds at a time (a hit costs a tenth of strftime); pure, and datetimes are immutable.
+@functools.lru_cache(maxsize=4096)
 def iso_z(value: datetime | None) -> str | None:
     """ISO-8601 UTC with a ``Z`` suffix and second precision, as the Socket.IO contract wants."""
     if value is None:

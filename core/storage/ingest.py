@@ -37,7 +37,7 @@ from core.storage.results import IngestResult, MessageEvent, StatusEvent
 from core.storage.rows import Row, contact_from_row, conversation_from_row, message_from_row
 from core.storage.sanitize import sanitize_batch
 from core.storage.schema import UTCDateTime, contacts, conversations, messages, statuses
-from core.storage.sqlite_raw import RawStatement, raw_cursor, sqlite_json, sqlite_time
+from core.storage.sqlite_raw import RawStatement, raw_cursor, sqlite_json, sqlite_time, sqlite_time_value
 from core.storage.statuses import StatusMixin
 
 __all__ = ["IngestMixin"]
@@ -66,6 +66,40 @@ _RAW_CONVERSATION = RawStatement(
         conversations.c.contact_id == sa.bindparam("cid"),
     )
 )
+# The positions _sqlite_conversation reads (a new column appends; a reorder would fail here).
+assert [c.key for c in conversations.c][:10] == [
+    "id",
+    "phone_number_id",
+    "contact_id",
+    "created_at",
+    "last_message_at",
+    "last_inbound_at",
+    "last_agent_at",
+    "last_message_id",
+    "mode",
+    "mode_changed_at",
+]
+
+
+def _sqlite_conversation(v: Sequence[Any]) -> Conversation:
+    """A row of ``_RAW_CONVERSATION`` as a :class:`Conversation`, straight from the tuple.
+
+    What ``RawStatement.mappings`` and ``conversation_from_row`` give, without the dict and the
+    adapter in between: one conversation is read per message of a batch.
+    """
+    return Conversation(
+        id=v[0],
+        phone_number_id=v[1],
+        contact_id=v[2],
+        created_at=sqlite_time_value(v[3]),  # type: ignore[arg-type]  # a NOT NULL column
+        last_message_at=sqlite_time_value(v[4]),
+        last_inbound_at=sqlite_time_value(v[5]),
+        last_agent_at=sqlite_time_value(v[6]),
+        last_message_id=v[7],
+        mode=v[8] if v[8] is not None else "bot",
+        mode_changed_at=sqlite_time_value(v[9]),
+    )
+
 
 # Advance a conversation to its newest message. The CASEs never move a timestamp backwards,
 # whatever order concurrent transactions commit in (a backlog replayed by Meta included).
@@ -298,9 +332,9 @@ class IngestMixin(StatusMixin):
             if cursor is not None:
                 # SQLite: one prepared lookup per pair (C speed), rows converted without SQLAlchemy.
                 return {
-                    pair: conversation_from_row(r)
+                    pair: _sqlite_conversation(v)
                     for pair in pairs
-                    for r in _RAW_CONVERSATION.mappings(cursor, {"pnid": pair[0], "cid": pair[1]})
+                    for v in _RAW_CONVERSATION.execute(cursor, {"pnid": pair[0], "cid": pair[1]})
                 }
             query = sa.select(conversations).where(
                 sa.tuple_(conversations.c.phone_number_id, conversations.c.contact_id).in_(pairs)
