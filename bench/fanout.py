@@ -57,6 +57,8 @@ NODE_CLIENTS = REPO / "bench" / "js" / "fanout-clients.mjs"
 SOCKET_IO_CLIENT = REPO / "tests" / "e2e" / "js" / "node_modules" / "socket.io-client"
 PYTHON_BUDGET = 5_000
 """Deliveries/s one Python process of python-socketio clients decodes without queueing."""
+FULL_CLIENTS = 50
+"""socket.io-client clients per level by default (all of them up to this many); the rest are light."""
 IDLE_SECONDS = 20
 """Clients give up after this long without an event (a run that lost events still ends)."""
 
@@ -162,14 +164,28 @@ async def receive(url: str, token: str, n: int, expected: int, idle: float) -> N
 
 
 class Clients:
-    """``n`` CRM clients in ``procs`` processes (Node, or one Python process); their reports merged."""
+    """``n`` CRM clients in ``procs`` processes (Node, or one Python process); their reports merged.
+
+    With Node, ``full`` of them are socket.io-client clients and the rest light ones (see
+    ``bench/js/fanout-clients.mjs``), spread evenly over the processes.
+    """
 
     def __init__(
-        self, url: str, token: str, n: int, expected: int, *, node: bool, procs: int, nice: int = 0
+        self,
+        url: str,
+        token: str,
+        n: int,
+        expected: int,
+        *,
+        node: bool,
+        procs: int,
+        full: int,
+        nice: int = 0,
     ) -> None:
         self.url, self.token, self.n, self.expected, self.node = url, token, n, expected, node
         self.nice = nice
         self.procs = max(1, min(procs, n)) if node else 1
+        self.full = min(full, n) if node else n
         self._procs: list[asyncio.subprocess.Process] = []
         self._received: list[int] = []
         self._cpu: list[float] = []
@@ -188,15 +204,16 @@ class Clients:
 
     async def start(self) -> None:
         """Start the processes and wait until every client is connected."""
-        shares = [self.n // self.procs + (1 if i < self.n % self.procs else 0) for i in range(self.procs)]
+        shares, full_shares = spread(self.n, self.procs), spread(self.full, self.procs)
         for i, share in enumerate(shares):
             args = [self.url, self.token, str(share), str(self.expected), str(IDLE_SECONDS)]
             if self.node:
-                cmd = ["node", str(NODE_CLIENTS), *args]
+                cmd = ["node", str(NODE_CLIENTS), *args, str(full_shares[i])]
             else:
                 cmd = [sys.executable, __file__, "--receive", *args]
             if self.nice:
                 cmd = ["nice", "-n", str(self.nice), *cmd]
+            # With --pin they inherit this process's CPUs.
             proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, limit=2**26)
             self._procs.append(proc)
             self._received.append(0)
@@ -231,6 +248,7 @@ class Clients:
         await asyncio.gather(*(p.wait() for p in self._procs))
         await asyncio.gather(*self._readers)
         phases: dict[str, dict[str, Any]] = {}
+        full: dict[str, dict[str, Any]] = {}
         counts: list[int] = []
         disorder = 0
         for report in self._done:
@@ -238,13 +256,38 @@ class Clients:
                 raise SystemExit("a client process ended without its report")
             counts += report["counts"]
             disorder += report["disorder"]
-            for name, p in report["phases"].items():
-                merged = phases.setdefault(name, {"hist": {}, "count": 0, "last": 0.0})
-                for index, c in p["hist"].items():
-                    merged["hist"][int(index)] = merged["hist"].get(int(index), 0) + c
-                merged["count"] += p["count"]
-                merged["last"] = max(merged["last"], p["last"])
-        return {"phases": phases, "counts": counts, "disorder": disorder}
+            merge_phases(phases, report["phases"])
+            # The Python clients are all python-socketio ones: no separate report.
+            merge_phases(full, report["full"]["phases"] if "full" in report else report["phases"])
+        return {"phases": phases, "full": full, "counts": counts, "disorder": disorder}
+
+
+def spread(n: int, procs: int) -> list[int]:
+    """``n`` split over ``procs`` as evenly as possible, the larger shares first."""
+    return [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+
+
+def merge_phases(into: dict[str, dict[str, Any]], phases: dict[str, dict[str, Any]]) -> None:
+    """Add one client process's per-phase histograms and counts to ``into``."""
+    for name, p in phases.items():
+        merged = into.setdefault(name, {"hist": {}, "count": 0, "last": 0.0})
+        for index, c in p["hist"].items():
+            merged["hist"][int(index)] = merged["hist"].get(int(index), 0) + c
+        merged["count"] += p["count"]
+        merged["last"] = max(merged["last"], p["last"])
+
+
+def system_cpu_seconds(pid: int) -> float:
+    """System (kernel) CPU time so far of process ``pid``: mostly its socket writes here."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(stat[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def hist_pct(hist: dict[int, int], p: float) -> float:
@@ -344,17 +387,28 @@ async def run_level(
     if args.burst:
         phases.append(("thr", 0.0, max(50, min(2000, int(80_000 / n)))))
     expected = sum(count for _, _, count in phases)
-    procs = args.client_procs or min(4, 1 + n // 250)
-    clients = Clients(url, token, n, expected, node=args.node, procs=procs, nice=args.client_nice)
+    full = n if args.full_clients < 0 else min(n, args.full_clients)
+    procs = args.client_procs or min(4, 1 + full // 250 + (n - full) // 1000)
+    clients = Clients(
+        url,
+        token,
+        n,
+        expected,
+        node=args.node,
+        procs=procs,
+        full=full,
+        nice=args.client_nice,
+    )
     await clients.start()
     rss = _host.rss_mb(server_pid)
     rows = []
     delivered = 0
     try:
         for phase, rate, count in phases:
-            cpu0, main0, cli0 = (
+            cpu0, main0, sys0, cli0 = (
                 _host.cpu_seconds(server_pid),
                 _host.main_thread_cpu_seconds(server_pid),
+                system_cpu_seconds(server_pid),
                 clients.cpu,
             )
             started = time.perf_counter()
@@ -388,10 +442,13 @@ async def run_level(
                     "main_thread_share": (_host.main_thread_cpu_seconds(server_pid) - main0) / cpu
                     if cpu
                     else 0.0,
+                    "system_share": (system_cpu_seconds(server_pid) - sys0) / cpu if cpu else 0.0,
                     "server_cpu_cores": cpu / elapsed,
                     "clients_cpu_cores": (clients.cpu - cli0) / elapsed,
                     "drained": drained,
                     "rss_mb": rss,
+                    "full_clients": clients.full,
+                    "client_procs": clients.procs,
                 }
             )
             await asyncio.sleep(0.5)
@@ -400,7 +457,10 @@ async def run_level(
     for row in rows:
         got = result["phases"].get(row["phase"], {"hist": {}, "count": 0, "last": row["wall_start"]})
         hist = got["hist"]
+        full_hist = result["full"].get(row["phase"], {"hist": {}})["hist"]
         row.update(
+            full_p50=hist_pct(full_hist, 50) if full_hist else float("nan"),
+            full_p99=hist_pct(full_hist, 99) if full_hist else float("nan"),
             p50=hist_pct(hist, 50) if hist else float("nan"),
             p99=hist_pct(hist, 99) if hist else float("nan"),
             max=bucket_ms(max(hist)) if hist else float("nan"),
@@ -430,16 +490,18 @@ async def run_floor(workdir: Path, count: int = 2000) -> dict[str, float]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
-        "| clients | phase | webhook→socket p50 | p99 | max | ack p50 / p99 | events/s (all clients) "
+        "| clients | phase | webhook→socket p50 | p99 | max | p50 / p99 of the socket.io-client ones "
+        "| ack p50 / p99 | events/s (all clients) "
         "| deliveries/s | server CPU per webhook | per delivery | main thread | server / clients CPU (cores) "
         "| load avg |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- |" + " ---: |" * 12)
     for r in rows:
         flag = "" if r["complete"] else " (incomplete)"
         phase = f"{r['webhooks']} at {r['sent_rate']:,.0f}/s" if r["rate"] else f"burst of {r['webhooks']}"
         print(
             f"| {r['clients']:,} | {phase} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['max']:.1f} ms "
+            f"| {r['full_clients']:,}: {r['full_p50']:.1f} / {r['full_p99']:.1f} ms "
             f"| {r['ack_p50']:.1f} / {r['ack_p99']:.1f} ms | {r['events_per_s']:,.0f}{flag} "
             f"| {r['deliveries_per_s']:,.0f} "
             f"| {r['server_cpu_us_per_webhook']:,.0f} µs | {r['server_cpu_us_per_delivery']:.1f} µs "
@@ -470,6 +532,19 @@ async def main() -> None:
         type=int,
         default=0,
         help="Node processes for the clients (default: one more per 250 clients, at most 4)",
+    )
+    parser.add_argument(
+        "--full-clients",
+        type=int,
+        default=FULL_CLIENTS,
+        help=f"how many of each level's Node clients are socket.io-client ones (default {FULL_CLIENTS}; "
+        "-1: all); the others are light clients speaking the protocol over a bare websocket",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the server to one CPU and this process and the clients to the others "
+        "(sched_setaffinity): the clients no longer preempt the server",
     )
     parser.add_argument(
         "--client-nice",
@@ -514,6 +589,12 @@ async def main() -> None:
     token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 6 * 3600}, JWT_SECRET, algorithm="HS256")
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(Path(tmp))
+        if args.pin:
+            allowed = sorted(os.sched_getaffinity(0))
+            if len(allowed) < 2:
+                raise SystemExit("--pin needs two CPUs or more")
+            pin_process(proc.pid, {allowed[0]})
+            os.sched_setaffinity(0, set(allowed[1:]))
         rows = []
         try:
             host, port = url.removeprefix("http://").split(":")
@@ -526,7 +607,14 @@ async def main() -> None:
             _host.stop(proc)
         floor = await run_floor(Path(tmp)) if args.floor else None
     rss = {r["clients"]: r["rss_mb"] for r in rows}
-    kind = "socket.io-client (Node)" if args.node else "python-socketio"
+    if args.node:
+        kind = "Node: socket.io-client" + (
+            "" if args.full_clients < 0 else f" (at most {args.full_clients:,} per level; the rest light)"
+        )
+    else:
+        kind = "python-socketio"
+    if args.pin:
+        kind += "; server pinned to one CPU, clients and load generator to the other(s)"
     print(
         f"clients: {kind}; server RSS with them connected: "
         + ", ".join(f"{n:,}: {mb:.0f} MB" for n, mb in rss.items())
