@@ -98,6 +98,13 @@ RELAY_CONNECT_TIMEOUT_SECONDS = 2.0
 EVENT_RESYNC = "resync_required"
 REPLAY_PAGE = 500
 """Events read from the log (and sent) at a time when replaying to a resuming socket."""
+YIELD_EVERY = 256
+"""Sockets written to between two yields to the event loop during one batch's fan-out.
+
+One ``send()`` costs a few µs, so a batch to 1,000 sockets holds the event loop for several ms:
+without yields, webhooks arriving meanwhile wait for the whole fan-out before they are read,
+stored and acknowledged, and their own fan-out starts later. A yield is one event-loop pass.
+"""
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):
@@ -191,6 +198,8 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
 
     gate: DeliveryGate
     writer: SocketWriter
+    yield_every: int = YIELD_EVERY
+    """Sockets written to between two yields to the event loop (:data:`YIELD_EVERY`)."""
 
     def frames(self, event: str, data: dict[str, Any], namespace: str) -> Frames:
         """One Socket.IO event, encoded once for every recipient."""
@@ -201,22 +210,22 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
         eio_sid = self.eio_sid_from_sid(sid, namespace)
         if eio_sid is None:
             return False
-        await self.writer.deliver({eio_sid: frames})
+        await self.writer.deliver([(eio_sid, frames)])
         return True
 
-    async def emit_frames(
-        self, namespace: str, events: Iterable[tuple[list[str], int | None, Frames]]
-    ) -> None:
-        """Emit encoded events (each to its rooms, with its ``eventId``) to this process's sockets.
+    async def emit_frames(self, namespace: str, events: Iterable[tuple[list[str], Frames]]) -> None:
+        """Emit encoded events (each to its rooms) to this process's sockets.
 
         Each socket gets all its frames of the batch together. Which socket gets what is decided
-        for the whole batch before the first write, without an await, as the gate requires.
+        for the whole batch before the first write, without an await, as the gate requires; the
+        writes then yield to the event loop every :attr:`yield_every` sockets (:data:`YIELD_EVERY`).
         """
         if namespace not in self.rooms:
             return  # nobody connected yet
         gate = self.gate
         batches: dict[str, list[Frames]] = {}
-        for rooms, event_id, frames in events:
+        for rooms, frames in events:
+            event_id = frames.event_id
             gated = event_id is not None and not gate.idle
             for sid, eio_sid in self.get_participants(namespace, rooms):
                 if gated and not gate.admit(sid, event_id, frames):
@@ -227,7 +236,39 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
                 else:
                     batch.append(frames)
             gate.passed(event_id)
-        await self.writer.deliver(batches)
+        every = self.yield_every
+        if len(batches) <= every:
+            await self.writer.deliver(batches.items())
+            return
+        pending = list(batches.items())
+        for start in range(0, len(pending), every):
+            chunk = pending[start : start + every]
+            if start:
+                await asyncio.sleep(0)
+                if not gate.idle:
+                    chunk = self._readmit(namespace, chunk)
+            await self.writer.deliver(chunk)
+
+    def _readmit(
+        self, namespace: str, chunk: list[tuple[str, list[Frames]]]
+    ) -> list[tuple[str, list[Frames]]]:
+        """Pass ``chunk``'s logged frames through the gate again: a replay began or ended meanwhile.
+
+        A socket that started resuming during the yield (a ``join_*`` with ``lastEventId``) gets
+        them kept back like any live event, and the replay's own copy is not sent twice; one
+        whose replay ended meanwhile skips what that replay sent. Admitted once more, a frame
+        meets the same rule it would have met had the yield not happened.
+        """
+        gate = self.gate
+        kept = []
+        for eio_sid, frames in chunk:
+            sid = self.sid_from_eio_sid(eio_sid, namespace)
+            if sid is None:
+                continue  # gone: nothing to deliver to it
+            admitted = [f for f in frames if f.event_id is None or gate.admit(sid, f.event_id, f)]
+            if admitted:
+                kept.append((eio_sid, admitted))
+        return kept
 
     async def emit(
         self,
@@ -250,7 +291,8 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
         rooms = [room] if isinstance(room, str) else list(room)
         event_id = data.get("eventId")
         frames = self.frames(event, data, namespace)
-        await self.emit_frames(namespace, [(rooms, event_id if isinstance(event_id, int) else None, frames)])
+        frames.event_id = event_id if isinstance(event_id, int) else None
+        await self.emit_frames(namespace, [(rooms, frames)])
 
 
 class _RedisDirectEmit(socketio.AsyncRedisManager, _DirectEmit):  # type: ignore[misc]  # untyped library
@@ -500,7 +542,7 @@ class Realtime:
                     key=("unrouted", event.type),
                 )
                 continue
-            batch.append((rooms, event.id, Frames(ns, event.type, with_event_id(event.data, event.id))))
+            batch.append((rooms, Frames(ns, event.type, with_event_id(event.data, event.id), event.id)))
         await self.manager.emit_frames(ns, batch)
 
     async def relay_event(self, event: Event) -> None:

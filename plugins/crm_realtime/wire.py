@@ -27,7 +27,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import engineio
@@ -82,11 +82,13 @@ class Frames:
         namespace: the Socket.IO namespace (``/crm``).
         name: the event name.
         payload: the JSON of its one argument.
+        event_id: its ``eventId`` (``None``: not a logged event).
     """
 
-    __slots__ = ("_packet", "message", "wire")
+    __slots__ = ("_packet", "event_id", "message", "wire")
 
-    def __init__(self, namespace: str, name: str, payload: bytes) -> None:
+    def __init__(self, namespace: str, name: str, payload: bytes, event_id: int | None = None) -> None:
+        self.event_id = event_id
         prefix = b"2" if namespace == "/" else b"2" + namespace.encode() + b","
         self.message = b"%s[%s,%s]" % (prefix, msgspec.json.encode(name), payload)
         """The Socket.IO packet (``2/crm,["name",{…}]``)."""
@@ -302,11 +304,11 @@ class SocketWriter:
         for frame in frames:
             await self.eio.send_packet(eio_sid, frame.packet)
 
-    async def deliver(self, batches: Mapping[str, Sequence[Frames]]) -> None:
-        """Write each session's frames (by Engine.IO sid), directly where possible."""
+    async def deliver(self, batches: Iterable[tuple[str, Sequence[Frames]]]) -> None:
+        """Write each session's frames (``(Engine.IO sid, frames)`` pairs), directly where possible."""
         direct = queued = 0
         now = time.time()
-        for eio_sid, frames in batches.items():
+        for eio_sid, frames in batches:
             written = self.write(eio_sid, frames, now=now)
             if written:
                 direct += 1

@@ -129,7 +129,16 @@ async def test_replay_is_scoped_like_live_events(z: Zaphub) -> None:
     assert {d["phoneNumberId"] for d in scoped.of(MESSAGE)} == {PNID}
 
 
-async def test_the_seam_between_replay_and_live_has_no_gap_and_no_duplicate_under_load(z: Zaphub) -> None:
+@pytest.mark.parametrize("yield_every", [None, 1])
+async def test_the_seam_between_replay_and_live_has_no_gap_and_no_duplicate_under_load(
+    z: Zaphub, yield_every: int | None
+) -> None:
+    if yield_every is not None:
+        # Every fan-out yields to the event loop after each socket: resumes start and end
+        # in the middle of a batch's writes.
+        z.host.stash[REALTIME].manager.yield_every = yield_every
+        for k in range(3):
+            await z.connect(z.token(sub=f"live{k}"))
     burst = 40
     await asyncio.gather(*(z.inbound(f"before {i}", from_=f"55119000{i:05d}") for i in range(burst)))
     await z.settle()
@@ -152,6 +161,35 @@ async def test_the_seam_between_replay_and_live_has_no_gap_and_no_duplicate_unde
         got = ids(reader, MESSAGE)
         assert got[:-1] == expected, "a gap, a duplicate or a reorder at the seam"
         assert len(got) == len(expected) + 1
+
+
+async def test_joins_with_last_event_id_during_yielding_fan_outs_get_each_status_once_in_order(
+    z: Zaphub,
+) -> None:
+    # Every fan-out yields after each socket: joins and their replays start and end in the
+    # middle of a batch's writes to the room's other sockets.
+    z.host.stash[REALTIME].manager.yield_every = 1
+    first = await z.connect()
+    await z.inbound("hi")
+    seen = await first.wait(MESSAGE)
+    conversation_id, mark = seen["conversationId"], seen["eventId"]
+    members = [first, *[await z.connect(z.token(sub=f"member{k}")) for k in range(3)]]
+    for member in members:
+        assert await member.call("join_conversation", {"conversationId": conversation_id}) == {"ok": True}
+    joiners = []
+    sends = 5
+    for i in range(sends):
+        await z.send(conversation_id, {"type": "text", "body": f"out {i}"})
+        joiner = await z.connect(z.token(sub=f"joiner{i}"))
+        ack = await joiner.call("join_conversation", {"conversationId": conversation_id, "lastEventId": mark})
+        assert ack == {"ok": True}
+        joiners.append(joiner)
+    expected = [e["id"] for e in await statuses_logged(z, mark, 3 * sends)]  # sent, delivered, read
+    for client in members + joiners:
+        await wait_for(lambda c=client: len(ids(c, STATUS)) >= len(expected), timeout=30)
+    await z.settle()
+    for client in members + joiners:
+        assert ids(client, STATUS) == expected, "a duplicate, a gap or a reorder"
 
 
 async def test_a_last_event_id_older_than_the_retention_asks_for_a_resync(z: Zaphub) -> None:
