@@ -1,4 +1,5 @@
-"""``bench/fanout.py`` end to end: a real ``zaphub run``, its Node clients (``bench/js``) and the
+"""``bench/fanout.py`` end to end: a real ``zaphub run``, its Node clients (``bench/js``: the
+socket.io-client ones and the light ones over a bare websocket, with and without ``--pin``) and the
 python-socketio fallback report every event of every phase, once and in order, per client.
 
 The figures themselves are never checked (timing is not asserted in tests); what is checked is
@@ -9,6 +10,7 @@ Needs ``node`` and ``npm ci`` in tests/e2e/js for the Node case (skipped otherwi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,13 +38,22 @@ def run_bench(*args: str) -> list[dict[str, Any]]:
     return rows
 
 
-@pytest.mark.parametrize("kind", ["node", "python"])
+@pytest.mark.parametrize("kind", ["node", "node-light", "node-light-pinned", "python"])
 def test_every_client_gets_every_event_of_every_phase_in_order(kind: str) -> None:
     extra = ["--client-procs", "2"]  # 3 clients over 2 processes: the reports are merged
-    if kind == "node":
-        require_node()
-    else:
+    full = 3
+    if kind == "python":
         extra = ["--python-clients"]
+    else:
+        require_node()
+    if kind.startswith("node-light"):
+        # One socket.io-client and two light clients: the process with two runs one of each.
+        extra += ["--full-clients", "1"]
+        full = 1
+    if kind.endswith("pinned"):
+        if len(os.sched_getaffinity(0)) < 2:
+            pytest.skip("--pin needs two CPUs")
+        extra.append("--pin")
     rows = run_bench(
         "--clients", "3", "--rate", "40,20", "--seconds", "1", "--no-floor", "--no-burst", *extra
     )
@@ -53,3 +64,6 @@ def test_every_client_gets_every_event_of_every_phase_in_order(kind: str) -> Non
         assert row["disorder"] == 0, row
         assert 0 < row["p50"] <= row["p99"] <= row["max"], row
         assert row["server_cpu_us_per_webhook"] > 0 and row["rss_mb"] > 0, row
+        # The socket.io-client clients' own figures: a subset of the deliveries above.
+        assert row["full_clients"] == full, row
+        assert row["p50"] <= row["max"] and 0 < row["full_p50"] <= row["full_p99"] <= row["max"], row
