@@ -26,12 +26,13 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 try:  # uvicorn's C parser (llhttp, through httptools): installed with uvicorn[standard]
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
     HTTPTOOLS = True
 except ImportError:  # pragma: no cover - a trimmed install; h11 serves the same protocol, slower
     # A base for the class below to be defined on; http_protocol() never picks it then.
     HttpToolsProtocol = H11Protocol  # type: ignore[assignment,misc]
+    RequestResponseCycle = None  # type: ignore[assignment,misc]  # no cycle is one: starts are never held
     HTTPTOOLS = False
 
 from core.config import ServerConfig
@@ -188,6 +189,31 @@ class HeaderTimedH11Protocol(_HeaderClock, H11Protocol):
 
 MAX_HEADER_BYTES = 16 * 1024
 """Incomplete request headers beyond this are answered ``400`` (uvicorn's h11 limit, kept for httptools)."""
+
+
+class _Collected:
+    """Stands in for a transport while one response is written: its writes become one write."""
+
+    __slots__ = ("chunks", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def flush(self) -> None:
+        if self.chunks:
+            self.transport.write(b"".join(self.chunks))
+            self.chunks.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 class HeaderTimedHttpToolsProtocol(_HeaderClock, HttpToolsProtocol):
@@ -379,15 +405,17 @@ class _BodyClock:
     ``asyncio.timeout_at`` around each ``receive()`` cost a context object, a timer and a task
     lookup per read on the hottest path (about 5 % of the event loop's time per webhook). Here
     one ``loop.call_at`` is armed when the request starts and cancelled once the body is complete
-    (or the request is over); none at all when uvicorn already has the whole body. When it fires during a read, it cancels the task waiting in that
-    read, and the read raises :class:`_BodyTimedOut` instead of ``CancelledError``. When it fires
-    between reads, what has already arrived is still on time: the next read fails only if it has
-    to wait (as it did with a timeout context entered after its deadline).
+    (or the request is over); none at all when uvicorn already has the whole body. When it fires
+    during a read, it cancels the task waiting in that read, and the read raises
+    :class:`_BodyTimedOut` instead of ``CancelledError``. When it fires between reads, what has
+    already arrived is still on time: the next read fails only if it has to wait (as it did with
+    a timeout context entered after its deadline).
     """
 
     __slots__ = (
         "_cancelled_waiter",
         "_expired",
+        "_held",
         "_inner",
         "_send",
         "_timer",
@@ -420,6 +448,7 @@ class _BodyClock:
         self._waiter_cancelling = 0
         self.started = False
         """Whether the response has started (a ``408`` is too late then)."""
+        self._held: Any = None
 
     def _expire(self) -> None:
         self._timer = None
@@ -465,10 +494,45 @@ class _BodyClock:
         return message
 
     async def send(self, message: Any) -> None:
-        """The app's ``send``: notes in :attr:`started` when the response starts."""
+        """The app's ``send``: notes in :attr:`started` when the response starts.
+
+        On uvicorn's httptools cycle, a start that declares ``content-length`` (the whole body is
+        at hand: Litestar's responses, the webhook's) is held until the first body message, and
+        uvicorn writes both in one ``transport.write`` instead of two: one system call, one TCP
+        segment and one wake-up of the client fewer per response. A streamed response (no
+        length) starts at once, as before; a second start replaces a held one (uvicorn's 500 for
+        an app that failed after its start, which then reaches the client instead of a cut).
+        """
+        held = self._held
+        if held is None:
+            if message["type"] == "http.response.start":
+                self.started = True
+                cycle = getattr(self._send, "__self__", None)
+                if type(cycle) is RequestResponseCycle and _sized(message):
+                    self._held = message
+                    return
+            await self._send(message)
+            return
         if message["type"] == "http.response.start":
-            self.started = True
-        await self._send(message)
+            self._held = message
+            return
+        self._held = None
+        cycle = self._send.__self__
+        transport = cycle.transport
+        collected = cycle.transport = _Collected(transport)
+        try:
+            await self._send(held)
+            await self._send(message)
+        finally:
+            cycle.transport = transport
+            collected.flush()
+
+
+def _sized(start: Any) -> bool:
+    for name, _ in start.get("headers", ()):
+        if name == b"content-length" or name.lower() == b"content-length":
+            return True
+    return False
 
 
 async def send_body_timed_out(send: Any, seconds: float) -> None:

@@ -259,6 +259,80 @@ async def test_a_long_running_response_is_not_cut_by_the_header_timeout(parser: 
 
 
 @PARSERS
+async def test_a_streamed_response_starts_before_its_body(parser: str) -> None:
+    # A response of unknown length is not held back for its body (body_timeout's send writes only
+    # a sized one in one go): the client has the head while the app still makes the body.
+    head_read = asyncio.Event()
+
+    async def streaming(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await head_read.wait()
+        await send({"type": "http.response.body", "body": b"late"})
+
+    async with serve(body_timeout(streaming, 5.0), parser=parser) as url:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            writer.write(b"GET /stream HTTP/1.1\r\nHost: zaphub\r\nConnection: close\r\n\r\n")
+            async with asyncio.timeout(BOUND):
+                head = await reader.readuntil(b"\r\n\r\n")
+            head_read.set()
+            rest = await closed_by_server(reader)
+        finally:
+            writer.close()
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert rest == b"4\r\nlate\r\n0\r\n\r\n"
+
+
+@PARSERS
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_sized_responses_arrive_whole_on_a_kept_alive_connection(parser: str, method: str) -> None:
+    # On httptools body_timeout's send has a response that declares its length written in one
+    # write: status line, headers and body as before, request after request on one connection,
+    # HEAD without its body.
+    async def sized(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send_answer(send, b"answer %s" % scope["path"].encode())
+
+    async with serve(body_timeout(sized, 5.0), parser=parser) as url:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            for n in range(3):
+                writer.write(f"{method} /r{n} HTTP/1.1\r\nHost: zaphub\r\n\r\n".encode())
+                async with asyncio.timeout(BOUND):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    body = await reader.readexactly(10) if method == "GET" else b""
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                assert b"content-length: 10\r\n" in head.lower()
+                assert body == (b"answer /r%d" % n if method == "GET" else b"")
+        finally:
+            writer.close()
+
+
+@PARSERS
+async def test_an_app_failing_between_a_sized_start_and_its_body_answers_500(parser: str) -> None:
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        raise RuntimeError("the body could not be made")
+
+    async with serve(body_timeout(failing, 5.0), parser=parser) as url:
+        answer = await post_raw(url, b"GET / HTTP/1.1\r\nHost: zaphub\r\nConnection: close\r\n\r\n")
+    if parser == "httptools":  # the start was held for its body: uvicorn answers the failure
+        assert answer.startswith(b"HTTP/1.1 500 "), answer
+    else:  # h11 wrote the start at once: the connection is cut after it
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert not answer.endswith(b"\r\n\r\nok")
+
+
+@PARSERS
 async def test_request_headers_that_keep_growing_are_refused(tmp_path: Path, parser: str) -> None:
     async with running(tmp_path, parser, header_timeout_seconds=60) as (host, port):
         reader, writer = await asyncio.open_connection(host, port)
