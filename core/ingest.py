@@ -11,7 +11,6 @@ when the webhook may answer ``200``. It then hands the new events to
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -198,7 +197,12 @@ class IngestBatcher:
         if len(new) == 1:  # at a paced rate most batches are one webhook of one message
             metrics.count_inbound(new[0].message.type)
         elif new:  # metrics once per batch: a labelled counter costs microseconds per call
-            for message_type, count in collections.Counter(ev.message.type for ev in new).items():
+            # A dict, not collections.Counter: for the few messages of a batch its constructor
+            # (a Mapping check, a generator) costs more than the counting: 1.3 µs against 0.2-0.4.
+            counts: dict[str, int] = {}
+            for ev in new:
+                counts[ev.message.type] = counts.get(ev.message.type, 0) + 1
+            for message_type, count in counts.items():
                 metrics.count_inbound(message_type, count)
         if new:
             metrics.processing_lag.observe_many(
