@@ -84,7 +84,7 @@ assert [c.key for c in conversations.c][:10] == [
 def _sqlite_conversation(v: Sequence[Any]) -> Conversation:
     """A row of ``_RAW_CONVERSATION`` as a :class:`Conversation`, straight from the tuple.
 
-    What ``RawStatement.mappings`` and ``conversation_from_row`` give, without the dict and the
+    What ``conversation_from_row`` gives for the row SQLAlchemy would read, without a dict and an
     adapter in between: one conversation is read per message of a batch.
     """
     return Conversation(

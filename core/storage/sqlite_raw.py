@@ -25,9 +25,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from core.storage.rows import Row
-from core.storage.schema import UTCDateTime
-
 __all__ = ["RawCursor", "RawStatement", "raw_cursor", "sqlite_json", "sqlite_time", "sqlite_time_value"]
 
 _DIALECT = sqlite.dialect()  # pysqlite: qmark parameters, the ones sqlite3 and aiosqlite take
@@ -142,24 +139,13 @@ class RawStatement:
             self._params: Callable[[Mapping[str, Any]], Any] = lambda row: get({**fixed, **row})
         else:
             self._params = get
-        # A SELECT's rows come back as mappings by column name, timestamps as UTCDateTime reads them.
-        selected = list(statement.selected_columns) if isinstance(statement, sa.Select) else []
-        self._names = [str(c.key) for c in selected]
-        self._times = [i for i, c in enumerate(selected) if isinstance(c.type, UTCDateTime)]
 
     def execute(self, cursor: RawCursor, row: Mapping[str, Any]) -> list[Any]:
-        """Run once with ``row``'s values; the rows it returns (``RETURNING``)."""
-        return cursor.execute(self.sql, self._params(row))
+        """Run once with ``row``'s values; the rows it returns (a SELECT's, ``RETURNING``'s) as tuples.
 
-    def mappings(self, cursor: RawCursor, row: Mapping[str, Any]) -> list[Row]:
-        """Run a SELECT once with ``row``'s values; its rows by column name (``row._mapping``)."""
-        out = []
-        for values in cursor.execute(self.sql, self._params(row)):
-            mapping = dict(zip(self._names, values, strict=True))
-            for i in self._times:
-                mapping[self._names[i]] = sqlite_time_value(values[i])
-            out.append(Row(mapping))
-        return out
+        Timestamps in them are the stored text (:func:`sqlite_time_value` reads one).
+        """
+        return cursor.execute(self.sql, self._params(row))
 
     def executemany(self, cursor: RawCursor, rows: Iterable[Mapping[str, Any]]) -> None:
         """Run once per row, as one prepared statement."""
