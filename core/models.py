@@ -64,16 +64,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# Memoised: every event payload and REST item formats its timestamps, mostly the same few
-# seconds at a time (a hit costs a tenth of strftime); pure, and datetimes are immutable.
-@functools.lru_cache(maxsize=4096)
 def iso_z(value: datetime | None) -> str | None:
     """ISO-8601 UTC with a ``Z`` suffix and second precision, as the Socket.IO contract wants."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value.tzinfo is not None and value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return _iso_z_utc(value)
+
+
+# Memoised: every event payload and REST item formats its timestamps, mostly the same few
+# seconds at a time (a hit costs a tenth of strftime). Only UTC or naive (taken as UTC) values
+# are keys: equal ones are the same instant, which is not so in a zone with a repeated hour,
+# where datetimes with the same tzinfo compare by wall time and ignore ``fold``.
+@functools.lru_cache(maxsize=4096)
+def _iso_z_utc(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 ConversationMode = Literal["bot", "human"]

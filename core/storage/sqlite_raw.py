@@ -67,19 +67,24 @@ def raw_cursor(conn: sa.Connection) -> RawCursor | None:
     return RawCursor(dbapi_conn.cursor(), conn.dialect.loaded_dbapi)
 
 
-# The two time conversions are memoised: a group commit converts the same few values again and
-# again (Meta's second-resolution timestamps, each conversation's own, the transaction's time),
-# and a hit costs a tenth of a conversion. Both are pure: an aware datetime's text depends only
-# on its instant, which is also what equality and hashing compare; datetimes are immutable.
-@functools.lru_cache(maxsize=4096)
 def sqlite_time(value: datetime | None) -> str | None:
     """A datetime as :class:`core.storage.schema.UTCDateTime` stores it on SQLite (naive UTC text)."""
     if value is None:
         return None
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
+    if value.tzinfo is not None and value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return _sqlite_time_utc(value)
+
+
+# Both time conversions are memoised: a group commit converts the same few values again and
+# again (Meta's second-resolution timestamps, each conversation's own, the transaction's time),
+# and a hit costs a tenth of a conversion. Only UTC or naive (taken as UTC) datetimes are keys:
+# equal ones are the same instant (not so in a zone with a repeated hour, where datetimes with
+# the same tzinfo compare by wall time and ignore ``fold``); text is text.
+@functools.lru_cache(maxsize=4096)
+def _sqlite_time_utc(value: datetime) -> str:
     # SQLAlchemy's SQLite DATETIME format: microseconds always written, so text order is time order.
-    return value.isoformat(" ", "microseconds")
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 @functools.lru_cache(maxsize=4096)

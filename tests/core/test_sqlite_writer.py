@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 
 from core.config import StorageConfig
-from core.models import InboundMessage
+from core.models import InboundMessage, iso_z
 from core.storage import Storage, StorageError
 from core.storage.schema import JSON, UTCDateTime, plugin_state
 from core.storage.sqlite_raw import RawStatement, raw_cursor, sqlite_json, sqlite_time, sqlite_time_value
@@ -110,6 +111,21 @@ def test_raw_values_are_the_text_sqlalchemy_stores(tmp_path: Path, when: datetim
     engine.dispose()
     assert stored[0] == stored[1]
     assert sqlite_time_value(stored[1][0]) == read == (when if when.tzinfo else when.replace(tzinfo=UTC))
+
+
+def test_memoised_time_text_tells_the_two_instants_of_a_repeated_hour_apart() -> None:
+    # 01:30 happens twice in New York on 2026-11-01; the two datetimes compare equal (same tzinfo:
+    # wall time, fold ignored) and hash alike, so a cache keyed on them would answer the first's
+    # text for the second. sqlite_time and iso_z are memoised; their keys must be instants.
+    zone = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=zone)
+    second = first.replace(fold=1)
+    assert first == second
+    assert sqlite_time(first) == "2026-11-01 05:30:00.000000"
+    assert sqlite_time(second) == "2026-11-01 06:30:00.000000"
+    assert iso_z(first) == "2026-11-01T05:30:00Z"
+    assert iso_z(second) == "2026-11-01T06:30:00Z"
+    assert iso_z(datetime(2026, 11, 1, 5, 30)) == iso_z(first)  # naive is UTC
 
 
 async def test_a_failing_statement_is_a_storage_error_and_nothing_of_the_batch_is_kept(
