@@ -96,7 +96,7 @@ def _sqlite_conversation(v: Sequence[Any]) -> Conversation:
         last_inbound_at=sqlite_time_value(v[5]),
         last_agent_at=sqlite_time_value(v[6]),
         last_message_id=v[7],
-        mode=v[8] if v[8] is not None else "bot",
+        mode=v[8],  # NOT NULL, server default "bot"
         mode_changed_at=sqlite_time_value(v[9]),
     )
 
