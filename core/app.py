@@ -39,7 +39,7 @@ from core.logs import Throttle
 from core.metrics import CONTENT_TYPE_LATEST
 from core.plugins import build_plugin_manager, validate_plugin_settings
 from core.preflight import findings
-from core.server import DirectRoute, body_timeout
+from core.server import DirectRoute, body_timeout, single_write_send
 from core.stash import StashKey
 
 __all__ = ["REDIS", "create_app", "error_response"]
@@ -149,12 +149,18 @@ class _App(Litestar):
     """``(method, path)`` → the wrapped endpoint; set by :func:`create_app` (empty: no direct routes)."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """Dispatch a direct route's method and path to it, anything else to Litestar."""
-        if self.direct and scope["type"] == "http":
-            route = self.direct.get((scope["method"], scope["path"]))
-            if route is not None:
-                await route(scope, receive, send)
-                return
+        """Dispatch a direct route's method and path to it, anything else to Litestar.
+
+        Every HTTP response that declares its length is written in one go
+        (:func:`core.server.single_write_send`).
+        """
+        if scope["type"] == "http":
+            send = single_write_send(send)
+            if self.direct:
+                route = self.direct.get((scope["method"], scope["path"]))
+                if route is not None:
+                    await route(scope, receive, send)
+                    return
         await super().__call__(scope, receive, send)
 
 

@@ -52,6 +52,8 @@ __all__ = [
     "http_protocol",
     "raise_fd_limit",
     "send_body_timed_out",
+    "single_write",
+    "single_write_send",
     "uvicorn_config",
 ]
 
@@ -415,7 +417,6 @@ class _BodyClock:
     __slots__ = (
         "_cancelled_waiter",
         "_expired",
-        "_held",
         "_inner",
         "_send",
         "_timer",
@@ -448,7 +449,6 @@ class _BodyClock:
         self._waiter_cancelling = 0
         self.started = False
         """Whether the response has started (a ``408`` is too late then)."""
-        self._held: Any = None
 
     def _expire(self) -> None:
         self._timer = None
@@ -494,30 +494,52 @@ class _BodyClock:
         return message
 
     async def send(self, message: Any) -> None:
-        """The app's ``send``: notes in :attr:`started` when the response starts.
+        """The app's ``send``: notes in :attr:`started` when the response starts."""
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
-        On uvicorn's httptools cycle, a start that declares ``content-length`` (the whole body is
-        at hand: Litestar's responses, the webhook's) is held until the first body message, and
-        uvicorn writes both in one ``transport.write`` instead of two: one system call, one TCP
-        segment and one wake-up of the client fewer per response. A streamed response (no
-        length) starts at once, as before; a second start replaces a held one (uvicorn's 500 for
-        an app that failed after its start, which then reaches the client instead of a cut).
-        """
+
+def _sized(start: Any) -> bool:
+    for name, _ in start.get("headers", ()):
+        if name == b"content-length" or name.lower() == b"content-length":
+            return True
+    return False
+
+
+class _OneWrite:
+    """uvicorn's httptools ``send`` for one request, writing a sized response in one write.
+
+    uvicorn writes the status line and headers when the app sends ``http.response.start``, and the
+    body when it sends ``http.response.body``: two ``write`` calls, two TCP segments and often two
+    wake-ups of the client for a small answer (the webhook's ``{"received":1}``). A start that
+    declares ``content-length`` (the whole body is at hand: Litestar's responses, the webhook's)
+    is held until the first body message, and uvicorn's own ``send`` runs for both over a
+    collecting stand-in for the transport, which then writes once. A streamed response (no
+    length) starts at once, as before. A second start replaces a held one: uvicorn's 500 for an
+    app that failed after its start, which then reaches the client instead of a cut connection.
+    """
+
+    __slots__ = ("_cycle", "_held", "_send")
+
+    def __init__(self, send: Any, cycle: Any) -> None:
+        self._send = send
+        self._cycle = cycle
+        self._held: Any = None
+
+    async def __call__(self, message: Any) -> None:
         held = self._held
         if held is None:
-            if message["type"] == "http.response.start":
-                self.started = True
-                cycle = getattr(self._send, "__self__", None)
-                if type(cycle) is RequestResponseCycle and _sized(message):
-                    self._held = message
-                    return
+            if message["type"] == "http.response.start" and _sized(message):
+                self._held = message
+                return
             await self._send(message)
             return
         if message["type"] == "http.response.start":
             self._held = message
             return
         self._held = None
-        cycle = self._send.__self__
+        cycle = self._cycle
         transport = cycle.transport
         collected = cycle.transport = _Collected(transport)
         try:
@@ -528,11 +550,25 @@ class _BodyClock:
             collected.flush()
 
 
-def _sized(start: Any) -> bool:
-    for name, _ in start.get("headers", ()):
-        if name == b"content-length" or name.lower() == b"content-length":
-            return True
-    return False
+def single_write_send(send: Any) -> Any:
+    """``send`` for one HTTP request, writing a sized response in one go where it can.
+
+    On uvicorn's httptools cycle a send that writes a response declaring its length in one
+    ``transport.write`` (:class:`_OneWrite`); anywhere else ``send`` itself.
+    """
+    cycle = getattr(send, "__self__", None)
+    if RequestResponseCycle is not None and type(cycle) is RequestResponseCycle:
+        return _OneWrite(send, cycle)
+    return send
+
+
+def single_write(app: Any) -> Any:
+    """Wrap an ASGI app: its HTTP responses that declare a length go out in one write."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        await app(scope, receive, single_write_send(send) if scope["type"] == "http" else send)
+
+    return wrapped
 
 
 async def send_body_timed_out(send: Any, seconds: float) -> None:

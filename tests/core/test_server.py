@@ -25,6 +25,7 @@ from core.server import (
     HeaderTimedHttpToolsProtocol,
     body_timeout,
     connection_limit,
+    single_write,
     uvicorn_config,
 )
 from tests.core.test_app import Demo, make_app
@@ -260,8 +261,8 @@ async def test_a_long_running_response_is_not_cut_by_the_header_timeout(parser: 
 
 @PARSERS
 async def test_a_streamed_response_starts_before_its_body(parser: str) -> None:
-    # A response of unknown length is not held back for its body (body_timeout's send writes only
-    # a sized one in one go): the client has the head while the app still makes the body.
+    # A response of unknown length is not held back for its body (single_write writes only a
+    # sized one in one go): the client has the head while the app still makes the body.
     head_read = asyncio.Event()
 
     async def streaming(scope: Any, receive: Any, send: Any) -> None:
@@ -273,7 +274,7 @@ async def test_a_streamed_response_starts_before_its_body(parser: str) -> None:
         await head_read.wait()
         await send({"type": "http.response.body", "body": b"late"})
 
-    async with serve(body_timeout(streaming, 5.0), parser=parser) as url:
+    async with serve(single_write(streaming), parser=parser) as url:
         parts = urlsplit(url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         try:
@@ -292,14 +293,14 @@ async def test_a_streamed_response_starts_before_its_body(parser: str) -> None:
 @PARSERS
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_sized_responses_arrive_whole_on_a_kept_alive_connection(parser: str, method: str) -> None:
-    # On httptools body_timeout's send has a response that declares its length written in one
-    # write: status line, headers and body as before, request after request on one connection,
-    # HEAD without its body.
+    # On httptools single_write has a response that declares its length written in one write:
+    # status line, headers and body as before, request after request on one connection, HEAD
+    # without its body.
     async def sized(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             await send_answer(send, b"answer %s" % scope["path"].encode())
 
-    async with serve(body_timeout(sized, 5.0), parser=parser) as url:
+    async with serve(single_write(sized), parser=parser) as url:
         parts = urlsplit(url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         try:
@@ -323,7 +324,7 @@ async def test_an_app_failing_between_a_sized_start_and_its_body_answers_500(par
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         raise RuntimeError("the body could not be made")
 
-    async with serve(body_timeout(failing, 5.0), parser=parser) as url:
+    async with serve(single_write(failing), parser=parser) as url:
         answer = await post_raw(url, b"GET / HTTP/1.1\r\nHost: zaphub\r\nConnection: close\r\n\r\n")
     if parser == "httptools":  # the start was held for its body: uvicorn answers the failure
         assert answer.startswith(b"HTTP/1.1 500 "), answer
