@@ -20,13 +20,17 @@ a temp dir, one process, websocket transport):
     python bench/fanout.py --clients 10 --rate 1000 --no-floor   # DESIGN.md: p99 at 1,000/s, 10 sockets
     python bench/fanout.py --clients 1000 --rate 20,50,100 --seconds 10 --no-floor  # 1,000 sockets
 
-The clients are JavaScript ``socket.io-client`` 4 clients (``bench/js/fanout-clients.mjs``; needs
-``node`` and ``npm ci --prefix tests/e2e/js``) spread over ``--client-procs`` Node processes, each
-authenticating on ``/crm`` with a JWT as a CRM does. Without node (or with ``--python-clients``)
-they are python-socketio clients in one Python process, which decodes only a few thousand
-deliveries a second: above that the latency measures those clients, not zaphub, so their rate is
-capped at ``--delivery-budget`` deliveries/s. Results are printed as a Markdown table for
-docs/benchmarks.md, and each row as JSON on stderr.
+The clients are Node clients (``bench/js/fanout-clients.mjs``; needs ``node`` and ``npm ci
+--prefix tests/e2e/js``) spread over ``--client-procs`` processes, each authenticating on ``/crm``
+with a JWT as a CRM does: ``--full-clients`` of each level (default 50) are JavaScript
+``socket.io-client`` 4 clients, the others light clients speaking Engine.IO/Socket.IO over a bare
+websocket (a socket.io-client costs more CPU per event than the server spends sending it). Without
+node (or with ``--python-clients``) they are python-socketio clients in one Python process, which
+decodes only a few thousand deliveries a second: above that the latency measures those clients,
+not zaphub, so their rate is capped at ``--delivery-budget`` deliveries/s. ``--reference`` runs the
+same load against the Node reference service (``bench/node-reference``) instead of zaphub: what
+the same clients measure, on the same machine, against socket.io + better-sqlite3. Results are
+printed as a Markdown table for docs/benchmarks.md, and each row as JSON on stderr.
 """
 
 from __future__ import annotations
@@ -566,6 +570,12 @@ async def main() -> None:
         help="skip the floor (the burst's load against a bare Litestar route, bench/_floor.py)",
     )
     parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="start the Node reference service (bench/node-reference: socket.io + better-sqlite3) "
+        "instead of zaphub, to see what the same clients measure against it on this machine",
+    )
+    parser.add_argument(
         "--receive", nargs=5, metavar=("URL", "TOKEN", "N", "EXPECTED", "IDLE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -588,7 +598,10 @@ async def main() -> None:
 
     token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 6 * 3600}, JWT_SECRET, algorithm="HS256")
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp))
+        if args.reference:
+            proc, url = _host.start_reference(Path(tmp), APP_SECRET, JWT_SECRET)
+        else:
+            proc, url = start_server(Path(tmp))
         if args.pin:
             allowed = sorted(os.sched_getaffinity(0))
             if len(allowed) < 2:
@@ -605,7 +618,7 @@ async def main() -> None:
                 print(f"{n:,} clients connected: server RSS {level[0]['rss_mb']:.0f} MB", file=sys.stderr)
         finally:
             _host.stop(proc)
-        floor = await run_floor(Path(tmp)) if args.floor else None
+        floor = await run_floor(Path(tmp)) if args.floor and not args.reference else None
     rss = {r["clients"]: r["rss_mb"] for r in rows}
     if args.node:
         kind = "Node: socket.io-client" + (
@@ -613,6 +626,8 @@ async def main() -> None:
         )
     else:
         kind = "python-socketio"
+    if args.reference:
+        kind += "; server: the Node reference (bench/node-reference)"
     if args.pin:
         kind += "; server pinned to one CPU, clients and load generator to the other(s)"
     print(
