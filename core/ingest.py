@@ -194,17 +194,8 @@ class IngestBatcher:
             metrics.statuses.labels(outcome="pending").inc(result.pending_statuses)
         events = self.host.events
         new = result.new_messages
-        if len(new) == 1:  # at a paced rate most batches are one webhook of one message
-            metrics.count_inbound(new[0].message.type)
-        elif new:  # metrics once per batch: a labelled counter costs microseconds per call
-            # A dict, not collections.Counter: for the few messages of a batch its constructor
-            # (a Mapping check, a generator) costs more than the counting: 1.3 µs against 0.2-0.4.
-            counts: dict[str, int] = {}
-            for ev in new:
-                counts[ev.message.type] = counts.get(ev.message.type, 0) + 1
-            for message_type, count in counts.items():
-                metrics.count_inbound(message_type, count)
-        if new:
+        if new:  # metrics once per batch: a labelled counter costs microseconds per call
+            metrics.count_inbound_batch([ev.message.type for ev in new])
             metrics.processing_lag.observe_many(
                 max(0.0, (now - ev.message.delivered_at).total_seconds())
                 for ev in new

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -61,6 +61,19 @@ class Children:
         if child is None:
             child = self._children[value] = self._metric.labels(value)
         return child
+
+    def inc_each(self, values: Sequence[str]) -> None:
+        """Count a batch by label value: one increment per distinct value, not per item."""
+        if len(values) == 1:  # at a paced rate most batches are one item
+            self[values[0]].inc()
+            return
+        # A dict, not collections.Counter: for a few items its constructor (a Mapping check, a
+        # generator) costs more than the counting: 1.3 µs against 0.2-0.4.
+        counts: dict[str, int] = {}
+        for value in values:
+            counts[value] = counts.get(value, 0) + 1
+        for value, count in counts.items():
+            self[value].inc(count)
 
 
 class BatchHistogram(Collector):
@@ -187,6 +200,10 @@ class Metrics:
         """Count ``count`` stored inbound messages of a type (or as ``other``, see :data:`MESSAGE_TYPES`)."""
         label = message_type if message_type in MESSAGE_TYPES else "other"
         self._inbound_by_type[label].inc(count)
+
+    def count_inbound_batch(self, message_types: Sequence[str]) -> None:
+        """Count a batch's stored inbound messages by type (see :meth:`count_inbound`), once per type."""
+        self._inbound_by_type.inc_each([t if t in MESSAGE_TYPES else "other" for t in message_types])
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every registered metric."""
