@@ -186,6 +186,11 @@ def main_thread_cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in _stat_of(f"/proc/{pid}/task/{pid}/stat")[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
+def system_cpu_seconds(pid: int) -> float:
+    """System (kernel) CPU time so far of process ``pid`` alone: mostly its socket writes here."""
+    return int(_stat(pid)[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def webhook_request(host: str, body: bytes, secret: str) -> bytes:
     """A raw, signed ``POST /meta-whatsapp/webhook`` carrying ``body``."""
     head = (

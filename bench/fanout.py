@@ -281,12 +281,6 @@ def merge_phases(into: dict[str, dict[str, Any]], phases: dict[str, dict[str, An
         merged["last"] = max(merged["last"], p["last"])
 
 
-def system_cpu_seconds(pid: int) -> float:
-    """System (kernel) CPU time so far of process ``pid``: mostly its socket writes here."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(stat[12]) / os.sysconf("SC_CLK_TCK")
-
-
 def pin_process(pid: int, cpus: set[int]) -> None:
     """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -412,7 +406,7 @@ async def run_level(
             cpu0, main0, sys0, cli0 = (
                 _host.cpu_seconds(server_pid),
                 _host.main_thread_cpu_seconds(server_pid),
-                system_cpu_seconds(server_pid),
+                _host.system_cpu_seconds(server_pid),
                 clients.cpu,
             )
             started = time.perf_counter()
@@ -446,7 +440,7 @@ async def run_level(
                     "main_thread_share": (_host.main_thread_cpu_seconds(server_pid) - main0) / cpu
                     if cpu
                     else 0.0,
-                    "system_share": (system_cpu_seconds(server_pid) - sys0) / cpu if cpu else 0.0,
+                    "system_share": (_host.system_cpu_seconds(server_pid) - sys0) / cpu if cpu else 0.0,
                     "server_cpu_cores": cpu / elapsed,
                     "clients_cpu_cores": (clients.cpu - cli0) / elapsed,
                     "drained": drained,
