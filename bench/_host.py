@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -210,3 +210,76 @@ async def read_status(reader: asyncio.StreamReader) -> int:
     if length:
         await reader.readexactly(length)
     return int(head[9:12])
+
+
+class Target(NamedTuple):
+    """One of DESIGN.md's performance targets, judged on one run."""
+
+    name: str
+    met: bool
+    seen: str
+    """What the run showed, for the line printed."""
+
+
+def webhook_targets(result: dict[str, Any], *, rate: float, sockets: int) -> list[Target]:
+    """The targets a ``bench/webhooks.py`` run can judge (DESIGN.md, "Performance targets").
+
+    Only runs with 10 sockets judge anything: at full rate the throughput, at 1,000/s the ack
+    tail (and the rate must have been kept: a server that falls behind does not meet it).
+    """
+    targets: list[Target] = []
+    if sockets != 10 or "ack_p99_ms" not in result:
+        return targets
+    per_s, p99 = result["per_s"], result["ack_p99_ms"]
+    if not rate:
+        targets.append(Target("≥ 5,000 webhooks/s with 10 sockets", per_s >= 5000, f"{per_s:,.0f}/s"))
+    elif rate == 1000:
+        kept = per_s >= 0.99 * rate
+        targets.append(
+            Target(
+                "ack p99 ≤ 10 ms at 1,000 webhooks/s with 10 sockets",
+                kept and p99 <= 10,
+                f"p99 {p99:.1f} ms at {per_s:,.0f}/s",
+            )
+        )
+    return targets
+
+
+def fanout_targets(row: dict[str, Any]) -> list[Target]:
+    """The targets a ``bench/fanout.py`` latency phase can judge (DESIGN.md, "Performance targets").
+
+    10 clients at 1,000 webhooks/s: webhook→socket p99 and ack p99 ≤ 10 ms. 1,000 clients at
+    100 webhooks/s: webhook→socket p99 ≤ 50 ms. A phase that lost deliveries or fell behind the
+    rate (events/s under 99 % of it) does not meet its target, whatever its percentiles.
+    """
+    clients, rate = row["clients"], row["rate"]
+    kept = row["complete"] and row["events_per_s"] >= 0.99 * rate
+    behind = "" if kept else ", behind the rate or incomplete"
+    if clients == 10 and rate == 1000:
+        return [
+            Target(
+                "webhook→socket p99 ≤ 10 ms at 1,000 webhooks/s with 10 sockets",
+                kept and row["p99"] <= 10,
+                f"p99 {row['p99']:.1f} ms{behind}",
+            ),
+            Target(
+                "ack p99 ≤ 10 ms at 1,000 webhooks/s with 10 sockets",
+                kept and row["ack_p99"] <= 10,
+                f"p99 {row['ack_p99']:.1f} ms{behind}",
+            ),
+        ]
+    if clients == 1000 and rate == 100:
+        return [
+            Target(
+                "webhook→socket p99 ≤ 50 ms with 1,000 sockets at 100 webhooks/s",
+                kept and row["p99"] <= 50,
+                f"p99 {row['p99']:.1f} ms at {row['events_per_s']:,.0f} events/s{behind}",
+            )
+        ]
+    return []
+
+
+def print_targets(targets: list[Target]) -> None:
+    """One line per target: met or NOT MET, and what the run showed."""
+    for t in targets:
+        print(f"DESIGN.md target {t.name}: {'met' if t.met else 'NOT MET'} ({t.seen})")

@@ -467,6 +467,8 @@ async def run_level(
             disorder=result["disorder"],
         )
         row["deliveries_per_s"] = row["events_per_s"] * n
+        if row["rate"]:
+            row["targets"] = {t.name: t.met for t in _host.fanout_targets(row)}
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
 
@@ -629,6 +631,10 @@ async def main() -> None:
         + ", ".join(f"{n:,}: {mb:.0f} MB" for n, mb in rss.items())
     )
     print_table(rows)
+    targets = [t for r in rows if r["rate"] for t in _host.fanout_targets(r)]
+    if targets:
+        print()
+        _host.print_targets(targets)
     if any(r["disorder"] for r in rows):
         print("\nEVENTS OUT OF ORDER OR DUPLICATED on some socket: see the JSON rows (disorder)")
     if floor is not None:

@@ -362,6 +362,10 @@ async def main() -> None:
                 )
             )
             result |= {"floor_per_s": round(floor["per_s"], 1), "floor_cpu_us": round(floor["cpu_us"], 1)}
+        targets = _host.webhook_targets(result, rate=args.rate, sockets=args.sockets)
+        _host.print_targets(targets)
+        if targets:
+            result["targets"] = {t.name: t.met for t in targets}
         print("result: " + json.dumps(result))
 
 
