@@ -203,6 +203,8 @@ class IngestBatcher:
             )
         for ev in new:
             events.message_received(ev)
+        for sent in result.sent_messages:
+            events.message_sent(sent)
         if result.status_changes:
             metrics.statuses.labels(outcome="applied").inc(len(result.status_changes))
         for st in result.status_changes:

@@ -28,6 +28,7 @@ from core.models import (
 )
 from core.storage import lifecycle
 from core.storage.events import (
+    message_accepted_event,
     message_changed_event,
     message_received_event,
     status_changed_event,
@@ -251,17 +252,22 @@ class IngestMixin(StatusMixin):
         return outcome.moved
 
     def _log_ingest(self, conn: sa.Connection, result: IngestResult, now: datetime) -> None:
-        """Append the batch's events (messages, statuses, then changes), last; attach them to the result."""
+        """Append the batch's events (messages, sends, statuses, changes), last; attach them to the result."""
         pending = [
             message_received_event(m.message, m.conversation, m.contact, self.public_url)
             for m in result.new_messages
         ]
+        # A linked send is reported accepted before the status that linked it, as Graph's answer would.
+        pending.extend(
+            message_accepted_event(s.message, s.conversation, self.public_url) for s in result.sent_messages
+        )
         pending.extend(
             status_changed_event(s.message, s.conversation, s.change) for s in result.status_changes
         )
         pending.extend(message_changed_event(c.change, c.conversation) for c in result.message_changes)
         events = iter(write_events(conn, pending, now))
         result.new_messages = [msgspec.structs.replace(m, event=next(events)) for m in result.new_messages]
+        result.sent_messages = [msgspec.structs.replace(s, event=next(events)) for s in result.sent_messages]
         result.status_changes = [
             msgspec.structs.replace(s, event=next(events)) for s in result.status_changes
         ]
@@ -494,8 +500,10 @@ class IngestMixin(StatusMixin):
                 # answer is being stored right now, the link waits for it and then finds the wamid
                 # set; applying again sees it (a new statement), where parking the status would
                 # lose it: the answer has already looked for parked statuses and not seen this one.
-                if self._link_by_message_id(conn, st, now):
+                accepted = self._link_by_message_id(conn, st, now)
+                if accepted is not None:
                     linked.append((st.phone_number_id, st.wamid, st.message_id))
+                    result.sent_messages.append(accepted)
                 outcome = self._apply_status(conn, status_id, st)
             if isinstance(outcome, StatusEvent):
                 result.status_changes.append(outcome)

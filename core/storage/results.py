@@ -29,7 +29,7 @@ class StatusEvent(msgspec.Struct, frozen=True):
     change: StatusChange
     event: Event | None = None
     """Its row in the event log (``whatsapp:message_status``, or ``whatsapp:message_sent`` for
-    the ``accepted`` change of ``outbox_sent``)."""
+    an ``accepted`` change: from ``outbox_sent``, or from a status that linked the send)."""
 
 
 class ModeEvent(msgspec.Struct, frozen=True):
@@ -55,6 +55,9 @@ class IngestResult(msgspec.Struct, kw_only=True):
     """What one :meth:`Storage.ingest` call changed."""
 
     new_messages: list[MessageEvent] = msgspec.field(default_factory=list)
+    sent_messages: list[StatusEvent] = msgspec.field(default_factory=list)
+    """Our sends a status linked by their message id (``accepted``, for ``on_message_sent``): Graph's
+    answer was lost, or had not been stored yet and will record nothing."""
     status_changes: list[StatusEvent] = msgspec.field(default_factory=list)
     message_changes: list[ChangeEvent] = msgspec.field(default_factory=list)
     """Edits, deletions and reactions applied (on arrival, or parked ones whose message arrived)."""

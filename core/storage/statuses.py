@@ -84,11 +84,18 @@ class StatusMixin(EventLogMixin):
         )
         return StatusEvent(message, conv, change)
 
-    def _link_by_message_id(self, conn: sa.Connection, st: InboundStatus, now: datetime) -> bool:
-        """Learn a wamid from a status that names our message (the send's own answer was lost)."""
+    def _link_by_message_id(
+        self, conn: sa.Connection, st: InboundStatus, now: datetime
+    ) -> StatusEvent | None:
+        """Learn a wamid from a status that names our message (its send's answer was lost or is late).
+
+        Returns the send as accepted, for ``on_message_sent`` (``None``: nothing to link). The
+        link settles the outbox row, so Graph's answer, if it still comes, finds nothing to record:
+        the acceptance is reported here or never.
+        """
         message_id = st.message_id
         if message_id is None:
-            return False
+            return None
         linked = (
             conn.execute(
                 messages.update()
@@ -97,16 +104,39 @@ class StatusMixin(EventLogMixin):
                     messages.c.wamid.is_(None),
                     messages.c.phone_number_id == st.phone_number_id,
                 )
-                .values(wamid=st.wamid, delivered_at=now)
-                .returning(messages.c.id)
+                .values(
+                    wamid=st.wamid,
+                    delivered_at=now,
+                    status=sa.case(
+                        (messages.c.status_rank < STATUS_RANK["accepted"], "accepted"),
+                        else_=messages.c.status,
+                    ),
+                    status_rank=sa.case(
+                        (messages.c.status_rank < STATUS_RANK["accepted"], STATUS_RANK["accepted"]),
+                        else_=messages.c.status_rank,
+                    ),
+                )
+                .returning(*messages.c)
             )
         ).first()
         if linked is None:
-            return False
+            return None
         conn.execute(
             outbox.update()
             .where(outbox.c.message_id == message_id, outbox.c.state == "pending")
-            .values(state="done", updated_at=now, last_error="linked by status webhook")
+            .values(
+                state="done",
+                # A try still under its lease has reached Meta too (maybe as the very send this
+                # status reports); its outcome will find the row done and record nothing: count it.
+                attempts=sa.case(
+                    (outbox.c.locked_until > now, outbox.c.attempts + 1), else_=outbox.c.attempts
+                ),
+                locked_until=None,
+                updated_at=now,
+                last_error="linked by status webhook",
+            )
         )
         log.info("message %s linked to %s by a status webhook after an ambiguous send", message_id, st.wamid)
-        return True
+        message = message_from_row(linked)
+        accepted = StatusChange(message_id=message.id, status="accepted", timestamp=str(int(now.timestamp())))
+        return self._status_event(conn, message, accepted)

@@ -17,7 +17,7 @@ from core.config import StorageConfig
 from core.errors import ConflictError
 from core.models import Conversation, InboundMessage, InboundStatus, Message, OutgoingMessage
 from core.storage import Storage, StorageError
-from core.storage.schema import messages
+from core.storage.schema import messages, outbox
 from tests.helpers import wait_for
 
 PNID = "100000000000002"
@@ -260,15 +260,28 @@ async def test_a_status_naming_our_message_links_a_send_whose_answer_was_lost(st
     conv = await conversation(storage)
     message = await queue(storage, conv)
     (item,) = await storage.claim_outbox()
-    # The transport timed out after the send left; the status it got back names our message.
+    # The status naming our message comes while the send is under its lease: its answer was lost,
+    # or has not been stored yet (a busy worker; Meta's status can come first).
     result = await storage.ingest([], [status("wamid.LOST", "sent", message_id=message.id)])
+    (accepted,) = result.sent_messages  # reported accepted, then sent, as Graph's answer would be
+    assert (accepted.message.id, accepted.message.wamid, accepted.change.status) == (
+        message.id,
+        "wamid.LOST",
+        "accepted",
+    )
     (change,) = result.status_changes
     assert (change.message.id, change.message.wamid, change.change.status) == (
         message.id,
         "wamid.LOST",
         "sent",
     )
+    assert accepted.event is not None and change.event is not None
+    assert (accepted.event.type, change.event.type) == ("whatsapp:message_sent", "whatsapp:message_status")
+    assert accepted.event.id < change.event.id
     assert await storage.outbox_sent(item.id, "wamid.LOST") == (None, [])  # already settled by the status
+    async with storage.read() as conn:
+        attempts = (await conn.execute(sa.select(outbox.c.attempts))).scalar()
+    assert attempts == 1  # the try under the lease was made, though its answer records nothing
     assert (await storage.outbox_counts()).get("pending", 0) == 0
     stranger = await storage.ingest([], [status("wamid.OTHER", "sent")])
     assert stranger.pending_statuses == 1

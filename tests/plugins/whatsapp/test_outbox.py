@@ -350,6 +350,8 @@ async def test_status_echoing_our_callback_links_an_ambiguous_send(h: Harness) -
     body, headers = wb.signed(wb.envelope(statuses=[status]), SECRET)
     assert (await h.http.post("/meta-whatsapp/webhook", content=body, headers=headers)).status_code == 200
     await wait_for(lambda: h.events.statuses_of(message.id) == ["sent"])
+    # Reported accepted as Graph's answer would have been (CRMs learn the wamid from it).
+    assert [(m.id, m.wamid) for m in h.events.sent] == [(message.id, "wamid.LOST")]
     stored = await h.host.storage.get_message(message.id)
     assert stored is not None and stored.wamid == "wamid.LOST"
     assert (await h.outbox_state(message.id))[0] == "done"
