@@ -329,15 +329,35 @@ async def test_graph_outage_delays_without_loss_or_duplicates(storage_url: str) 
 
 
 async def test_ambiguous_timeout_is_not_resent_while_meta_may_have_it(storage_url: str) -> None:
-    # The sandbox holds the answer longer than our read timeout; it drops the send because we hung
-    # up, so no status arrives and the worker resends after the grace period: delivered once.
-    async with harness(storage_url, request_timeout_seconds=0.5, ambiguous_retry_seconds=1.0) as h:
+    # The sandbox holds the answer until we hang up after our read timeout, then drops the send:
+    # Meta never had it, so no status can link it, and the worker sends it again once the grace
+    # period for such a status is over: delivered once.
+    timeout, grace = 0.5, 1.0
+    async with harness(
+        storage_url,
+        request_timeout_seconds=timeout,
+        ambiguous_retry_seconds=grace,
+        # An ordinary retry comes within 0.2 s: a worker that took the timeout for an ordinary
+        # failure would resend well inside the grace period.
+        retry_backoff_seconds=0.05,
+        retry_backoff_max_seconds=0.2,
+    ) as h:
         conv = await h.conversation()
-        await h.fault(count=1, delay=3)
+        # The longest hold the sandbox allows, so that only our hang-up ends it: with a 3 s hold,
+        # an event loop that did not run from before our timeout until past 3 s (a loaded
+        # machine) let the sandbox's timer win, and it delivered the send it was meant to drop.
+        await h.fault(count=1, delay=600)
+        queued = time.time()  # the sandbox stamps each request it receives with time.time()
         message, _ = await h.host.sender.send(conv, "text", {"body": "talvez"})
         await wait_for(lambda: h.events.sent, timeout=20, what="resend after the grace period")
         assert [m.id for m in h.events.sent] == [message.id]
         assert await h.outbox_state(message.id) == ("done", 2)
+        first, resend = await h.graph_requests()
+        assert resend["json"] == first["json"]  # the same send, dropped once, then accepted
+        # Not resent while Meta might still report the first send: only after our read timeout
+        # and then the grace period. Measured from when the send was queued, before the first
+        # request left, so a slow machine can only make the gap longer, never shorter.
+        assert resend["time"] - queued >= timeout + grace
 
 
 async def test_status_echoing_our_callback_links_an_ambiguous_send(h: Harness) -> None:
