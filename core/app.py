@@ -39,7 +39,7 @@ from core.logs import Throttle
 from core.metrics import CONTENT_TYPE_LATEST
 from core.plugins import build_plugin_manager, validate_plugin_settings
 from core.preflight import findings
-from core.server import DirectRoute, body_timeout, single_write_send
+from core.server import DirectRoute, body_timeout, release_held_start, single_write_send
 from core.stash import StashKey
 
 __all__ = ["REDIS", "create_app", "error_response"]
@@ -154,14 +154,16 @@ class _App(Litestar):
         Every HTTP response that declares its length is written in one go
         (:func:`core.server.single_write_send`).
         """
-        if scope["type"] == "http":
-            send = single_write_send(send)
-            if self.direct:
-                route = self.direct.get((scope["method"], scope["path"]))
-                if route is not None:
-                    await route(scope, receive, send)
-                    return
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        send = single_write_send(send)
+        route = self.direct.get((scope["method"], scope["path"])) if self.direct else None
+        if route is not None:
+            await route(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+        await release_held_start(send)  # an app that announced a body and returned without it
 
 
 def create_app(config: Config, *, extra_plugins: Mapping[str, object] | None = None) -> Litestar:

@@ -51,6 +51,7 @@ __all__ = [
     "fd_limit",
     "http_protocol",
     "raise_fd_limit",
+    "release_held_start",
     "send_body_timed_out",
     "single_write",
     "single_write_send",
@@ -518,6 +519,8 @@ class _OneWrite:
     collecting stand-in for the transport, which then writes once. A streamed response (no
     length) starts at once, as before. A second start replaces a held one: uvicorn's 500 for an
     app that failed after its start, which then reaches the client instead of a cut connection.
+    An app that returns without the body it announced has its start written when it returns
+    (:func:`release_held_start`): uvicorn then cuts the connection after it, as it always did.
     """
 
     __slots__ = ("_cycle", "_held", "_send")
@@ -562,11 +565,29 @@ def single_write_send(send: Any) -> Any:
     return send
 
 
+async def release_held_start(send: Any) -> None:
+    """After the app returned normally: write a start :class:`_OneWrite` still holds, if any.
+
+    An app may answer a start that declares its length and return without the body (the Meta
+    sandbox's ``drop`` fault does, to break the connection). Written now, the head reaches the
+    client and uvicorn closes the connection on the unfinished response, as without
+    :class:`_OneWrite`; held, uvicorn would answer 500 for an app that never started one.
+    """
+    if type(send) is _OneWrite and send._held is not None:
+        held, send._held = send._held, None
+        await send._send(held)
+
+
 def single_write(app: Any) -> Any:
     """Wrap an ASGI app: its HTTP responses that declare a length go out in one write."""
 
     async def wrapped(scope: Any, receive: Any, send: Any) -> None:
-        await app(scope, receive, single_write_send(send) if scope["type"] == "http" else send)
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        send = single_write_send(send)
+        await app(scope, receive, send)
+        await release_held_start(send)
 
     return wrapped
 

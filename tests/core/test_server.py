@@ -334,6 +334,22 @@ async def test_an_app_failing_between_a_sized_start_and_its_body_answers_500(par
 
 
 @PARSERS
+async def test_an_app_returning_without_the_body_it_announced_has_its_connection_cut(parser: str) -> None:
+    # The head goes out when the app returns (not held for a body that never comes), then uvicorn
+    # closes the connection on the unfinished response: the client sees a broken answer, as it
+    # would without single_write, never a 500 that looks like an ordinary server error.
+    async def bodiless(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"9")]})
+
+    async with serve(single_write(bodiless), parser=parser) as url:
+        answer = await post_raw(url, b"GET / HTTP/1.1\r\nHost: zaphub\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-length: 9" in head.lower() and body == b"", answer
+
+
+@PARSERS
 async def test_request_headers_that_keep_growing_are_refused(tmp_path: Path, parser: str) -> None:
     async with running(tmp_path, parser, header_timeout_seconds=60) as (host, port):
         reader, writer = await asyncio.open_connection(host, port)

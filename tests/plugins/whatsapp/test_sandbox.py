@@ -15,6 +15,7 @@ import pytest
 from litestar import Litestar, Request, Response, get, post
 
 from core.errors import ValidationFailed
+from core.server import single_write
 from plugins.whatsapp.outbound import validate_content
 from plugins.whatsapp.sandbox import Sandbox, SandboxOptions, create_sandbox_app
 from tests.helpers import serve
@@ -338,6 +339,22 @@ async def test_drop_fault_breaks_the_connection(graph: httpx.AsyncClient) -> Non
     with pytest.raises(httpx.RemoteProtocolError):
         await graph.post(MESSAGES, json=_text())
     assert (await graph.post(MESSAGES, json=_text())).status_code == 200
+
+
+async def test_drop_fault_breaks_the_connection_inside_the_host(receiver: tuple[Receiver, str]) -> None:
+    # In `zaphub run` the sandbox is served with the host's one-write responses
+    # (core.server.single_write), which hold a start that declares its length until its body:
+    # the drop must still reach the client as a broken answer, not as uvicorn's 500 for an app
+    # that returned without starting one (a 500 is an ordinary Graph error, retried at once).
+    app = single_write(create_sandbox_app(_options(receiver[1], access_token=TOKEN)))
+    async with (
+        serve(app) as url,
+        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as graph,
+    ):
+        await graph.post("/_sandbox/faults", json=[{"count": 1, "drop": True}])
+        with pytest.raises(httpx.RemoteProtocolError):
+            await graph.post(MESSAGES, json=_text())
+        assert (await graph.post(MESSAGES, json=_text())).status_code == 200
 
 
 async def test_media_info_then_download_with_bearer(graph: httpx.AsyncClient) -> None:
