@@ -39,6 +39,7 @@ from core.config import ServerConfig
 
 __all__ = [
     "FD_RESERVE",
+    "FULL_COLLECTION_EVERY",
     "HTTPTOOLS",
     "MAX_HEADER_BYTES",
     "DirectRoute",
@@ -651,18 +652,37 @@ def uvicorn_config(
     return UvicornConfig(app, **settings)
 
 
+FULL_COLLECTION_EVERY = 100
+"""Generation-1 collections between two full ones (Python's default: 10); see freeze_startup_heap."""
+
+
 def freeze_startup_heap() -> None:
-    """Hide what startup allocated from the garbage collector's full collections (``gc.freeze``).
+    """Keep the garbage collector's full collections off the serving path.
 
     Called once the app serves, by ``zaphub run`` and by each ``--workers`` process: runtime
     tuning for tail latency, done here only. A full (generation 2) collection traverses every
-    tracked object, and after startup that is over a hundred thousand of them (modules, classes,
-    Litestar's and SQLAlchemy's structures, the app): on the benchmark machine each took
-    80-210 ms, twice in 20 s at 1,000 webhooks/s, stalling every request in flight (the worst ack
-    latencies). Frozen, they are skipped: the same collections took 2 ms (docs/benchmarks.md,
-    "Runtime"). They are never freed, which they would not be anyway. The collector's thresholds
-    and ``sys.setswitchinterval`` were measured too and are left at Python's defaults.
+    tracked object and stalls every request and socket meanwhile.
+
+    - What startup allocated (modules, classes, Litestar's and SQLAlchemy's structures, the app:
+      over a hundred thousand objects) is frozen (``gc.freeze``) and skipped: on the benchmark
+      machine a full collection fell from 80-210 ms to 2 ms at 1,000 webhooks/s
+      (docs/benchmarks.md, "Runtime"). They are never freed, which they would not be anyway.
+    - What connections allocate cannot be frozen (a closed session's cycles would never be
+      freed), and with 1,000 sockets connected a full collection walked their objects for
+      80-275 ms, every few seconds at 10 webhooks/s (webhook→socket p99 258 ms). Full collections
+      now wait for 100 younger (generation 1) ones instead of 10; Python's other condition, that
+      objects promoted since the last full collection are a quarter of the old ones, still holds,
+      so garbage in cycles is still collected, only in fewer, larger passes.
+
+    The young generations' thresholds and ``sys.setswitchinterval`` were measured too and are
+    left at Python's defaults.
     """
     gc.collect()
     gc.freeze()
-    log.debug("garbage collector: %d objects of the started app frozen", gc.get_freeze_count())
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+    log.debug(
+        "garbage collector: %d objects of the started app frozen; thresholds %s",
+        gc.get_freeze_count(),
+        gc.get_threshold(),
+    )

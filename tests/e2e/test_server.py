@@ -99,7 +99,7 @@ def test_startup_and_access_logs_never_show_secrets_from_urls(
     assert "tok-in-query" not in log
 
 
-def test_zaphub_run_hides_the_started_app_from_full_garbage_collections(tmp_path: Path) -> None:
+def test_zaphub_run_keeps_full_garbage_collections_rare_and_small(tmp_path: Path) -> None:
     # gc.freeze() once the app serves: a full collection then skips what startup allocated
     # (docs/benchmarks.md, "Runtime"); the debug log says how much that was.
     config = write_config(
@@ -107,6 +107,9 @@ def test_zaphub_run_hides_the_started_app_from_full_garbage_collections(tmp_path
         {"storage": {"url": f"sqlite:///{tmp_path / 'z.db'}"}, "logging": {"level": "debug"}, "plugins": {}},
     )
     log = ready_then_stopped(ZaphubProcess(config))
-    frozen = re.search(r"garbage collector: (\d+) objects of the started app frozen", log)
+    frozen = re.search(r"garbage collector: (\d+) objects of the started app frozen; thresholds (.*)", log)
     assert frozen is not None, log
     assert int(frozen[1]) > 10_000  # the imported libraries and the app, not a handful
+    # Full collections only every 100 generation-1 ones: with 1,000 sockets each walked their
+    # sessions for 80-275 ms (docs/benchmarks.md, "Runtime"); the young thresholds as Python's.
+    assert frozen[2].strip() == "(700, 10, 100)", log
