@@ -33,7 +33,7 @@ from core.storage.events import (
 from core.storage.results import ModeEvent, OutboxItem, StatusEvent
 from core.storage.rows import conversation_from_row, message_from_row
 from core.storage.schema import conversations, idempotency_keys, messages, outbox, statuses
-from core.storage.statuses import StatusMixin
+from core.storage.statuses import StatusMixin, accepted_with_wamid
 
 __all__ = ["OutboxMixin"]
 
@@ -279,18 +279,7 @@ class OutboxMixin(StatusMixin):
                 conn.execute(
                     messages.update()
                     .where(messages.c.id == row.message_id, messages.c.wamid.is_(None))
-                    .values(
-                        wamid=wamid,
-                        delivered_at=now,
-                        status=sa.case(
-                            (messages.c.status_rank < STATUS_RANK["accepted"], "accepted"),
-                            else_=messages.c.status,
-                        ),
-                        status_rank=sa.case(
-                            (messages.c.status_rank < STATUS_RANK["accepted"], STATUS_RANK["accepted"]),
-                            else_=messages.c.status_rank,
-                        ),
-                    )
+                    .values(accepted_with_wamid(wamid, now))
                     .returning(*messages.c)
                 )
             ).first()

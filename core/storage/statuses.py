@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -20,6 +21,21 @@ from core.storage.schema import conversations, messages, outbox, statuses
 __all__ = ["StatusMixin"]
 
 log = logging.getLogger("zaphub.storage")
+
+
+def accepted_with_wamid(wamid: str, now: datetime) -> dict[str, Any]:
+    """A sent message's new values once Meta's wamid is known.
+
+    The wamid, and ``accepted`` unless a status already moved it further: Graph's answer
+    (``outbox_sent``) and a status naming the send (``_link_by_message_id``) both give it.
+    """
+    raised = messages.c.status_rank < STATUS_RANK["accepted"]
+    return {
+        "wamid": wamid,
+        "delivered_at": now,
+        "status": sa.case((raised, "accepted"), else_=messages.c.status),
+        "status_rank": sa.case((raised, STATUS_RANK["accepted"]), else_=messages.c.status_rank),
+    }
 
 
 class StatusMixin(EventLogMixin):
@@ -104,18 +120,7 @@ class StatusMixin(EventLogMixin):
                     messages.c.wamid.is_(None),
                     messages.c.phone_number_id == st.phone_number_id,
                 )
-                .values(
-                    wamid=st.wamid,
-                    delivered_at=now,
-                    status=sa.case(
-                        (messages.c.status_rank < STATUS_RANK["accepted"], "accepted"),
-                        else_=messages.c.status,
-                    ),
-                    status_rank=sa.case(
-                        (messages.c.status_rank < STATUS_RANK["accepted"], STATUS_RANK["accepted"]),
-                        else_=messages.c.status_rank,
-                    ),
-                )
+                .values(accepted_with_wamid(st.wamid, now))
                 .returning(*messages.c)
             )
         ).first()
