@@ -223,35 +223,46 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
         if namespace not in self.rooms:
             return  # nobody connected yet
         gate = self.gate
-        batches: dict[str, list[Frames]] = {}
+        # A socket's frames of the batch. Most sockets get one event of a batch, so they share
+        # that event's 1-tuple; a list is made only for a socket that gets a second one. Nothing
+        # per socket outlives the fan-out: an object per recipient alive across it (1,000 sockets:
+        # 1,000 per event) triggered a young garbage collection per event and, promoted by them,
+        # a full collection every few seconds, which walks every session (docs/benchmarks.md).
+        batches: dict[str, Sequence[Frames]] = {}
         for rooms, frames in events:
             event_id = frames.event_id
             gated = event_id is not None and not gate.idle
+            alone = (frames,)
             for sid, eio_sid in self.get_participants(namespace, rooms):
                 if gated and not gate.admit(sid, event_id, frames):
                     continue
                 batch = batches.get(eio_sid)
                 if batch is None:
-                    batches[eio_sid] = [frames]
+                    batches[eio_sid] = alone
+                elif type(batch) is tuple:
+                    batches[eio_sid] = [*batch, frames]
                 else:
-                    batch.append(frames)
+                    batch.append(frames)  # type: ignore[attr-defined]  # a list, made just above
             gate.passed(event_id)
         every = self.yield_every
         if len(batches) <= every:
             await self.writer.deliver(batches.items())
             return
-        pending = list(batches.items())
-        for start in range(0, len(pending), every):
-            chunk = pending[start : start + every]
-            if start:
-                await asyncio.sleep(0)
-                if not gate.idle:
-                    chunk = self._readmit(namespace, chunk)
-            await self.writer.deliver(chunk)
+        sids = list(batches)  # the keys only: (sid, frames) pairs are made as each is written
+        for start in range(0, len(sids), every):
+            if not start:
+                await self.writer.deliver((sid, batches[sid]) for sid in sids[:every])
+                continue
+            await asyncio.sleep(0)
+            chunk = sids[start : start + every]
+            if gate.idle:
+                await self.writer.deliver((sid, batches[sid]) for sid in chunk)
+            else:
+                await self.writer.deliver(self._readmit(namespace, [(sid, batches[sid]) for sid in chunk]))
 
     def _readmit(
-        self, namespace: str, chunk: list[tuple[str, list[Frames]]]
-    ) -> list[tuple[str, list[Frames]]]:
+        self, namespace: str, chunk: list[tuple[str, Sequence[Frames]]]
+    ) -> list[tuple[str, Sequence[Frames]]]:
         """Pass ``chunk``'s logged frames through the gate again: a replay began or ended meanwhile.
 
         A socket that started resuming during the yield (a ``join_*`` with ``lastEventId``) gets
@@ -260,7 +271,7 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
         meets the same rule it would have met had the yield not happened.
         """
         gate = self.gate
-        kept = []
+        kept: list[tuple[str, Sequence[Frames]]] = []
         for eio_sid, frames in chunk:
             sid = self.sid_from_eio_sid(eio_sid, namespace)
             if sid is None:
