@@ -141,7 +141,12 @@ class StatusMixin(EventLogMixin):
                 last_error="linked by status webhook",
             )
         )
-        log.info("message %s linked to %s by a status webhook after an ambiguous send", message_id, st.wamid)
+        # Either the send's answer was lost (an ambiguous send) or this status simply overtook it.
+        log.info(
+            "message %s linked to %s by a status webhook before its send's answer was stored",
+            message_id,
+            st.wamid,
+        )
         message = message_from_row(linked)
         accepted = StatusChange(message_id=message.id, status="accepted", timestamp=str(int(now.timestamp())))
         return self._status_event(conn, message, accepted)
