@@ -184,15 +184,28 @@ class StorageEngine:
         Raises:
             StorageError: the database failed; nothing was committed.
         """
+        return await self._run_write(lambda conn: body(conn, *args, **kwargs), inline=False)
+
+    async def run_write_inline(self, body: Callable[[sa.Connection], T]) -> T:
+        """:meth:`run_write` for a short body on the hot path: on SQLite it runs on this thread.
+
+        Only the ``COMMIT`` (its fsync) goes to the writer thread, and only when another
+        connection holds the file's write lock does the whole transaction (see
+        :meth:`core.storage.writer.SqliteWriter.run`). ``body`` must be bounded work (an ingest
+        batch), since the event loop runs it. PostgreSQL: the same as :meth:`run_write`.
+        """
+        return await self._run_write(body, inline=True)
+
+    async def _run_write(self, body: Callable[[sa.Connection], T], *, inline: bool) -> T:
         try:
             if self._writer is None:
                 async with self.engine.begin() as conn:
-                    return await conn.run_sync(body, *args, **kwargs)
+                    return await conn.run_sync(body)
             assert self._write_lock is not None
             # The lock keeps the writer and the remaining async writes (write()) from taking turns
             # on the file's lock through busy_timeout: in-process they queue here instead.
             async with self._write_lock:
-                result, wrote = await self._writer.run(lambda conn: body(conn, *args, **kwargs))
+                result, wrote = await self._writer.run(body, inline=inline)
         except _DB_ERRORS as exc:
             self.writes.failed(exc)
             raise storage_error(exc, "a database write") from exc

@@ -157,7 +157,7 @@ class IngestMixin(StatusMixin):
             (plain if msg.action is None or isinstance(msg.action, NumberChange) else changes).append(msg)
 
         def body(conn: sa.Connection) -> tuple[tuple[list[Contact], list[tuple[str, int]]], list[int]]:
-            # The whole transaction in one go: on SQLite one hop to the writer thread.
+            # The whole transaction in one go: on SQLite on the event loop, its COMMIT in the writer thread.
             learned: tuple[list[Contact], list[tuple[str, int]]] = ([], [])
             moved: list[int] = []
             # A change and its target committed at once by two processes must see each other.
@@ -186,7 +186,7 @@ class IngestMixin(StatusMixin):
             self._log_ingest(conn, result, now)
             return learned, moved
 
-        learned, moved = await self.run_write(body)
+        learned, moved = await self.run_write_inline(body)
         if moved:  # a contact changed number: its cached rows are stale
             for old, new in result.moved_contacts:
                 self._known_contacts.pop(old, None)

@@ -1,6 +1,7 @@
 """SQLite's writer thread and its raw statements: same durability, same rows, same errors.
 
-Write transactions on SQLite run whole in a dedicated thread (core/storage/writer.py), and the
+Write transactions on SQLite run whole in a dedicated thread (core/storage/writer.py), an
+ingest's body on the event loop with only its COMMIT in that thread, and the
 hottest statements skip SQLAlchemy's per-row work (core/storage/sqlite_raw.py). These tests pin
 what that must not change: the pragmas a commit is made with, the exact text SQLAlchemy would
 have stored, a failure reported as a StorageError with nothing kept, a cancelled caller that
@@ -74,6 +75,11 @@ async def test_the_writer_commits_with_the_configured_durability(
                 for name in ("synchronous", "journal_mode", "foreign_keys", "busy_timeout")
             )
 
+        assert await storage.run_write(pragmas) == (expected, "wal", 1, 10000)
+        # An ingest's body runs on the event loop with only its COMMIT in the writer thread: same
+        # connection, same pragmas, and its no-wait BEGIN leaves busy_timeout as it was.
+        await storage.ingest([inbound("wamid.DURABLE")], [])
+        assert await storage.run_write_inline(pragmas) == (expected, "wal", 1, 10000)
         assert await storage.run_write(pragmas) == (expected, "wal", 1, 10000)
     finally:
         await storage.close()
@@ -170,15 +176,28 @@ async def test_another_connection_holding_the_write_lock_delays_ingest_instead_o
     storage: Storage, sqlite_url: str
 ) -> None:
     other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beating = asyncio.create_task(heartbeat())
     try:
         other.execute("BEGIN IMMEDIATE")
         other.execute("UPDATE event_cursors SET position = position")
         task = asyncio.create_task(storage.ingest([inbound("wamid.WAITS")], []))
         done, _ = await asyncio.wait([task], timeout=0.3)
         assert not done  # it cannot commit while the other connection holds the lock
+        # ...and it waits in the writer thread: an ingest's body runs on the event loop, but
+        # never waits there for another connection's lock (the loop went on ticking).
+        assert ticks >= 10
         other.execute("COMMIT")
         stored = await task
     finally:
+        beating.cancel()
         other.close()
     assert [m.message.wamid for m in stored.new_messages] == ["wamid.WAITS"]
 
@@ -200,8 +219,9 @@ async def test_a_write_lock_held_past_busy_timeout_is_a_storage_error_and_the_wr
     assert [m.message.wamid for m in stored.new_messages] == ["wamid.LOCKED"]
 
 
+@pytest.mark.parametrize("inline", [False, True])
 async def test_a_body_failing_after_sqlalchemy_statements_leaves_no_transaction_open(
-    storage: Storage,
+    storage: Storage, inline: bool
 ) -> None:
     row = {"plugin": "test", "key": "k", "value": "kept?", "updated_at": T0}
 
@@ -210,7 +230,7 @@ async def test_a_body_failing_after_sqlalchemy_statements_leaves_no_transaction_
         raise RuntimeError("the body gave up")
 
     with pytest.raises(RuntimeError, match="gave up"):
-        await storage.run_write(failing)
+        await (storage.run_write_inline(failing) if inline else storage.run_write(failing))
     await storage.run_write(lambda conn: conn.execute(plugin_state.insert(), {**row, "value": "second"}))
     async with storage.read() as conn:
         assert (await conn.execute(sa.select(plugin_state.c.value))).scalars().all() == ["second"]
