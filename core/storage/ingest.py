@@ -41,9 +41,18 @@ from core.storage.schema import UTCDateTime, contacts, conversations, messages, 
 from core.storage.sqlite_raw import RawStatement, raw_cursor, sqlite_json, sqlite_time, sqlite_time_value
 from core.storage.statuses import StatusMixin
 
-__all__ = ["IngestMixin"]
+__all__ = ["INLINE_BATCH", "IngestMixin"]
 
 _KNOWN_MAX = 100_000
+
+INLINE_BATCH = 8
+"""Messages + statuses from which an ingest transaction's body runs on the event loop.
+
+On SQLite (:meth:`~core.storage.engine.StorageEngine.run_write_inline`); measured in
+docs/benchmarks.md ("Issue 13, sixth session"): at 64 connections (about 30 webhooks per
+transaction) 4,700-4,900 -> 5,300-6,000 webhooks/s; at 1,000 webhooks/s (one or two per
+transaction) the thread's way kept a lower ack tail at less CPU.
+"""
 
 
 @functools.cache
@@ -157,7 +166,7 @@ class IngestMixin(StatusMixin):
             (plain if msg.action is None or isinstance(msg.action, NumberChange) else changes).append(msg)
 
         def body(conn: sa.Connection) -> tuple[tuple[list[Contact], list[tuple[str, int]]], list[int]]:
-            # The whole transaction in one go: on SQLite on the event loop, its COMMIT in the writer thread.
+            # The whole transaction in one go (on SQLite, see INLINE_BATCH below for which thread).
             learned: tuple[list[Contact], list[tuple[str, int]]] = ([], [])
             moved: list[int] = []
             # A change and its target committed at once by two processes must see each other.
@@ -186,7 +195,12 @@ class IngestMixin(StatusMixin):
             self._log_ingest(conn, result, now)
             return learned, moved
 
-        learned, moved = await self.run_write_inline(body)
+        # A large batch's body runs on the event loop (only its COMMIT in SQLite's writer thread):
+        # at full rate that saves the two threads taking turns on the interpreter lock for every
+        # statement. A small one runs whole in the thread, which keeps the loop serving meanwhile:
+        # at a paced rate (one or two webhooks per transaction) that gives the lower tail.
+        inline = len(inbound) + len(inbound_statuses) >= INLINE_BATCH
+        learned, moved = await (self.run_write_inline(body) if inline else self.run_write(body))
         if moved:  # a contact changed number: its cached rows are stale
             for old, new in result.moved_contacts:
                 self._known_contacts.pop(old, None)

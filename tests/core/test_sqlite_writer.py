@@ -1,6 +1,6 @@
 """SQLite's writer thread and its raw statements: same durability, same rows, same errors.
 
-Write transactions on SQLite run whole in a dedicated thread (core/storage/writer.py), an
+Write transactions on SQLite run whole in a dedicated thread (core/storage/writer.py), a large
 ingest's body on the event loop with only its COMMIT in that thread, and the
 hottest statements skip SQLAlchemy's per-row work (core/storage/sqlite_raw.py). These tests pin
 what that must not change: the pragmas a commit is made with, the exact text SQLAlchemy would
@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from core.config import StorageConfig
 from core.models import InboundMessage, iso_z
 from core.storage import Storage, StorageError
+from core.storage.ingest import INLINE_BATCH
 from core.storage.schema import JSON, UTCDateTime, plugin_state
 from core.storage.sqlite_raw import RawStatement, raw_cursor, sqlite_json, sqlite_time, sqlite_time_value
 
@@ -76,9 +77,9 @@ async def test_the_writer_commits_with_the_configured_durability(
             )
 
         assert await storage.run_write(pragmas) == (expected, "wal", 1, 10000)
-        # An ingest's body runs on the event loop with only its COMMIT in the writer thread: same
-        # connection, same pragmas, and its no-wait BEGIN leaves busy_timeout as it was.
-        await storage.ingest([inbound("wamid.DURABLE")], [])
+        # A large ingest's body runs on the event loop with only its COMMIT in the writer thread:
+        # same connection, same pragmas, and its no-wait BEGIN leaves busy_timeout as it was.
+        await storage.ingest([inbound(f"wamid.DURABLE{i}") for i in range(INLINE_BATCH)], [])
         assert await storage.run_write_inline(pragmas) == (expected, "wal", 1, 10000)
         assert await storage.run_write(pragmas) == (expected, "wal", 1, 10000)
     finally:
@@ -172,8 +173,9 @@ async def test_a_cancelled_caller_lets_its_transaction_finish_before_the_next_st
         assert (await conn.execute(sa.select(sa.func.count()).select_from(plugin_state))).scalar() == 0
 
 
+@pytest.mark.parametrize("size", [1, INLINE_BATCH], ids=["in the writer thread", "body on the event loop"])
 async def test_another_connection_holding_the_write_lock_delays_ingest_instead_of_failing_it(
-    storage: Storage, sqlite_url: str
+    storage: Storage, sqlite_url: str, size: int
 ) -> None:
     other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
     ticks = 0
@@ -188,10 +190,11 @@ async def test_another_connection_holding_the_write_lock_delays_ingest_instead_o
     try:
         other.execute("BEGIN IMMEDIATE")
         other.execute("UPDATE event_cursors SET position = position")
-        task = asyncio.create_task(storage.ingest([inbound("wamid.WAITS")], []))
+        wamids = [f"wamid.WAITS{i}" for i in range(size)]
+        task = asyncio.create_task(storage.ingest([inbound(w) for w in wamids], []))
         done, _ = await asyncio.wait([task], timeout=0.3)
         assert not done  # it cannot commit while the other connection holds the lock
-        # ...and it waits in the writer thread: an ingest's body runs on the event loop, but
+        # ...and it waits in the writer thread: a large ingest's body runs on the event loop, but
         # never waits there for another connection's lock (the loop went on ticking).
         assert ticks >= 10
         other.execute("COMMIT")
@@ -199,7 +202,7 @@ async def test_another_connection_holding_the_write_lock_delays_ingest_instead_o
     finally:
         beating.cancel()
         other.close()
-    assert [m.message.wamid for m in stored.new_messages] == ["wamid.WAITS"]
+    assert [m.message.wamid for m in stored.new_messages] == wamids
 
 
 async def test_a_write_lock_held_past_busy_timeout_is_a_storage_error_and_the_writer_recovers(
