@@ -50,7 +50,7 @@ INLINE_BATCH = 8
 
 On SQLite (:meth:`~core.storage.engine.StorageEngine.run_write_inline`); measured in
 docs/benchmarks.md ("Issue 13, sixth session"): at 64 connections (about 30 webhooks per
-transaction) 4,700-4,900 -> 5,300-6,000 webhooks/s; at 1,000 webhooks/s (one or two per
+transaction) 4,700-4,900 -> 5,200-5,700 webhooks/s; at 1,000 webhooks/s (one or two per
 transaction) the thread's way kept a lower ack tail at less CPU.
 """
 

@@ -14,14 +14,14 @@ lock is taken before the first statement, so a transaction never fails half-way 
 ``database is locked`` when another connection (a CLI command, say) wrote in between; it waits
 up to ``busy_timeout`` instead. A body's return means committed with the configured durability.
 
-A short body on the hot path (an ingest batch: :meth:`SqliteWriter.run` with ``inline``) runs on
-the event loop's thread instead, and only its ``COMMIT``, whose fsync is most of a small
-transaction's wall time, is handed to the writer thread. At full rate the two threads' Python no
-longer takes turns on the interpreter lock for every statement of the body: the webhook benchmark
-went from about 4,800 to 5,800 webhooks/s at 64 connections, 175 to 155 µs of CPU per webhook
-(docs/benchmarks.md, "Issue 13, sixth session"). Its ``BEGIN IMMEDIATE`` does not wait: if another
-connection holds the file's write lock, the whole transaction takes the thread's path and waits
-there (``busy_timeout``), so the event loop never blocks on another process.
+A bounded body on the hot path (a large ingest batch: :meth:`SqliteWriter.run` with ``inline``,
+see ``core.storage.ingest.INLINE_BATCH``) runs on the event loop's thread instead, and only its
+``COMMIT``, the fsync, is handed to the writer thread. At full rate the two threads' Python then
+no longer takes turns on the interpreter lock for every statement of the body: the webhook
+benchmark went from about 4,800 to 5,400 webhooks/s at 64 connections, 175 to 163 µs of CPU per
+webhook (docs/benchmarks.md, "Issue 13, sixth session"). Its ``BEGIN IMMEDIATE`` does not wait: if
+another connection holds the file's write lock, the whole transaction takes the thread's path and
+waits there (``busy_timeout``), so the event loop never blocks on another process.
 
 ``BEGIN IMMEDIATE`` and ``COMMIT`` go straight to the ``sqlite3`` connection: SQLAlchemy's
 transaction object and "begin" event cost about as much Python as the rest of a one-message
