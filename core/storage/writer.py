@@ -142,15 +142,9 @@ class SqliteWriter:
             raw = conn.connection.dbapi_connection
             assert raw is not None  # checked out until close()
             if self._begin_at_once(raw):
-                before = raw.total_changes
-                try:
-                    result = body(conn)
-                    changed = raw.total_changes != before
-                except BaseException:
-                    self._rollback(conn, raw)
-                    raise
+                done = self._run_body(conn, raw, body)
                 await self._call(self._commit, conn)
-                return result, changed
+                return done
         return await self._call(self._transaction, body)
 
     async def _call(self, fn: Callable[[A], T], arg: A) -> T:
@@ -199,16 +193,23 @@ class SqliteWriter:
         conn = self._connection()
         raw = conn.connection.dbapi_connection
         assert raw is not None  # checked out until close()
-        before = raw.total_changes
         _execute(raw, "BEGIN IMMEDIATE")
+        done = self._run_body(conn, raw, body)
+        self._commit(conn)
+        return done
+
+    def _run_body(self, conn: sa.Connection, raw: Any, body: Callable[[sa.Connection], T]) -> tuple[T, bool]:
+        """``body`` in the transaction just begun: its result and whether it changed a row.
+
+        If it fails, the transaction is rolled back and the error raised.
+        """
+        before = raw.total_changes
         try:
             result = body(conn)
-            changed = raw.total_changes != before
         except BaseException:
             self._rollback(conn, raw)
             raise
-        self._commit(conn)
-        return result, changed
+        return result, raw.total_changes != before
 
     def _begin_at_once(self, raw: Any) -> bool:
         """``BEGIN IMMEDIATE`` without waiting; ``False`` if another connection holds the lock."""
@@ -250,15 +251,15 @@ class SqliteWriter:
 
     async def close(self) -> None:
         """Close the connection and stop the thread (after the transactions already submitted)."""
-        if self._thread is None:  # never used: nothing was opened in another thread
-            self.engine.dispose()
+        if self._thread is None:  # the thread never ran (a connection may have, inline)
+            self._close_connection(None)
             return
         await self._call(self._close_connection, None)
         self._jobs.put(None)
         self._thread = None
 
     def _close_connection(self, _: None) -> None:
-        # In the writer thread: sqlite3 connections refuse to be closed from another thread.
+        # In the writer thread when it runs: the connection is used by one thread at a time.
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
