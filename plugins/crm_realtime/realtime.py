@@ -250,15 +250,14 @@ class _DirectEmit(socketio.AsyncManager):  # type: ignore[misc]  # python-socket
             return
         sids = list(batches)  # the keys only: (sid, frames) pairs are made as each is written
         for start in range(0, len(sids), every):
-            if not start:
-                await self.writer.deliver((sid, batches[sid]) for sid in sids[:every])
-                continue
-            await asyncio.sleep(0)
             chunk = sids[start : start + every]
-            if gate.idle:
-                await self.writer.deliver((sid, batches[sid]) for sid in chunk)
-            else:
-                await self.writer.deliver(self._readmit(namespace, [(sid, batches[sid]) for sid in chunk]))
+            if start:
+                await asyncio.sleep(0)
+                if not gate.idle:
+                    readmitted = self._readmit(namespace, [(sid, batches[sid]) for sid in chunk])
+                    await self.writer.deliver(readmitted)
+                    continue
+            await self.writer.deliver((sid, batches[sid]) for sid in chunk)
 
     def _readmit(
         self, namespace: str, chunk: list[tuple[str, Sequence[Frames]]]
