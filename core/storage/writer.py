@@ -138,9 +138,7 @@ class SqliteWriter:
             sqlalchemy.exc.SQLAlchemyError, OSError: the database failed; nothing was committed.
         """
         if inline and self._in_thread == 0:
-            conn = self._connection()
-            raw = conn.connection.dbapi_connection
-            assert raw is not None  # checked out until close()
+            conn, raw = self._connection()
             if self._begin_at_once(raw):
                 done = self._run_body(conn, raw, body)
                 await self._call(self._commit, conn)
@@ -180,19 +178,19 @@ class SqliteWriter:
                 job.loop.call_soon_threadsafe(job.settle, result, error)
             del job, result, error  # no reference cycle through the traceback while idle
 
-    def _connection(self) -> sa.Connection:
-        """The writer's connection, opened again if it was lost."""
+    def _connection(self) -> tuple[sa.Connection, Any]:
+        """The writer's connection (opened again if it was lost) and its ``sqlite3`` connection."""
         conn = self._conn
         if conn is None or conn.invalidated or conn.closed:
             if conn is not None:
                 conn.close()
             conn = self._conn = self.engine.connect()
-        return conn
-
-    def _transaction(self, body: Callable[[sa.Connection], T]) -> tuple[T, bool]:
-        conn = self._connection()
         raw = conn.connection.dbapi_connection
         assert raw is not None  # checked out until close()
+        return conn, raw
+
+    def _transaction(self, body: Callable[[sa.Connection], T]) -> tuple[T, bool]:
+        conn, raw = self._connection()
         _execute(raw, "BEGIN IMMEDIATE")
         done = self._run_body(conn, raw, body)
         self._commit(conn)
