@@ -191,6 +191,54 @@ def system_cpu_seconds(pid: int) -> float:
     return int(_stat(pid)[12]) / os.sysconf("SC_CLK_TCK")
 
 
+class GroupCommits(NamedTuple):
+    """The ingest batcher's counters from zaphub's ``/metrics`` (cumulative since start)."""
+
+    transactions: float
+    """``zaphub_ingest_batch_webhooks_count``: ingest transactions committed (or failed)."""
+    webhooks: float
+    """``zaphub_ingest_batch_webhooks_sum``: the webhooks they held."""
+    seconds: float
+    """``zaphub_ingest_seconds_sum``: their time, from taking the batch to its commit."""
+
+    def since(self, before: GroupCommits, wall: float) -> dict[str, float]:
+        """What happened between ``before`` and this reading, ``wall`` seconds apart.
+
+        ``busy`` is the share of the time a transaction was in flight: near 1, the next batch
+        always waits for the one in flight, so a webhook's wait is about two transactions long.
+        """
+        n = self.transactions - before.transactions
+        if n <= 0 or wall <= 0:
+            return {}
+        seconds = self.seconds - before.seconds
+        return {
+            "transactions": n,
+            "webhooks": self.webhooks - before.webhooks,
+            "per_s": n / wall,
+            "webhooks_each": (self.webhooks - before.webhooks) / n,
+            "ms_each": seconds * 1000 / n,
+            "busy": seconds / wall,
+        }
+
+
+def group_commits(url: str) -> GroupCommits:
+    """Read the ingest batcher's counters from zaphub's ``GET /metrics``."""
+    values: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (
+            "zaphub_ingest_batch_webhooks_count",
+            "zaphub_ingest_batch_webhooks_sum",
+            "zaphub_ingest_seconds_sum",
+        ):
+            values[name] = float(value)
+    return GroupCommits(
+        values.get("zaphub_ingest_batch_webhooks_count", 0.0),
+        values.get("zaphub_ingest_batch_webhooks_sum", 0.0),
+        values.get("zaphub_ingest_seconds_sum", 0.0),
+    )
+
+
 def webhook_request(host: str, body: bytes, secret: str) -> bytes:
     """A raw, signed ``POST /meta-whatsapp/webhook`` carrying ``body``."""
     head = (

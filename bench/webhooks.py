@@ -281,6 +281,9 @@ async def main() -> None:
             sampler = None
             if proc is not None and args.rss_every:
                 sampler = asyncio.create_task(sample_rss(proc.pid, args.rss_every))
+            # The group commits, from the host's own metrics (one process: workers each have theirs).
+            commits_of = proc is not None and not args.reference and args.workers == 1
+            commits_before = _host.group_commits(url) if commits_of else None
             cpu_before = _host.cpu_seconds(proc.pid) if proc is not None else 0.0
             main_before = _host.main_thread_cpu_seconds(proc.pid) if proc is not None else 0.0
             # This process alone (HTTP client + socket clients), all its threads: utime + stime.
@@ -302,6 +305,11 @@ async def main() -> None:
             main_cpu = _host.main_thread_cpu_seconds(proc.pid) - main_before if proc is not None else 0.0
             loadgen_cpu = time.process_time() - loadgen_before
             drained_at = time.perf_counter()
+            commits = (
+                _host.group_commits(url).since(commits_before, drained_at - load_started)
+                if commits_before is not None
+                else {}
+            )
             if sampler is not None:
                 sampler.cancel()
             events = [c.events for c in clients]
@@ -337,6 +345,13 @@ async def main() -> None:
                     # The event loop's thread: one core is all it can have (1e6 / this = its ceiling).
                     print(f"  of which the main thread (event loop): {main_cpu * 1e6 / len(lat):.0f} µs")
                     result["cpu_main_us"] = round(main_cpu * 1e6 / len(lat), 1)
+            if commits:
+                print(
+                    f"group commits: {commits['per_s']:,.0f}/s of {commits['webhooks_each']:.1f} webhooks, "
+                    f"{commits['ms_each']:.1f} ms each (batch taken to committed); "
+                    f"one in flight {commits['busy']:.0%} of the time"
+                )
+                result["commits"] = {k: round(v, 3) for k, v in commits.items()}
             if lat:
                 # Near 100 % of one core, the generator (one Python thread) is what caps the rate.
                 share = loadgen_cpu / (drained_at - load_started)
