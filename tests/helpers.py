@@ -184,3 +184,19 @@ def zaphub_process(config_path: Path, **kwargs: Any) -> Iterator[ZaphubProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+def run_bench_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/NAME`` with ``args`` from the repository (five minutes at most).
+
+    Fails the test with the tail of its stderr if it exits non-zero.
+    """
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import run_bench_script
 from tests.plugins.crm_realtime.harness import require_node
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def run_bench(*args: str) -> list[dict[str, Any]]:
     """Run the bench; its rows (one JSON object per phase on stderr)."""
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "fanout.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_bench_script("fanout.py", *args)
     rows = [json.loads(line) for line in done.stderr.splitlines() if line.startswith('{"clients"')]
     assert "| clients | phase |" in done.stdout
     return rows

@@ -9,24 +9,14 @@ parse would otherwise make the line silently vanish or lie.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import run_bench_script
 
 
 def run_bench(*args: str) -> tuple[str, dict[str, Any]]:
     """Run the bench; its output and its ``result:`` line."""
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "webhooks.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_bench_script("webhooks.py", *args)
     (line,) = [x for x in done.stdout.splitlines() if x.startswith("result: ")]
     return done.stdout, json.loads(line.removeprefix("result: "))
 
