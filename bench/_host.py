@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from plugins.whatsapp import webhook_builders as wb
 
@@ -211,11 +212,12 @@ class GroupCommits(NamedTuple):
         if n <= 0 or wall <= 0:
             return {}
         seconds = self.seconds - before.seconds
+        webhooks = self.webhooks - before.webhooks
         return {
             "transactions": n,
-            "webhooks": self.webhooks - before.webhooks,
+            "webhooks": webhooks,
             "per_s": n / wall,
-            "webhooks_each": (self.webhooks - before.webhooks) / n,
+            "webhooks_each": webhooks / n,
             "ms_each": seconds * 1000 / n,
             "busy": seconds / wall,
         }
@@ -223,15 +225,13 @@ class GroupCommits(NamedTuple):
 
 def group_commits(url: str) -> GroupCommits:
     """Read the ingest batcher's counters from zaphub's ``GET /metrics``."""
-    values: dict[str, float] = {}
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in (
-            "zaphub_ingest_batch_webhooks_count",
-            "zaphub_ingest_batch_webhooks_sum",
-            "zaphub_ingest_seconds_sum",
-        ):
-            values[name] = float(value)
+    text = httpx.get(url + "/metrics", timeout=10).text
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
     return GroupCommits(
         values.get("zaphub_ingest_batch_webhooks_count", 0.0),
         values.get("zaphub_ingest_batch_webhooks_sum", 0.0),
